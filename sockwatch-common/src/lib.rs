@@ -1,0 +1,153 @@
+//! Types shared by the eBPF programs and the userspace loader.
+//!
+//! Everything here crosses the kernel/user boundary as raw bytes: `#[repr(C)]`, fixed-width
+//! integers, explicit padding, and sizes pinned by const asserts so both sides agree.
+#![no_std]
+
+pub const COMM_LEN: usize = 16;
+
+/// `ConnEvent::kind` values. Userspace decodes them fallibly; never transmute.
+pub mod kind {
+    pub const CONNECT: u8 = 1;
+    pub const ESTABLISHED: u8 = 2;
+    pub const CLOSE: u8 = 3;
+    pub const LISTEN: u8 = 4;
+    pub const LISTEN_STOP: u8 = 5;
+}
+
+/// `ConnEvent::flags` and `SockInfo::flags` bits.
+pub mod flags {
+    /// The socket was created by accepting (passive open).
+    pub const PASSIVE: u8 = 1;
+    /// `birth_ns` is known, so `duration_ns` is valid.
+    pub const BIRTH_KNOWN: u8 = 2;
+    /// pid, comm and cgroup id name the owning process (recorded in process context).
+    pub const OWNER_KNOWN: u8 = 4;
+    /// The socket reached ESTABLISHED.
+    pub const ESTABLISHED: u8 = 8;
+    /// The socket was created by connect() (active open).
+    pub const ACTIVE: u8 = 16;
+}
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// One connection lifecycle event, written by the kernel into the ring buffer.
+///
+/// Addresses are in network byte order; an IPv4 address fills the first 4 bytes.
+/// Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub ts_ns: u64,
+    /// Time since the socket's birth (connect, passive open or listen); valid with BIRTH_KNOWN.
+    pub duration_ns: u64,
+    pub cgroup_id: u64,
+    /// Thread-group id (the user-visible pid); valid with OWNER_KNOWN.
+    pub pid: u32,
+    /// Inode of the socket's network namespace; 0 if it could not be read.
+    pub netns: u32,
+    pub comm: [u8; COMM_LEN],
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub kind: u8,
+    pub family: u8,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+pub const CONN_EVENT_SIZE: usize = 96;
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == CONN_EVENT_SIZE);
+
+/// What the kernel remembers about a live socket, keyed by its `struct sock` address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockInfo {
+    pub birth_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub netns: u32,
+    pub comm: [u8; COMM_LEN],
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
+
+/// Indices of the per-CPU counter array `COUNTERS`.
+pub mod counter {
+    /// An event was dropped because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A new socket was added to the socket map.
+    pub const SOCK_INSERTED: u32 = 1;
+    /// A socket was removed from the socket map at its close.
+    pub const SOCK_REMOVED: u32 = 2;
+    /// A socket could not be added to the socket map.
+    pub const SOCK_INSERT_FAILED: u32 = 3;
+    /// A pending connect was recorded.
+    pub const PENDING_INSERTED: u32 = 4;
+    /// A pending connect was emitted.
+    pub const PENDING_REMOVED: u32 = 5;
+    /// A pending connect could not be recorded (its connect event is lost).
+    pub const PENDING_INSERT_FAILED: u32 = 6;
+    /// Reading kernel memory failed; the event was dropped.
+    pub const READ_FAILED: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
+
+/// Kernel struct field offsets, read from the running kernel's BTF at start-up and handed to the
+/// programs as a load-time global (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Offsets inside `struct sock` (its `struct sock_common` head), all below `SOCK_COMMON_READ`.
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_family: u32,
+    pub skc_net: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct sock::sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `struct inet_sock::inet_sport` (be16); the bound port even after it moved to TIME_WAIT.
+    pub inet_sport: u32,
+    /// `struct net::ns.inum`.
+    pub net_inum: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40);
+
+/// The programs read this many bytes of `struct sock` at once, so that all the `sock_common`
+/// fields they need come from one read; userspace checks every offset fits.
+pub const SOCK_COMMON_READ: usize = 128;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain old data: repr(C), integer fields only, explicit padding.
+    unsafe impl aya::Pod for super::ConnEvent {}
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,35 @@
+//! sockwatch's kernel side: one module per hook family.
+//!
+//! - `state`: `sock:inet_sock_set_state` (raw tracepoint): connection lifecycle.
+//! - `connect`: `syscalls:sys_exit_connect`: emits a connect once its local port is bound.
+//! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
+//! - `maps`: maps, load-time globals and loss counters.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod connect;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod sock;
+#[cfg(target_arch = "bpf")]
+mod state;
+
+// The crate is only meaningful for the bpf target; the host build (workspace clippy, tests)
+// gets an empty binary.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable path here, so this is never run.
+    loop {}
+}
+
+/// bpf_probe_read_kernel is GPL-only.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,184 @@
+//! Reading `struct sock` and emitting events.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+    },
+};
+use sockwatch_common::{
+    AF_INET, AF_INET6, COMM_LEN, ConnEvent, KernelOffsets, SOCK_COMMON_READ, SockInfo, counter,
+    flags,
+};
+
+use crate::maps::{EVENTS, SOCKS, bump, offsets};
+
+const IPPROTO_TCP: u16 = 6;
+const EEXIST: i32 = 17;
+
+#[repr(C, align(8))]
+struct SockCommon([u8; SOCK_COMMON_READ]);
+
+impl SockCommon {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: u32) -> [u8; N] {
+        let off = off as usize;
+        let mut out = [0u8; N];
+        if let Some(src) = self.0.get(off..off + N) {
+            out.copy_from_slice(src);
+        }
+        out
+    }
+}
+
+/// True for TCP sockets (the tracepoint also fires for MPTCP and SCTP sockets).
+#[inline(always)]
+pub fn is_tcp(sk: u64, off: &KernelOffsets) -> bool {
+    let proto: Result<u16, _> =
+        unsafe { bpf_probe_read_kernel((sk + off.sk_protocol as u64) as *const u16) };
+    matches!(proto, Ok(IPPROTO_TCP))
+}
+
+/// Owner fields of the current task; only meaningful in process context.
+#[inline(always)]
+pub fn current_owner(now: u64, netns: u32, extra_flags: u8) -> SockInfo {
+    SockInfo {
+        birth_ns: now,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        netns,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        flags: flags::BIRTH_KNOWN | flags::OWNER_KNOWN | extra_flags,
+        _pad: [0; 7],
+    }
+}
+
+/// Network namespace inode of a socket, 0 when unreadable.
+#[inline(always)]
+pub fn netns_of(sk: u64, off: &KernelOffsets) -> u32 {
+    let net: u64 =
+        unsafe { bpf_probe_read_kernel((sk + off.skc_net as u64) as *const u64) }.unwrap_or(0);
+    if net == 0 {
+        return 0;
+    }
+    unsafe { bpf_probe_read_kernel((net + off.net_inum as u64) as *const u32) }.unwrap_or(0)
+}
+
+/// Remember a socket's birth; counts what the loss report needs.
+#[inline(always)]
+pub fn remember(sk: u64, info: &SockInfo) {
+    match SOCKS.insert(sk, info, BPF_NOEXIST as u64) {
+        Ok(()) => bump(counter::SOCK_INSERTED),
+        // The address was reused before its old close was seen: replace, count nothing new.
+        Err(e) if e == -EEXIST => {
+            if SOCKS.insert(sk, info, 0).is_err() {
+                bump(counter::SOCK_INSERT_FAILED);
+            }
+        }
+        Err(_) => bump(counter::SOCK_INSERT_FAILED),
+    }
+}
+
+/// Take a socket's record out of the map (at its close).
+#[inline(always)]
+pub fn forget(sk: u64) -> Option<SockInfo> {
+    // Copy before delete: after a delete the element may be reused by another CPU.
+    let info = SOCKS.get_ptr(sk).map(|p| unsafe { *p })?;
+    match SOCKS.remove(sk) {
+        Ok(()) => {
+            bump(counter::SOCK_REMOVED);
+            Some(info)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Emit one event for `sk`: the 5-tuple is read from the socket now, the owner and birth from
+/// `info` when known.
+#[inline(always)]
+pub fn emit(sk: u64, kind: u8, old: u8, new: u8, info: Option<&SockInfo>, extra_flags: u8) {
+    let off = offsets();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    if fill(ev, sk, &off, kind, old, new, now, info, extra_flags).is_err() {
+        entry.discard(0);
+        bump(counter::READ_FAILED);
+        return;
+    }
+    entry.submit(0);
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fill(
+    ev: &mut ConnEvent,
+    sk: u64,
+    off: &KernelOffsets,
+    kind: u8,
+    old: u8,
+    new: u8,
+    now: u64,
+    info: Option<&SockInfo>,
+    extra_flags: u8,
+) -> Result<(), i64> {
+    let mut common = SockCommon([0; SOCK_COMMON_READ]);
+    unsafe { bpf_probe_read_kernel_buf(sk as *const u8, &mut common.0)? };
+    let sport: [u8; 2] =
+        unsafe { bpf_probe_read_kernel((sk + off.inet_sport as u64) as *const [u8; 2])? };
+
+    let family = u16::from_ne_bytes(common.bytes::<2>(off.skc_family)) as u8;
+    ev.family = family;
+    ev.local_addr = [0; 16];
+    ev.peer_addr = [0; 16];
+    if family == AF_INET {
+        ev.local_addr[..4].copy_from_slice(&common.bytes::<4>(off.skc_rcv_saddr));
+        ev.peer_addr[..4].copy_from_slice(&common.bytes::<4>(off.skc_daddr));
+    } else if family == AF_INET6 {
+        ev.local_addr = common.bytes::<16>(off.skc_v6_rcv_saddr);
+        ev.peer_addr = common.bytes::<16>(off.skc_v6_daddr);
+    }
+    ev.local_port = u16::from_be_bytes(sport);
+    ev.peer_port = u16::from_be_bytes(common.bytes::<2>(off.skc_dport));
+    ev.ts_ns = now;
+    if kind == sockwatch_common::kind::CONNECT
+        && let Some(info) = info
+    {
+        // A connect is emitted once its port is bound; it happened at the socket's birth.
+        ev.ts_ns = info.birth_ns;
+    }
+    ev.kind = kind;
+    ev.old_state = old;
+    ev.new_state = new;
+    ev._pad = [0; 7];
+    match info {
+        Some(info) => {
+            ev.duration_ns = if info.flags & flags::BIRTH_KNOWN != 0 {
+                now.saturating_sub(info.birth_ns)
+            } else {
+                0
+            };
+            ev.cgroup_id = info.cgroup_id;
+            ev.pid = info.pid;
+            ev.comm = info.comm;
+            ev.netns = if info.netns != 0 {
+                info.netns
+            } else {
+                netns_of(sk, off)
+            };
+            ev.flags = info.flags | extra_flags;
+        }
+        None => {
+            ev.duration_ns = 0;
+            ev.cgroup_id = 0;
+            ev.pid = 0;
+            ev.comm = [0; COMM_LEN];
+            ev.netns = netns_of(sk, off);
+            ev.flags = extra_flags;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `sock:inet_sock_set_state` as a raw tracepoint: the arguments come straight from the
+//! tracepoint call (sk, oldstate, newstate) without building the classic trace record.
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use sockwatch_common::{counter, flags, kind, tcp_state as st};
+
+use crate::{
+    connect::emit_pending_connect,
+    maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, bump, offsets},
+    sock::{current_owner, emit, forget, is_tcp, netns_of, remember},
+};
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as u8;
+    let new = ctx.arg::<u64>(2) as u8;
+
+    // Decide on the states alone first: most transitions (FIN_WAIT1, CLOSE_WAIT, ...) are not
+    // lifecycle steps and must cost nothing more.
+    let relevant = matches!(
+        (old, new),
+        (st::CLOSE, st::SYN_SENT)
+            | (st::CLOSE, st::LISTEN)
+            | (st::LISTEN, st::SYN_RECV)
+            | (_, st::ESTABLISHED)
+            | (_, st::CLOSE)
+    );
+    if !relevant || sk == 0 {
+        return 0;
+    }
+    let off = offsets();
+    if !is_tcp(sk, &off) {
+        return 0;
+    }
+
+    match (old, new) {
+        (st::CLOSE, st::SYN_SENT) => {
+            // Process context: the connecting task is current.
+            let now = unsafe { bpf_ktime_get_ns() };
+            remember(sk, &current_owner(now, netns_of(sk, &off), flags::ACTIVE));
+            let thread = bpf_get_current_pid_tgid();
+            if PENDING_CONNECTS.insert(sk, thread, BPF_ANY as u64).is_ok() {
+                bump(counter::PENDING_INSERTED);
+            } else {
+                bump(counter::PENDING_INSERT_FAILED);
+            }
+            let _ = CONNECTING_THREADS.insert(thread, sk, BPF_ANY as u64);
+        }
+        (st::CLOSE, st::LISTEN) => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            let owner = current_owner(now, netns_of(sk, &off), 0);
+            remember(sk, &owner);
+            emit(sk, kind::LISTEN, old, new, Some(&owner), 0);
+        }
+        (st::LISTEN, st::CLOSE) => {
+            let info = forget(sk);
+            emit(sk, kind::LISTEN_STOP, old, new, info.as_ref(), 0);
+        }
+        (st::LISTEN, st::SYN_RECV) => {
+            // A child socket is born in softirq: current is unrelated, so no owner.
+            let now = unsafe { bpf_ktime_get_ns() };
+            let info = sockwatch_common::SockInfo {
+                birth_ns: now,
+                cgroup_id: 0,
+                pid: 0,
+                netns: netns_of(sk, &off),
+                comm: [0; sockwatch_common::COMM_LEN],
+                flags: flags::BIRTH_KNOWN | flags::PASSIVE,
+                _pad: [0; 7],
+            };
+            remember(sk, &info);
+        }
+        (_, st::ESTABLISHED) => {
+            if old == st::SYN_SENT {
+                emit_pending_connect(sk, old);
+            }
+            let info = match SOCKS.get_ptr_mut(sk) {
+                Some(p) => unsafe {
+                    // Transitions of one socket are serialised by its lock.
+                    (*p).flags |= flags::ESTABLISHED;
+                    Some(*p)
+                },
+                None => None,
+            };
+            let passive = if old == st::SYN_RECV { flags::PASSIVE } else { 0 };
+            emit(sk, kind::ESTABLISHED, old, new, info.as_ref(), passive);
+        }
+        (_, st::CLOSE) => {
+            if old == st::SYN_SENT {
+                emit_pending_connect(sk, old);
+            }
+            let info = forget(sk);
+            emit(sk, kind::CLOSE, old, new, info.as_ref(), 0);
+        }
+        _ => {}
+    }
+    0
+}

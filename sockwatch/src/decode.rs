@@ -1,0 +1,369 @@
+//! Kernel event bytes to [`Event`]: length-checked and fallible; every byte value the kernel
+//! could send is either decoded or rejected with a reason, never transmuted.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use sockwatch_common::{AF_INET, AF_INET6, COMM_LEN, CONN_EVENT_SIZE, ConnEvent, flags, kind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Connect,
+    Established,
+    Close,
+    Listen,
+    ListenStop,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Established => "established",
+            Self::Close => "close",
+            Self::Listen => "listen",
+            Self::ListenStop => "listen_stop",
+        }
+    }
+
+    /// Events that end a socket's life carry its duration.
+    pub fn ends_life(self) -> bool {
+        matches!(self, Self::Close | Self::ListenStop)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Opened by connect().
+    Active,
+    /// Opened by a peer and accepted.
+    Passive,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Passive => "passive",
+        }
+    }
+}
+
+/// A TCP state, by the kernel's numbering (1..=12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpState(u8);
+
+impl TcpState {
+    const NAMES: [&'static str; 12] = [
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+    ];
+
+    pub fn new(raw: u8) -> Option<Self> {
+        (1..=12).contains(&raw).then_some(Self(raw))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[usize::from(self.0 - 1)]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A decoded connection event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub kind: EventKind,
+    pub family: Family,
+    pub local_addr: IpAddr,
+    pub local_port: u16,
+    pub peer_addr: IpAddr,
+    pub peer_port: u16,
+    /// The owning process: the one that connected or listened. None where the event is not tied
+    /// to a process (a passively opened socket before it is accepted).
+    pub pid: Option<u32>,
+    pub comm: Option<Comm>,
+    pub cgroup_id: Option<u64>,
+    pub netns: u32,
+    pub direction: Option<Direction>,
+    /// On close and listen_stop: time since the socket's birth, when the birth was seen.
+    pub duration_ns: Option<u64>,
+    /// The state the socket left.
+    pub from_state: TcpState,
+}
+
+/// A task command name: up to 16 bytes, NUL-terminated in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    pub fn from_kernel(raw: &[u8; COMM_LEN]) -> Self {
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        Self {
+            bytes: *raw,
+            len: len as u8,
+        }
+    }
+
+    /// The name as text; a name that is not UTF-8 has its bad bytes replaced.
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes[..usize::from(self.len)])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event record of {0} bytes, expected {CONN_EVENT_SIZE}")]
+    Size(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown address family {0}")]
+    Family(u8),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() != CONN_EVENT_SIZE {
+        return Err(DecodeError::Size(bytes.len()));
+    }
+    // SAFETY: the length is checked; ConnEvent is repr(C) with integer fields only, so every bit
+    // pattern is a valid value; read_unaligned makes no assumption about the ring's alignment.
+    let raw: ConnEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    from_raw(&raw)
+}
+
+pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
+    let kind = match raw.kind {
+        kind::CONNECT => EventKind::Connect,
+        kind::ESTABLISHED => EventKind::Established,
+        kind::CLOSE => EventKind::Close,
+        kind::LISTEN => EventKind::Listen,
+        kind::LISTEN_STOP => EventKind::ListenStop,
+        other => return Err(DecodeError::Kind(other)),
+    };
+    let (family, local_addr, peer_addr) = addresses(raw)?;
+    let from_state = TcpState::new(raw.old_state).ok_or(DecodeError::State(raw.old_state))?;
+    TcpState::new(raw.new_state).ok_or(DecodeError::State(raw.new_state))?;
+
+    let owner = raw.flags & flags::OWNER_KNOWN != 0;
+    let direction = if raw.flags & flags::PASSIVE != 0 {
+        Some(Direction::Passive)
+    } else if raw.flags & flags::ACTIVE != 0 {
+        Some(Direction::Active)
+    } else {
+        None
+    };
+    let duration_ns = (kind.ends_life() && raw.flags & flags::BIRTH_KNOWN != 0)
+        .then_some(raw.duration_ns);
+    Ok(Event {
+        ts_ns: raw.ts_ns,
+        kind,
+        family,
+        local_addr,
+        local_port: raw.local_port,
+        peer_addr,
+        peer_port: raw.peer_port,
+        pid: owner.then_some(raw.pid),
+        comm: owner.then(|| Comm::from_kernel(&raw.comm)),
+        cgroup_id: owner.then_some(raw.cgroup_id),
+        netns: raw.netns,
+        direction,
+        duration_ns,
+        from_state,
+    })
+}
+
+/// Addresses by family; an IPv6 socket talking IPv4 (v4-mapped addresses) is reported as IPv4.
+fn addresses(raw: &ConnEvent) -> Result<(Family, IpAddr, IpAddr), DecodeError> {
+    match raw.family {
+        AF_INET => {
+            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            Ok((Family::Ipv4, v4(&raw.local_addr), v4(&raw.peer_addr)))
+        }
+        AF_INET6 => {
+            let local = Ipv6Addr::from(raw.local_addr);
+            let peer = Ipv6Addr::from(raw.peer_addr);
+            // A listener on a mapped address has an unspecified peer.
+            let peer_v4 = peer.to_ipv4_mapped().or(peer.is_unspecified().then_some(Ipv4Addr::UNSPECIFIED));
+            match (local.to_ipv4_mapped(), peer_v4) {
+                (Some(l), Some(p)) => Ok((Family::Ipv4, IpAddr::V4(l), IpAddr::V4(p))),
+                _ => Ok((Family::Ipv6, IpAddr::V6(local), IpAddr::V6(peer))),
+            }
+        }
+        other => Err(DecodeError::Family(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockwatch_common::tcp_state;
+
+    fn raw_v4() -> ConnEvent {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        let mut local = [0u8; 16];
+        local[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut peer = [0u8; 16];
+        peer[..4].copy_from_slice(&[10, 1, 2, 3]);
+        ConnEvent {
+            ts_ns: 1_000,
+            duration_ns: 5_000,
+            cgroup_id: 77,
+            pid: 4242,
+            netns: 4026531840,
+            comm,
+            local_addr: local,
+            peer_addr: peer,
+            local_port: 45678,
+            peer_port: 8080,
+            kind: kind::CLOSE,
+            family: AF_INET,
+            old_state: tcp_state::FIN_WAIT2,
+            new_state: tcp_state::CLOSE,
+            flags: flags::OWNER_KNOWN | flags::BIRTH_KNOWN | flags::ACTIVE,
+            _pad: [0; 7],
+        }
+    }
+
+    fn bytes(raw: &ConnEvent) -> Vec<u8> {
+        // SAFETY: ConnEvent is plain old data.
+        unsafe {
+            std::slice::from_raw_parts((raw as *const ConnEvent).cast::<u8>(), CONN_EVENT_SIZE)
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_ipv4_close() {
+        let ev = decode(&bytes(&raw_v4())).unwrap();
+        assert_eq!(ev.kind, EventKind::Close);
+        assert_eq!(ev.family, Family::Ipv4);
+        assert_eq!(ev.local_addr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.peer_addr, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!((ev.local_port, ev.peer_port), (45678, 8080));
+        assert_eq!(ev.pid, Some(4242));
+        assert_eq!(ev.comm.unwrap().as_str(), "curl");
+        assert_eq!(ev.cgroup_id, Some(77));
+        assert_eq!(ev.netns, 4026531840);
+        assert_eq!(ev.direction, Some(Direction::Active));
+        assert_eq!(ev.duration_ns, Some(5_000));
+        assert_eq!(ev.from_state.as_str(), "FIN_WAIT2");
+    }
+
+    #[test]
+    fn unknown_owner_and_birth_are_none() {
+        let mut raw = raw_v4();
+        raw.flags = flags::PASSIVE;
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!((ev.pid, ev.comm, ev.cgroup_id), (None, None, None));
+        assert_eq!(ev.duration_ns, None);
+        assert_eq!(ev.direction, Some(Direction::Passive));
+    }
+
+    #[test]
+    fn duration_only_on_events_that_end_a_life() {
+        let mut raw = raw_v4();
+        raw.kind = kind::ESTABLISHED;
+        assert_eq!(decode(&bytes(&raw)).unwrap().duration_ns, None);
+        raw.kind = kind::LISTEN_STOP;
+        assert_eq!(decode(&bytes(&raw)).unwrap().duration_ns, Some(5_000));
+    }
+
+    #[test]
+    fn v4_mapped_ipv6_is_reported_as_ipv4() {
+        let mut raw = raw_v4();
+        raw.family = AF_INET6;
+        raw.local_addr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        raw.peer_addr = Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets();
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.family, Family::Ipv4);
+        assert_eq!(ev.peer_addr, "127.0.0.2".parse::<IpAddr>().unwrap());
+
+        raw.peer_addr = [0; 16];
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.family, Family::Ipv4);
+        assert_eq!(ev.peer_addr, "0.0.0.0".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn native_ipv6_stays_ipv6() {
+        let mut raw = raw_v4();
+        raw.family = AF_INET6;
+        raw.local_addr = Ipv6Addr::LOCALHOST.octets();
+        raw.peer_addr = Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets();
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.family, Family::Ipv6);
+        assert_eq!(ev.local_addr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn comm_without_nul_and_invalid_utf8() {
+        let c = Comm::from_kernel(b"abcdefghijklmnop");
+        assert_eq!(c.as_str(), "abcdefghijklmnop");
+        let mut raw = [0u8; COMM_LEN];
+        raw[..3].copy_from_slice(&[b'a', 0xff, b'b']);
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn malformed_records_are_rejected() {
+        let good = bytes(&raw_v4());
+        assert_eq!(decode(&good[..95]), Err(DecodeError::Size(95)));
+        assert_eq!(decode(&[]), Err(DecodeError::Size(0)));
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(decode(&long), Err(DecodeError::Size(97)));
+
+        let mut raw = raw_v4();
+        raw.kind = 0;
+        assert_eq!(decode(&bytes(&raw)), Err(DecodeError::Kind(0)));
+        raw = raw_v4();
+        raw.kind = 200;
+        assert_eq!(decode(&bytes(&raw)), Err(DecodeError::Kind(200)));
+        raw = raw_v4();
+        raw.family = 1;
+        assert_eq!(decode(&bytes(&raw)), Err(DecodeError::Family(1)));
+        raw = raw_v4();
+        raw.old_state = 13;
+        assert_eq!(decode(&bytes(&raw)), Err(DecodeError::State(13)));
+        raw = raw_v4();
+        raw.new_state = 0;
+        assert_eq!(decode(&bytes(&raw)), Err(DecodeError::State(0)));
+    }
+
+    #[test]
+    fn every_state_has_a_name() {
+        for s in 1..=12 {
+            assert!(!TcpState::new(s).unwrap().as_str().is_empty());
+        }
+        assert!(TcpState::new(0).is_none());
+    }
+}

@@ -1,0 +1,231 @@
+//! Kernel struct field offsets from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE relocations, so the programs get the offsets they need as a load-time
+//! global, read here at start-up. Nothing is hard-coded: a kernel whose layout differs gets the
+//! right offsets, and one that lacks a field gets a clear error naming it.
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use sockwatch_common::{KernelOffsets, SOCK_COMMON_READ};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "cannot read kernel BTF at {path}: {reason} (sockwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)"
+    )]
+    Unreadable { path: String, reason: String },
+    #[error(
+        "kernel BTF has no {what}: this kernel's layout is not supported (please report it with `uname -r`)"
+    )]
+    Missing { what: String },
+    #[error("kernel BTF: {what} is a bit-field, which sockwatch cannot read")]
+    BitField { what: String },
+    #[error(
+        "kernel BTF: {what} lies at byte {offset}, beyond the {limit} bytes of struct sock read at once"
+    )]
+    OutOfWindow {
+        what: String,
+        offset: u32,
+        limit: usize,
+    },
+}
+
+/// Loads BTF from `path` (normally [`VMLINUX_BTF`]) and resolves every offset the programs use.
+pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
+    let btf = Btf::from_file(path).map_err(|e| BtfError::Unreadable {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    resolve(&btf)
+}
+
+fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    // Every sock_common field is read through `struct sock`, whose first member it is.
+    let common = field_offset(btf, "sock", &["__sk_common"])?;
+    let sc = |name: &str| -> Result<u32, BtfError> {
+        let off = common + field_offset(btf, "sock_common", &[name])?;
+        // The programs copy the first SOCK_COMMON_READ bytes of the socket in one read.
+        let size = if name.starts_with("skc_v6") { 16 } else { 8 };
+        if off as usize + size > SOCK_COMMON_READ {
+            return Err(BtfError::OutOfWindow {
+                what: format!("struct sock_common field {name}"),
+                offset: off,
+                limit: SOCK_COMMON_READ,
+            });
+        }
+        Ok(off)
+    };
+    Ok(KernelOffsets {
+        skc_daddr: sc("skc_daddr")?,
+        skc_rcv_saddr: sc("skc_rcv_saddr")?,
+        skc_dport: sc("skc_dport")?,
+        skc_family: sc("skc_family")?,
+        skc_net: common + field_offset(btf, "sock_common", &["skc_net", "net"])?,
+        skc_v6_daddr: sc("skc_v6_daddr")?,
+        skc_v6_rcv_saddr: sc("skc_v6_rcv_saddr")?,
+        sk_protocol: field_offset(btf, "sock", &["sk_protocol"])?,
+        inet_sport: field_offset(btf, "inet_sock", &["inet_sport"])?,
+        net_inum: field_offset(btf, "net", &["ns", "inum"])?,
+    })
+}
+
+/// Byte offset of `path` (a chain of member names, each in the type of the previous one)
+/// inside `struct root`. Members of anonymous structs and unions are found as if they were
+/// direct members, as in C.
+pub fn field_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32, BtfError> {
+    let mut ty = named_struct(btf, root)?;
+    let mut bits = 0u32;
+    let mut what = format!("struct {root}");
+    for name in path {
+        what = format!("{what} field {name}");
+        let (off, member_ty) = find_member(btf, &ty, name, &what)?;
+        bits += off;
+        ty = strip(btf, member_ty);
+    }
+    Ok(bits / 8)
+}
+
+fn named_struct(btf: &Btf, name: &str) -> Result<Type, BtfError> {
+    btf.resolve_types_by_name(name)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or_else(|| BtfError::Missing {
+            what: format!("struct {name}"),
+        })
+}
+
+/// Looks for member `name` in a struct or union, descending into anonymous members.
+/// Returns its bit offset and type.
+fn find_member(btf: &Btf, ty: &Type, name: &str, what: &str) -> Result<(u32, Type), BtfError> {
+    search(btf, ty, name, what, 0)?.ok_or_else(|| BtfError::Missing {
+        what: what.to_string(),
+    })
+}
+
+fn search(
+    btf: &Btf,
+    ty: &Type,
+    name: &str,
+    what: &str,
+    depth: u32,
+) -> Result<Option<(u32, Type)>, BtfError> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return Ok(None),
+    };
+    // Anonymous nesting in the kernel is shallow; the bound guards against malformed BTF.
+    if depth > 8 {
+        return Ok(None);
+    }
+    for m in members {
+        let member_name = btf.resolve_name(m).unwrap_or_default();
+        let Ok(member_ty) = btf.resolve_chained_type(m) else {
+            continue;
+        };
+        if member_name == name {
+            if m.bitfield_size().is_some_and(|b| b != 0) {
+                return Err(BtfError::BitField {
+                    what: what.to_string(),
+                });
+            }
+            return Ok(Some((m.bit_offset(), member_ty)));
+        }
+        if member_name.is_empty() {
+            let inner = strip(btf, member_ty);
+            if let Some((off, t)) = search(btf, &inner, name, what, depth + 1)? {
+                return Ok(Some((m.bit_offset() + off, t)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn strip(btf: &Btf, mut ty: Type) -> Type {
+    for _ in 0..16 {
+        let next = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t),
+            Type::Const(t) => btf.resolve_chained_type(t),
+            Type::Volatile(t) => btf.resolve_chained_type(t),
+            Type::Restrict(t) => btf.resolve_chained_type(t),
+            Type::TypeTag(t) => btf.resolve_chained_type(t),
+            _ => return ty,
+        };
+        match next {
+            Ok(t) => ty = t,
+            Err(_) => return ty,
+        }
+    }
+    ty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vmlinux() -> Option<Btf> {
+        // Readable without root on kernels with BTF; these tests need no privileges.
+        Btf::from_file(VMLINUX_BTF).ok()
+    }
+
+    #[test]
+    fn resolves_all_offsets_on_this_kernel() {
+        let Some(btf) = vmlinux() else {
+            eprintln!("skipped: {VMLINUX_BTF} not readable");
+            return;
+        };
+        let off = resolve(&btf).expect("offsets");
+        // Invariants that hold on every kernel: the v4 address pair is adjacent (daddr first),
+        // v6 addresses follow the common head, and inet_sock extends struct sock.
+        assert_eq!(off.skc_rcv_saddr, off.skc_daddr + 4);
+        assert!(off.skc_v6_daddr > off.skc_family);
+        assert_eq!(off.skc_v6_rcv_saddr, off.skc_v6_daddr + 16);
+        let sock_size = match named_struct(&btf, "sock").unwrap() {
+            Type::Struct(s) => s.size() as u32,
+            _ => unreachable!(),
+        };
+        assert!(off.inet_sport >= sock_size, "inet_sport inside struct sock");
+        assert!(off.sk_protocol < sock_size);
+    }
+
+    #[test]
+    fn anonymous_members_are_searched() {
+        let Some(btf) = vmlinux() else {
+            eprintln!("skipped: {VMLINUX_BTF} not readable");
+            return;
+        };
+        // skc_daddr sits in an anonymous struct inside an anonymous union; skc_addrpair is the
+        // union's other member at the same place.
+        let a = field_offset(&btf, "sock_common", &["skc_daddr"]).unwrap();
+        let b = field_offset(&btf, "sock_common", &["skc_addrpair"]).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn missing_type_and_field_are_named() {
+        let Some(btf) = vmlinux() else {
+            eprintln!("skipped: {VMLINUX_BTF} not readable");
+            return;
+        };
+        let e = field_offset(&btf, "no_such_struct_xyz", &["a"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kernel BTF has no struct no_such_struct_xyz: this kernel's layout is not supported (please report it with `uname -r`)"
+        );
+        let e = field_offset(&btf, "sock", &["no_such_field"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("struct sock field no_such_field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_a_clear_error() {
+        let e = kernel_offsets(Path::new("/nonexistent/btf")).unwrap_err();
+        assert!(e.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{e}");
+    }
+}

@@ -1,0 +1,15 @@
+//! sockwatch: a TCP connection tracer built on eBPF.
+//!
+//! Data path: eBPF programs (sockwatch-ebpf) -> ring buffer -> [`source`] -> [`decode`] ->
+//! [`sink`]. [`loader`] loads and attaches the programs with offsets from [`kernel_btf`];
+//! [`loss`] accounts for every event that could not be delivered.
+pub mod cli;
+pub mod clock;
+pub mod decode;
+pub mod kernel_btf;
+pub mod loader;
+pub mod loss;
+pub mod sink;
+pub mod source;
+pub mod trace;
+pub mod tracefs;

@@ -1,0 +1,271 @@
+//! Loading the eBPF programs, attaching and detaching them, and reading their counters.
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
+};
+use sockwatch_common::{SockInfo, counter};
+
+use crate::{
+    kernel_btf::{self, BtfError, VMLINUX_BTF},
+    loss::KernelCounters,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch"));
+
+const STATE_PROG: &str = "inet_sock_set_state";
+const CONNECT_PROG: &str = "sys_exit_connect";
+
+/// Sizes chosen by the user.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Live sockets tracked at once (socket map entries).
+    pub max_sockets: u32,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "sockwatch must run as root (it loads eBPF programs and reads kernel memory): run it with sudo"
+    )]
+    NotRoot,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("eBPF program {name} is missing from the object (build problem)")]
+    MissingProgram { name: &'static str },
+    #[error("loading eBPF program {name} failed: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "attaching {name} to tracepoint {tracepoint} failed: {source} (does this kernel have it? see /sys/kernel/tracing/events)"
+    )]
+    Attach {
+        name: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The loaded programs. Dropping it detaches and unloads everything.
+pub struct Tracer {
+    ebpf: Ebpf,
+    state_link: Option<RawTracePointLinkId>,
+    connect_link: Option<TracePointLinkId>,
+    /// Recursion misses read at detach, when the programs stop running.
+    final_recursion_misses: Option<u64>,
+}
+
+impl Tracer {
+    /// Reads offsets from BTF, then loads (but does not attach) the programs.
+    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(LoadError::NotRoot);
+        }
+        let offsets = kernel_btf::kernel_offsets(Path::new(VMLINUX_BTF))?;
+        raise_memlock_limit();
+        let pending = (opts.max_sockets / 4).max(1024);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("SOCKS", opts.max_sockets)
+            .map_max_entries("PENDING_CONNECTS", pending)
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
+        for name in [STATE_PROG, CONNECT_PROG] {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram { name })?;
+            let res = match prog {
+                aya::programs::Program::RawTracePoint(p) => p.load(),
+                aya::programs::Program::TracePoint(p) => p.load(),
+                _ => return Err(LoadError::MissingProgram { name }),
+            };
+            res.map_err(|source| LoadError::Program { name, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            state_link: None,
+            connect_link: None,
+            final_recursion_misses: None,
+        })
+    }
+
+    /// Attaches every program. The connect-exit hook goes first so no connect is left waiting
+    /// for a hook that is not there yet.
+    pub fn attach(&mut self) -> Result<(), LoadError> {
+        let tp: &mut TracePoint = self.typed(CONNECT_PROG)?;
+        self.connect_link = Some(tp.attach("syscalls", "sys_exit_connect").map_err(|source| {
+            LoadError::Attach {
+                name: CONNECT_PROG,
+                tracepoint: "syscalls:sys_exit_connect",
+                source,
+            }
+        })?);
+        let raw: &mut RawTracePoint = self.typed(STATE_PROG)?;
+        self.state_link = Some(raw.attach("inet_sock_set_state").map_err(|source| {
+            LoadError::Attach {
+                name: STATE_PROG,
+                tracepoint: "sock:inet_sock_set_state",
+                source,
+            }
+        })?);
+        Ok(())
+    }
+
+    fn typed<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, LoadError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram { name })
+    }
+
+    /// Detaches the programs: no new event is produced after this returns.
+    /// Their recursion-miss counters are read first, while they are still loaded.
+    pub fn detach(&mut self) {
+        self.final_recursion_misses = Some(self.recursion_misses());
+        if let Some(link) = self.state_link.take()
+            && let Ok(p) = self.typed::<RawTracePoint>(STATE_PROG)
+        {
+            let _ = p.detach(link);
+        }
+        if let Some(link) = self.connect_link.take()
+            && let Ok(p) = self.typed::<TracePoint>(CONNECT_PROG)
+        {
+            let _ = p.detach(link);
+        }
+    }
+
+    /// The ring buffer the programs write events to.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Map {
+            name: "EVENTS",
+            source: aya::maps::MapError::InvalidName {
+                name: "EVENTS".into(),
+            },
+        })?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            name: "EVENTS",
+            source,
+        })
+    }
+
+    /// Sum over CPUs of every counter, plus the programs' recursion misses.
+    pub fn counters(&self) -> Result<KernelCounters, LoadError> {
+        let map_err = |source| LoadError::Map {
+            name: "COUNTERS",
+            source,
+        };
+        let map = self.ebpf.map("COUNTERS").ok_or(LoadError::Map {
+            name: "COUNTERS",
+            source: aya::maps::MapError::InvalidName {
+                name: "COUNTERS".into(),
+            },
+        })?;
+        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
+        let get = |i: u32| -> Result<u64, LoadError> {
+            Ok(arr.get(&i, 0).map_err(map_err)?.iter().sum())
+        };
+        Ok(KernelCounters {
+            ringbuf_full: get(counter::RINGBUF_FULL)?,
+            sock_inserted: get(counter::SOCK_INSERTED)?,
+            sock_removed: get(counter::SOCK_REMOVED)?,
+            sock_insert_failed: get(counter::SOCK_INSERT_FAILED)?,
+            pending_inserted: get(counter::PENDING_INSERTED)?,
+            pending_removed: get(counter::PENDING_REMOVED)?,
+            pending_insert_failed: get(counter::PENDING_INSERT_FAILED)?,
+            read_failed: get(counter::READ_FAILED)?,
+            recursion_misses: self
+                .final_recursion_misses
+                .unwrap_or_else(|| self.recursion_misses()),
+        })
+    }
+
+    /// Entries still in the socket map and in the pending-connect map.
+    pub fn live_entries(&self) -> Result<(u64, u64), LoadError> {
+        let socks = self.count_keys::<SockInfo>("SOCKS")?;
+        let pending = self.count_keys::<u64>("PENDING_CONNECTS")?;
+        Ok((socks, pending))
+    }
+
+    fn count_keys<V: aya::Pod>(&self, name: &'static str) -> Result<u64, LoadError> {
+        let map = self.ebpf.map(name).ok_or(LoadError::Map {
+            name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
+        })?;
+        let map: BpfHashMap<_, u64, V> =
+            BpfHashMap::try_from(map).map_err(|source| LoadError::Map { name, source })?;
+        Ok(map.keys().filter(Result::is_ok).count() as u64)
+    }
+
+    /// Runs of our programs the kernel skipped because one was already running on that CPU
+    /// (a softirq interrupting a program); visible only in the program info.
+    fn recursion_misses(&self) -> u64 {
+        [STATE_PROG, CONNECT_PROG]
+            .iter()
+            .filter_map(|name| self.ebpf.program(name))
+            .filter_map(|p| p.fd().ok())
+            .filter_map(|fd| prog_recursion_misses(fd.as_fd().as_raw_fd()).ok())
+            .sum()
+    }
+}
+
+fn prog_recursion_misses(fd: i32) -> io::Result<u64> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+    // SAFETY: both are plain C structs for which all-zero is valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = (&mut info as *mut bpf_prog_info) as u64;
+    // SAFETY: attr and info outlive the call; sizes are given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use the memory cgroup,
+/// so failing to raise the limit is expected where the capability is missing.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a valid rlimit.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}

@@ -1,0 +1,242 @@
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::{Serialize, Serializer};
+
+use crate::{
+    clock::{WallClock, write_rfc3339},
+    decode::Event,
+    loss::Loss,
+    sink::Sink,
+};
+
+/// One JSON object per line. Each line is built whole in a buffer, then written, so the
+/// writer only ever sees complete lines.
+pub struct JsonlSink<W: Write> {
+    out: W,
+    clock: WallClock,
+    line: Vec<u8>,
+}
+
+impl<W: Write> JsonlSink<W> {
+    pub fn new(out: W, clock: WallClock) -> Self {
+        Self {
+            out,
+            clock,
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    fn write_line(&mut self, record: &impl Serialize) -> io::Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+}
+
+/// RFC 3339 time, formatted on the stack.
+struct Rfc3339(i128);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 40];
+        let mut cur = io::Cursor::new(&mut buf[..]);
+        write_rfc3339(&mut cur, self.0).map_err(serde::ser::Error::custom)?;
+        let n = cur.position() as usize;
+        s.serialize_str(std::str::from_utf8(&buf[..n]).map_err(serde::ser::Error::custom)?)
+    }
+}
+
+#[derive(Serialize)]
+struct EventRecord<'a> {
+    time: Rfc3339,
+    event: &'static str,
+    family: &'static str,
+    local_addr: IpAddr,
+    local_port: u16,
+    peer_addr: IpAddr,
+    peer_port: u16,
+    pid: Option<u32>,
+    comm: Option<std::borrow::Cow<'a, str>>,
+    cgroup_id: Option<u64>,
+    netns: u32,
+    direction: Option<&'static str>,
+    /// Present (possibly null) on close and listen_stop only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ns: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_state: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct LostRecord<'a> {
+    time: Rfc3339,
+    event: &'static str,
+    total: u64,
+    #[serde(flatten)]
+    loss: &'a Loss,
+}
+
+impl<W: Write> Sink for JsonlSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let ends = ev.kind.ends_life();
+        let record = EventRecord {
+            time: Rfc3339(self.clock.unix_ns(ev.ts_ns)),
+            event: ev.kind.as_str(),
+            family: ev.family.as_str(),
+            local_addr: ev.local_addr,
+            local_port: ev.local_port,
+            peer_addr: ev.peer_addr,
+            peer_port: ev.peer_port,
+            pid: ev.pid,
+            comm: ev.comm.as_ref().map(|c| c.as_str()),
+            cgroup_id: ev.cgroup_id,
+            netns: ev.netns,
+            direction: ev.direction.map(|d| d.as_str()),
+            duration_ns: ends.then_some(ev.duration_ns),
+            from_state: ends.then(|| ev.from_state.as_str()),
+        };
+        self.write_line(&record)
+    }
+
+    fn lost(&mut self, loss: &Loss, at_unix_ns: i128) -> io::Result<()> {
+        self.write_line(&LostRecord {
+            time: Rfc3339(at_unix_ns),
+            event: "lost",
+            total: loss.total(),
+            loss,
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Comm, Direction, EventKind, Family, TcpState};
+    use serde_json::{Value, json};
+
+    fn event(kind: EventKind) -> Event {
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"server");
+        Event {
+            ts_ns: 5,
+            kind,
+            family: Family::Ipv4,
+            local_addr: "127.0.0.1".parse().unwrap(),
+            local_port: 8080,
+            peer_addr: "127.0.0.2".parse().unwrap(),
+            peer_port: 50000,
+            pid: Some(7),
+            comm: Some(Comm::from_kernel(&comm)),
+            cgroup_id: Some(99),
+            netns: 4026531840,
+            direction: Some(Direction::Passive),
+            duration_ns: Some(2_000),
+            from_state: TcpState::new(9).unwrap(),
+        }
+    }
+
+    fn lines(f: impl FnOnce(&mut JsonlSink<&mut Vec<u8>>)) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut s = JsonlSink::new(&mut out, WallClock::with_offset(1_000_000_000));
+        f(&mut s);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with('\n'));
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn close_record_has_every_key() {
+        let v = lines(|s| s.event(&event(EventKind::Close)).unwrap());
+        assert_eq!(
+            v[0],
+            json!({
+                "time": "1970-01-01T00:00:01.000000005Z",
+                "event": "close",
+                "family": "ipv4",
+                "local_addr": "127.0.0.1",
+                "local_port": 8080,
+                "peer_addr": "127.0.0.2",
+                "peer_port": 50000,
+                "pid": 7,
+                "comm": "server",
+                "cgroup_id": 99,
+                "netns": 4026531840u32,
+                "direction": "passive",
+                "duration_ns": 2000,
+                "from_state": "LAST_ACK",
+            })
+        );
+    }
+
+    #[test]
+    fn unknowns_are_null_and_close_only_keys_are_absent_elsewhere() {
+        let v = lines(|s| {
+            let mut e = event(EventKind::Established);
+            e.pid = None;
+            e.comm = None;
+            e.cgroup_id = None;
+            e.family = Family::Ipv6;
+            e.local_addr = "::1".parse().unwrap();
+            s.event(&e).unwrap();
+            let mut c = event(EventKind::Close);
+            c.duration_ns = None;
+            s.event(&c).unwrap();
+        });
+        assert_eq!(v[0]["pid"], Value::Null);
+        assert_eq!(v[0]["comm"], Value::Null);
+        assert_eq!(v[0]["family"], "ipv6");
+        assert_eq!(v[0]["local_addr"], "::1");
+        assert!(v[0].get("duration_ns").is_none());
+        assert!(v[0].get("from_state").is_none());
+        assert_eq!(v[1]["duration_ns"], Value::Null);
+    }
+
+    #[test]
+    fn lost_record_lists_every_counter_even_when_zero() {
+        let v = lines(|s| {
+            s.lost(
+                &Loss {
+                    ringbuf_full: 3,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap()
+        });
+        assert_eq!(
+            v[0],
+            json!({
+                "time": "1970-01-01T00:00:00.000000000Z",
+                "event": "lost",
+                "total": 3,
+                "ringbuf_full": 3,
+                "recursion_misses": 0,
+                "sock_map_full": 0,
+                "sock_map_evicted": 0,
+                "connect_lost": 0,
+                "read_failed": 0,
+                "decode_errors": 0,
+            })
+        );
+    }
+
+    #[test]
+    fn comm_with_quotes_is_escaped() {
+        let v = lines(|s| {
+            let mut e = event(EventKind::Connect);
+            let mut comm = [0u8; 16];
+            comm[..5].copy_from_slice(b"a\"b\\c");
+            e.comm = Some(Comm::from_kernel(&comm));
+            s.event(&e).unwrap();
+        });
+        assert_eq!(v[0]["comm"], "a\"b\\c");
+    }
+}

@@ -1,0 +1,126 @@
+use std::io::{self, Write};
+
+use crate::{
+    clock::{WallClock, write_time_of_day},
+    decode::Event,
+    loss::Loss,
+    sink::Sink,
+};
+
+/// Aligned columns: time (UTC), event, pid, comm, local and peer endpoints, details.
+pub struct TextSink<W: Write> {
+    out: W,
+    clock: WallClock,
+    line: Vec<u8>,
+}
+
+const HEADER: &str = "TIME(UTC)        EVENT        PID     COMM             LOCAL                                          PEER                                           DETAILS";
+
+impl<W: Write> TextSink<W> {
+    pub fn new(mut out: W, clock: WallClock) -> io::Result<Self> {
+        writeln!(out, "{HEADER}")?;
+        Ok(Self {
+            out,
+            clock,
+            line: Vec::with_capacity(256),
+        })
+    }
+}
+
+struct Endpoint<'a>(&'a std::net::IpAddr, u16);
+
+impl std::fmt::Display for Endpoint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Pad the whole endpoint, so format to a fixed buffer first.
+        let mut buf = [0u8; 48];
+        let mut cur = io::Cursor::new(&mut buf[..]);
+        let _ = match self.0 {
+            std::net::IpAddr::V4(a) => write!(cur, "{a}:{}", self.1),
+            std::net::IpAddr::V6(a) => write!(cur, "[{a}]:{}", self.1),
+        };
+        let n = cur.position() as usize;
+        f.pad(std::str::from_utf8(&buf[..n]).unwrap_or("?"))
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        let l = &mut self.line;
+        l.clear();
+        write_time_of_day(l, self.clock.unix_ns(ev.ts_ns))?;
+        write!(l, "  {:<12} ", ev.kind.as_str())?;
+        match ev.pid {
+            Some(pid) => write!(l, "{pid:<7} ")?,
+            None => l.extend_from_slice(b"-       "),
+        }
+        match &ev.comm {
+            Some(c) => write!(l, "{:<16} ", c.as_str())?,
+            None => write!(l, "{:<16} ", "-")?,
+        }
+        write!(
+            l,
+            "{:<46} {:<46}",
+            Endpoint(&ev.local_addr, ev.local_port),
+            Endpoint(&ev.peer_addr, ev.peer_port)
+        )?;
+        if let Some(d) = ev.direction {
+            write!(l, " {}", d.as_str())?;
+        }
+        if ev.kind.ends_life() {
+            write!(l, " from={}", ev.from_state.as_str())?;
+            match ev.duration_ns {
+                Some(ns) => write!(l, " duration={:.3}ms", ns as f64 / 1e6)?,
+                None => l.extend_from_slice(b" duration=?"),
+            }
+        }
+        l.push(b'\n');
+        self.out.write_all(l)
+    }
+
+    fn lost(&mut self, loss: &Loss, _at_unix_ns: i128) -> io::Result<()> {
+        writeln!(self.out, "# {loss}")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Comm, Direction, EventKind, Family, TcpState};
+
+    #[test]
+    fn a_close_line_has_all_columns() {
+        let mut out = Vec::new();
+        let mut s = TextSink::new(&mut out, WallClock::with_offset(1_795_254_062_000_000_000))
+            .unwrap();
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        s.event(&Event {
+            ts_ns: 123_456_000,
+            kind: EventKind::Close,
+            family: Family::Ipv6,
+            local_addr: "::1".parse().unwrap(),
+            local_port: 40000,
+            peer_addr: "::1".parse().unwrap(),
+            peer_port: 8080,
+            pid: Some(42),
+            comm: Some(Comm::from_kernel(&comm)),
+            cgroup_id: Some(1),
+            netns: 1,
+            direction: Some(Direction::Active),
+            duration_ns: Some(1_500_000),
+            from_state: TcpState::new(5).unwrap(),
+        })
+        .unwrap();
+        s.lost(&Loss::default(), 0).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines[0], HEADER);
+        assert!(lines[1].starts_with("09:41:02.123456  close        42      curl             [::1]:40000 "));
+        assert!(lines[1].ends_with("[::1]:8080                                     active from=FIN_WAIT2 duration=1.500ms"), "{}", lines[1]);
+        assert_eq!(lines[2], "# lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0");
+    }
+}
