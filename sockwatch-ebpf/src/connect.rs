@@ -1,6 +1,8 @@
 //! `syscalls:sys_exit_connect`: at CLOSE->SYN_SENT the kernel has not yet chosen the local port,
 //! so the connect event waits until connect() returns (or the socket's next state change).
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use sockwatch_common::{counter, kind, tcp_state};
 
 use crate::{

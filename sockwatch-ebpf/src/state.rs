@@ -87,7 +87,11 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
                 },
                 None => None,
             };
-            let passive = if old == st::SYN_RECV { flags::PASSIVE } else { 0 };
+            let passive = if old == st::SYN_RECV {
+                flags::PASSIVE
+            } else {
+                0
+            };
             emit(sk, kind::ESTABLISHED, old, new, info.as_ref(), passive);
         }
         (_, st::CLOSE) => {

@@ -49,9 +49,8 @@ impl Default for WallClock {
     }
 }
 
-const RFC3339_NS: &[BorrowedFormatItem<'static>] = format_description!(
-    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
-);
+const RFC3339_NS: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
 const TIME_OF_DAY_US: &[BorrowedFormatItem<'static>] =
     format_description!("[hour]:[minute]:[second].[subsecond digits:6]");
 

@@ -180,8 +180,8 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
     } else {
         None
     };
-    let duration_ns = (kind.ends_life() && raw.flags & flags::BIRTH_KNOWN != 0)
-        .then_some(raw.duration_ns);
+    let duration_ns =
+        (kind.ends_life() && raw.flags & flags::BIRTH_KNOWN != 0).then_some(raw.duration_ns);
     Ok(Event {
         ts_ns: raw.ts_ns,
         kind,
@@ -211,7 +211,9 @@ fn addresses(raw: &ConnEvent) -> Result<(Family, IpAddr, IpAddr), DecodeError> {
             let local = Ipv6Addr::from(raw.local_addr);
             let peer = Ipv6Addr::from(raw.peer_addr);
             // A listener on a mapped address has an unspecified peer.
-            let peer_v4 = peer.to_ipv4_mapped().or(peer.is_unspecified().then_some(Ipv4Addr::UNSPECIFIED));
+            let peer_v4 = peer
+                .to_ipv4_mapped()
+                .or(peer.is_unspecified().then_some(Ipv4Addr::UNSPECIFIED));
             match (local.to_ipv4_mapped(), peer_v4) {
                 (Some(l), Some(p)) => Ok((Family::Ipv4, IpAddr::V4(l), IpAddr::V4(p))),
                 _ => Ok((Family::Ipv6, IpAddr::V6(local), IpAddr::V6(peer))),

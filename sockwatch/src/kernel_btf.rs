@@ -217,8 +217,7 @@ mod tests {
         );
         let e = field_offset(&btf, "sock", &["no_such_field"]).unwrap_err();
         assert!(
-            e.to_string()
-                .contains("struct sock field no_such_field"),
+            e.to_string().contains("struct sock field no_such_field"),
             "{e}"
         );
     }

@@ -118,21 +118,24 @@ impl Tracer {
     /// for a hook that is not there yet.
     pub fn attach(&mut self) -> Result<(), LoadError> {
         let tp: &mut TracePoint = self.typed(CONNECT_PROG)?;
-        self.connect_link = Some(tp.attach("syscalls", "sys_exit_connect").map_err(|source| {
-            LoadError::Attach {
-                name: CONNECT_PROG,
-                tracepoint: "syscalls:sys_exit_connect",
-                source,
-            }
-        })?);
+        self.connect_link = Some(
+            tp.attach("syscalls", "sys_exit_connect")
+                .map_err(|source| LoadError::Attach {
+                    name: CONNECT_PROG,
+                    tracepoint: "syscalls:sys_exit_connect",
+                    source,
+                })?,
+        );
         let raw: &mut RawTracePoint = self.typed(STATE_PROG)?;
-        self.state_link = Some(raw.attach("inet_sock_set_state").map_err(|source| {
-            LoadError::Attach {
-                name: STATE_PROG,
-                tracepoint: "sock:inet_sock_set_state",
-                source,
-            }
-        })?);
+        self.state_link =
+            Some(
+                raw.attach("inet_sock_set_state")
+                    .map_err(|source| LoadError::Attach {
+                        name: STATE_PROG,
+                        tracepoint: "sock:inet_sock_set_state",
+                        source,
+                    })?,
+            );
         Ok(())
     }
 

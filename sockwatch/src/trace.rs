@@ -110,7 +110,10 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Loss> {
     let (live_socks, live_pending) = tracer.live_entries()?;
     let loss = Loss::from_counters(&counters, live_socks, live_pending, pipe.decode_errors);
     pipe.sink
-        .lost(&loss, clock.unix_ns(crate::clock::WallClock::monotonic_now()))
+        .lost(
+            &loss,
+            clock.unix_ns(crate::clock::WallClock::monotonic_now()),
+        )
         .context("writing the loss record")?;
     pipe.sink.flush().context("writing events")?;
     Ok(loss)

@@ -149,7 +149,9 @@ mod tests {
         f(&mut s);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with('\n'));
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[test]

@@ -94,8 +94,8 @@ mod tests {
     #[test]
     fn a_close_line_has_all_columns() {
         let mut out = Vec::new();
-        let mut s = TextSink::new(&mut out, WallClock::with_offset(1_795_254_062_000_000_000))
-            .unwrap();
+        let mut s =
+            TextSink::new(&mut out, WallClock::with_offset(1_795_254_062_000_000_000)).unwrap();
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
         s.event(&Event {
@@ -119,8 +119,14 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines[0], HEADER);
-        assert!(lines[1].starts_with("09:41:02.123456  close        42      curl             [::1]:40000 "));
+        assert!(
+            lines[1]
+                .starts_with("09:41:02.123456  close        42      curl             [::1]:40000 ")
+        );
         assert!(lines[1].ends_with("[::1]:8080                                     active from=FIN_WAIT2 duration=1.500ms"), "{}", lines[1]);
-        assert_eq!(lines[2], "# lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0");
+        assert_eq!(
+            lines[2],
+            "# lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0"
+        );
     }
 }

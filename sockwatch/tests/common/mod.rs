@@ -1,0 +1,259 @@
+//! Harness for the root integration tests: a fresh network namespace per test, the real
+//! sockwatch binary tracing in the background, and its JSONL output parsed back.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{self, BufRead},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the test may load BPF. Without root it says it skipped, except in CI
+/// (CI=true), where missing root is a failure.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: CI=true but not running as root: the BPF tests cannot run");
+    }
+    eprintln!("SKIPPED {test}: needs root to load eBPF programs (run `sudo -E cargo xtask test`)");
+    false
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sockwatch-test-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Moves the calling thread into a new network namespace with loopback up; returns its inode.
+/// Threads and processes started from this thread afterwards share it.
+pub fn enter_new_netns_for_tests() -> u64 {
+    enter_new_netns()
+}
+
+fn enter_new_netns() -> u64 {
+    // SAFETY: plain syscalls with valid arguments; unshare affects this thread only.
+    unsafe {
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWNET),
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            io::Error::last_os_error()
+        );
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req),
+            0,
+            "bringing lo up: {}",
+            io::Error::last_os_error()
+        );
+        libc::close(fd);
+    }
+    fs::metadata("/proc/thread-self/ns/net")
+        .expect("stat netns")
+        .ino()
+}
+
+/// What one traced run produced.
+pub struct Traced {
+    /// Events of the test's own namespace, in file order.
+    pub events: Vec<Value>,
+    /// The final `lost` record.
+    pub lost: Value,
+    pub netns: u64,
+    /// Every line of the file parsed as JSON (all namespaces), to check validity.
+    pub all_lines: usize,
+}
+
+impl Traced {
+    pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["event"] == kind).collect()
+    }
+}
+
+/// Runs `scenario` in a new network namespace while sockwatch traces with `--format jsonl`
+/// (plus `extra` arguments), then stops sockwatch with SIGTERM and returns its output.
+pub fn trace_in_new_netns<R: Send>(
+    extra: &[&str],
+    scenario: impl FnOnce() -> R + Send,
+) -> (Traced, R) {
+    thread::scope(|s| {
+        thread::Builder::new()
+            .name("sw-netns".into())
+            .spawn_scoped(s, || {
+                let netns = enter_new_netns();
+                let dir = TempDir::new("trace");
+                let out = dir.path().join("events.jsonl");
+                let ready = dir.path().join("ready");
+                let mut child = spawn_sockwatch(&out, &ready, extra);
+                wait_ready(&mut child, &ready);
+                let result = scenario();
+                wait_connections_settled();
+                let status = stop(&mut child);
+                assert!(status, "sockwatch did not exit cleanly on SIGTERM");
+                (parse(&out, netns), result)
+            })
+            .expect("spawn netns thread")
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+fn spawn_sockwatch(out: &Path, ready: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+        .args(["trace", "--format", "jsonl", "--output"])
+        .arg(out)
+        .arg("--ready-file")
+        .arg(ready)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sockwatch")
+}
+
+/// Waits for sockwatch's ready file (bounded); fails with its stderr if it exits first.
+fn wait_ready(child: &mut Child, ready: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("sockwatch exited before ready ({status}): {err}");
+        }
+        assert!(Instant::now() < deadline, "sockwatch not ready after 60 s");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until every TCP socket of this namespace is listening or in TIME_WAIT, so every
+/// lifecycle transition of the test's connections has happened (bounded).
+pub fn wait_connections_settled() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let busy = ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+            .iter()
+            .filter_map(|p| fs::File::open(p).ok())
+            .flat_map(|f| io::BufReader::new(f).lines().skip(1).map_while(Result::ok))
+            .filter(|l| {
+                let st = l.split_whitespace().nth(3).unwrap_or("");
+                st != "06" && st != "0A"
+            })
+            .count();
+        if busy == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{busy} sockets still closing after 10 s"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM, then wait (bounded). True if it exited with status 0.
+pub fn stop(child: &mut Child) -> bool {
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            if !st.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = io::Read::read_to_string(&mut e, &mut err);
+                }
+                eprintln!("sockwatch stderr: {err}");
+            }
+            return st.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sockwatch did not exit within 30 s of SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn parse(out: &Path, netns: u64) -> Traced {
+    let text = fs::read_to_string(out).expect("read output");
+    assert!(text.ends_with('\n'), "output does not end with a full line");
+    let all: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid JSON line {l:?}: {e}")))
+        .collect();
+    let lost = all.last().cloned().expect("empty output");
+    assert_eq!(lost["event"], "lost", "last record is not the loss record");
+    assert_eq!(
+        all.iter().filter(|v| v["event"] == "lost").count(),
+        1,
+        "exactly one loss record"
+    );
+    Traced {
+        events: all
+            .iter()
+            .filter(|v| v["netns"].as_u64() == Some(netns))
+            .cloned()
+            .collect(),
+        lost,
+        netns,
+        all_lines: all.len(),
+    }
+}
+
+/// Asserts the loss record lists every counter and all are zero.
+pub fn assert_nothing_lost(lost: &Value) {
+    for key in [
+        "ringbuf_full",
+        "recursion_misses",
+        "sock_map_full",
+        "sock_map_evicted",
+        "connect_lost",
+        "read_failed",
+        "decode_errors",
+    ] {
+        assert_eq!(lost[key].as_u64(), Some(0), "{key} in {lost}");
+    }
+    assert_eq!(lost["total"].as_u64(), Some(0), "{lost}");
+}
