@@ -69,6 +69,15 @@ pub enum LoadError {
     },
 }
 
+/// Fails early, with a clear message, when not running as root.
+pub fn require_root() -> Result<(), LoadError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotRoot);
+    }
+    Ok(())
+}
+
 /// The loaded programs. Dropping it detaches and unloads everything.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -81,10 +90,7 @@ pub struct Tracer {
 impl Tracer {
     /// Reads offsets from BTF, then loads (but does not attach) the programs.
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(LoadError::NotRoot);
-        }
+        require_root()?;
         let offsets = kernel_btf::kernel_offsets(Path::new(VMLINUX_BTF))?;
         raise_memlock_limit();
         let pending = (opts.max_sockets / 4).max(1024);

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sockwatch::{
     cli::{Cli, Command},
+    loader,
     trace::{self, TraceOptions},
     tracefs,
 };
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(args) => {
+            loader::require_root()?;
             // Before any thread exists: it may need to unshare a mount namespace.
             tracefs::ensure()?;
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -11,11 +11,11 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted and mounting it failed ({step}: {source}); mount it with `mount -t tracefs tracefs {TRACEFS}`"
+        "tracefs is not mounted and mounting it failed ({step}: {cause}); mount it with `mount -t tracefs tracefs {TRACEFS}`"
     )]
     Mount {
         step: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -39,7 +39,7 @@ pub fn ensure() -> Result<Tracefs, TracefsError> {
     if populated(TRACEFS) || populated(DEBUGFS_TRACING) {
         return Ok(Tracefs::AlreadyMounted);
     }
-    let err = |step| move |source| TracefsError::Mount { step, source };
+    let err = |step| move |cause| TracefsError::Mount { step, cause };
     // SAFETY: plain syscalls with valid, NUL-terminated arguments.
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNS)).map_err(err("unshare(CLONE_NEWNS)"))?;
