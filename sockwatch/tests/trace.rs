@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TempDir, Traced, assert_nothing_lost, root_or_skip, trace_in_new_netns};
+use common::{
+    TempDir, Traced, assert_nothing_lost, root_or_skip, trace_in_new_netns,
+    trace_in_new_netns_until,
+};
 use serde_json::Value;
 
 const N: usize = 5;
@@ -267,7 +270,8 @@ fn refused_connect_is_a_connect_then_a_close_from_syn_sent() {
     if !root_or_skip("refused_connect_is_a_connect_then_a_close_from_syn_sent") {
         return;
     }
-    let (t, err) = trace_in_new_netns(SMALL_MAPS, || {
+    // Stopped with SIGINT (Ctrl-C) rather than SIGTERM: the same clean end is expected.
+    let (t, err) = trace_in_new_netns_until(SMALL_MAPS, libc::SIGINT, || {
         TcpStream::connect("127.0.0.1:9").expect_err("nothing listens on port 9")
     });
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
@@ -317,6 +321,14 @@ fn text_output_and_duration() {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("spawn");
+                // Read stdout as it comes: it carries the whole host's events, which can fill a
+                // pipe.
+                let mut stdout = child.stdout.take().expect("stdout");
+                let reader = thread::spawn(move || {
+                    let mut out = String::new();
+                    stdout.read_to_string(&mut out).expect("read");
+                    out
+                });
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !ready2.exists() {
                     assert!(Instant::now() < deadline, "not ready");
@@ -338,13 +350,7 @@ fn text_output_and_duration() {
                     );
                     thread::sleep(Duration::from_millis(20));
                 };
-                let mut out = String::new();
-                child
-                    .stdout
-                    .take()
-                    .expect("stdout")
-                    .read_to_string(&mut out)
-                    .expect("read");
+                let out = reader.join().expect("reader");
                 (out, status, addr.port())
             })
             .expect("spawn")
@@ -386,4 +392,49 @@ fn tracefs_mounts() -> usize {
         .lines()
         .filter(|l| l.contains(" - tracefs "))
         .count()
+}
+
+/// More live sockets than the socket map holds: the overflow is reported, never silent, and
+/// every close is still emitted (without a duration where the birth record was pushed out).
+#[test]
+fn socket_map_overflow_is_reported() {
+    if !root_or_skip("socket_map_overflow_is_reported") {
+        return;
+    }
+    const HELD: usize = 1500;
+    let (t, ()) = trace_in_new_netns(&["--max-sockets", "1024"], || {
+        let (tx, rx) = mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let server = thread::Builder::new()
+            .name("sw-server".into())
+            .spawn(move || {
+                let l = TcpListener::bind("127.0.0.1:8080").expect("bind");
+                ready_tx.send(()).expect("send");
+                let held: Vec<TcpStream> =
+                    (0..HELD).map(|_| l.accept().expect("accept").0).collect();
+                rx.recv().expect("clients closed");
+                for mut s in held {
+                    let mut sink = Vec::new();
+                    s.read_to_end(&mut sink).expect("read");
+                }
+            })
+            .expect("spawn");
+        ready_rx.recv().expect("ready");
+        let clients: Vec<TcpStream> = (0..HELD)
+            .map(|_| TcpStream::connect("127.0.0.1:8080").expect("connect"))
+            .collect();
+        drop(clients);
+        tx.send(()).expect("send");
+        server.join().expect("server");
+    });
+    // 3000 sockets were alive at once in a map of 1024.
+    assert!(
+        t.lost["sock_map_evicted"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        t.lost
+    );
+    assert!(t.lost["total"].as_u64().unwrap_or(0) > 0);
+    let closes = t.of_kind("close");
+    assert_eq!(closes.len(), 2 * HELD, "every close is still emitted");
+    assert!(closes.iter().any(|c| c["duration_ns"].is_null()));
 }

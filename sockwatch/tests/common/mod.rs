@@ -114,6 +114,15 @@ pub fn trace_in_new_netns<R: Send>(
     extra: &[&str],
     scenario: impl FnOnce() -> R + Send,
 ) -> (Traced, R) {
+    trace_in_new_netns_until(extra, libc::SIGTERM, scenario)
+}
+
+/// As [`trace_in_new_netns`], stopping sockwatch with `signal` (SIGTERM or SIGINT).
+pub fn trace_in_new_netns_until<R: Send>(
+    extra: &[&str],
+    signal: i32,
+    scenario: impl FnOnce() -> R + Send,
+) -> (Traced, R) {
     thread::scope(|s| {
         thread::Builder::new()
             .name("sw-netns".into())
@@ -126,8 +135,8 @@ pub fn trace_in_new_netns<R: Send>(
                 wait_ready(&mut child, &ready);
                 let result = scenario();
                 wait_connections_settled();
-                let status = stop(&mut child);
-                assert!(status, "sockwatch did not exit cleanly on SIGTERM");
+                let status = stop(&mut child, signal);
+                assert!(status, "sockwatch did not exit cleanly on signal {signal}");
                 (parse(&out, netns), result)
             })
             .expect("spawn netns thread")
@@ -191,10 +200,10 @@ pub fn wait_connections_settled() {
     }
 }
 
-/// SIGTERM, then wait (bounded). True if it exited with status 0.
-pub fn stop(child: &mut Child) -> bool {
+/// Sends `signal`, then waits (bounded). True if it exited with status 0.
+pub fn stop(child: &mut Child, signal: i32) -> bool {
     // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
@@ -210,7 +219,7 @@ pub fn stop(child: &mut Child) -> bool {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("sockwatch did not exit within 30 s of SIGTERM");
+            panic!("sockwatch did not exit within 30 s of signal {signal}");
         }
         thread::sleep(Duration::from_millis(10));
     }
