@@ -13,6 +13,12 @@ pub mod kind {
     pub const CLOSE: u8 = 3;
     pub const LISTEN: u8 = 4;
     pub const LISTEN_STOP: u8 = 5;
+    /// accept() returned a connection (process context: the accepting process).
+    pub const ACCEPT: u8 = 6;
+    /// accept() failed with a real error (not EAGAIN or EINTR); `errno` says which.
+    pub const ACCEPT_FAILED: u8 = 7;
+    /// An outbound connection never established; `errno` says why (0: closed while connecting).
+    pub const CONNECT_FAILED: u8 = 8;
 }
 
 /// `ConnEvent::flags` and `SockInfo::flags` bits.
@@ -70,12 +76,14 @@ pub struct ConnEvent {
     pub peer_addr: [u8; 16],
     pub local_port: u16,
     pub peer_port: u16,
+    /// Error number (positive) of failure events; 0 otherwise.
+    pub errno: u16,
     pub kind: u8,
     pub family: u8,
     pub old_state: u8,
     pub new_state: u8,
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 5],
 }
 
 pub const CONN_EVENT_SIZE: usize = 96;
@@ -114,7 +122,11 @@ pub mod counter {
     pub const PENDING_INSERT_FAILED: u32 = 6;
     /// Reading kernel memory failed; the event was dropped.
     pub const READ_FAILED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// accept() on a TCP listener returned EAGAIN/EWOULDBLOCK (normal for non-blocking servers).
+    pub const ACCEPT_WOULD_BLOCK: u32 = 8;
+    /// accept() on a TCP listener was interrupted by a signal.
+    pub const ACCEPT_INTERRUPTED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Kernel struct field offsets, read from the running kernel's BTF at start-up and handed to the
@@ -136,9 +148,22 @@ pub struct KernelOffsets {
     pub inet_sport: u32,
     /// `struct net::ns.inum`.
     pub net_inum: u32,
+    /// `struct sock::sk_err` (int): why a connecting socket was closed.
+    pub sk_err: u32,
+    /// The fd-to-socket chain: task->files->fdt->fd[fd]->private_data->sk.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// Offsets in the syscall tracepoint records (from tracefs format files).
+    pub sys_enter_fd: u32,
+    pub sys_enter_addr: u32,
+    pub sys_exit_ret: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 
 /// The programs read this many bytes of `struct sock` at once, so that all the `sock_common`
 /// fields they need come from one read; userspace checks every offset fits.

@@ -1,24 +1,120 @@
-//! `syscalls:sys_exit_connect`: at CLOSE->SYN_SENT the kernel has not yet chosen the local port,
-//! so the connect event waits until connect() returns (or the socket's next state change).
+//! `syscalls:sys_{enter,exit}_connect`.
+//!
+//! At CLOSE->SYN_SENT the kernel has not yet chosen the local port, so the connect event waits
+//! until connect() returns (or the socket's next state change). connect() errors raised before
+//! any SYN is sent (no route, no local port, ...) are reported here as `connect_failed`; failures
+//! after the SYN (refused, timed out) come from the socket's SYN_SENT->CLOSE change.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    bindings::BPF_ANY,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
-use sockwatch_common::{counter, kind, tcp_state};
+use sockwatch_common::{AF_INET, AF_INET6, counter, flags, kind, tcp_state};
 
 use crate::{
-    maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, bump},
-    sock::emit,
+    maps::{
+        CONNECT_ARGS, CONNECTING_THREADS, ConnectArgs, PENDING_CONNECTS, SOCKS, bump, offsets,
+        record_field,
+    },
+    sock::{current_owner, emit, emit_patched, is_tcp, netns_of, sock_of_fd},
 };
 
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn sys_exit_connect(_ctx: TracePointContext) -> u32 {
-    let thread = bpf_get_current_pid_tgid();
-    let Some(sk) = CONNECTING_THREADS.get_ptr(thread).map(|p| unsafe { *p }) else {
+const EINTR: u16 = 4;
+const EINPROGRESS: u16 = 115;
+const EALREADY: u16 = 114;
+const EISCONN: u16 = 106;
+/// Kernel-internal restart codes seen at syscall exit before signal handling turns them
+/// into EINTR or a restart.
+const ERESTARTSYS: u16 = 512;
+const ERESTART_RESTARTBLOCK: u16 = 516;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let off = offsets();
+    let fd = record_field(&ctx, off.sys_enter_fd);
+    let uaddr = record_field(&ctx, off.sys_enter_addr);
+    // struct sockaddr_in{,6}: family (u16), port (be16), then the v4 address at 4 or, for v6,
+    // flowinfo at 4 and the address at 8.
+    let Ok(head) = (unsafe { bpf_probe_read_user(uaddr as *const [u8; 8]) }) else {
         return 0;
     };
-    let _ = CONNECTING_THREADS.remove(thread);
-    emit_pending_connect(sk, tcp_state::SYN_SENT);
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    let mut args = ConnectArgs {
+        fd,
+        addr: [0; 16],
+        family,
+        port: u16::from_be_bytes([head[2], head[3]]),
+        _pad: [0; 4],
+    };
+    if family == u16::from(AF_INET) {
+        args.addr[..4].copy_from_slice(&head[4..8]);
+    } else if family == u16::from(AF_INET6) {
+        let Ok(a) = (unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }) else {
+            return 0;
+        };
+        args.addr = a;
+    } else {
+        // Unix and other families: not ours.
+        return 0;
+    }
+    let _ = CONNECT_ARGS.insert(bpf_get_current_pid_tgid(), args, BPF_ANY as u64);
     0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let thread = bpf_get_current_pid_tgid();
+    let args = CONNECT_ARGS.get_ptr(thread).map(|p| unsafe { *p });
+    let _ = CONNECT_ARGS.remove(thread);
+    if let Some(sk) = CONNECTING_THREADS.get_ptr(thread).map(|p| unsafe { *p }) {
+        // A SYN was sent: the connect is reported now, a failure by the state change.
+        let _ = CONNECTING_THREADS.remove(thread);
+        emit_pending_connect(sk, tcp_state::SYN_SENT);
+        return 0;
+    }
+    let ret = record_field(&ctx, offsets().sys_exit_ret) as i64;
+    let Some(args) = args else { return 0 };
+    if ret >= 0 || ret < -4095 {
+        return 0;
+    }
+    let errno = (-ret) as u16;
+    if matches!(errno, EINPROGRESS | EALREADY | EISCONN | EINTR)
+        || (ERESTARTSYS..=ERESTART_RESTARTBLOCK).contains(&errno)
+    {
+        return 0;
+    }
+    connect_failed_early(&args, errno);
+    0
+}
+
+/// connect() failed before any packet left: the destination comes from the caller's sockaddr.
+#[inline(always)]
+fn connect_failed_early(args: &ConnectArgs, errno: u16) {
+    let off = offsets();
+    let Some(sk) = sock_of_fd(args.fd, &off) else {
+        return;
+    };
+    if !is_tcp(sk, &off) {
+        return;
+    }
+    let owner = current_owner(0, netns_of(sk, &off), flags::ACTIVE);
+    emit_patched(
+        sk,
+        kind::CONNECT_FAILED,
+        tcp_state::CLOSE,
+        tcp_state::CLOSE,
+        Some(&owner),
+        0,
+        |ev| {
+            ev.errno = errno;
+            ev.duration_ns = 0;
+            ev.peer_port = args.port;
+            ev.peer_addr = args.addr;
+            // The socket may not know its family-specific addresses yet; the caller's does.
+            ev.family = args.family as u8;
+        },
+    );
 }
 
 /// Emits the connect event of `sk` if nobody has yet (see `PENDING_CONNECTS`).

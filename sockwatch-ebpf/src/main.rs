@@ -1,12 +1,16 @@
 //! sockwatch's kernel side: one module per hook family.
 //!
 //! - `state`: `sock:inet_sock_set_state` (raw tracepoint): connection lifecycle.
-//! - `connect`: `syscalls:sys_exit_connect`: emits a connect once its local port is bound.
+//! - `connect`: `syscalls:sys_{enter,exit}_connect`: connect once its local port is bound, and
+//!   connect() errors.
+//! - `accept`: `syscalls:sys_{enter,exit}_accept{,4}`: accepts and accept() failures.
 //! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
 //! - `maps`: maps, load-time globals and loss counters.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod accept;
 #[cfg(target_arch = "bpf")]
 mod connect;
 #[cfg(target_arch = "bpf")]

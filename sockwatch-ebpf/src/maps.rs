@@ -23,6 +23,25 @@ pub static PENDING_CONNECTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries
 #[map]
 pub static CONNECTING_THREADS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1 << 16, 0);
 
+/// The listening fd of each thread inside accept()/accept4(), from enter to exit.
+#[map]
+pub static ACCEPT_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// The fd and destination of each thread inside connect() on an inet socket.
+#[map]
+pub static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> = LruHashMap::with_max_entries(1 << 16, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectArgs {
+    pub fd: u64,
+    pub addr: [u8; 16],
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 4],
+}
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
@@ -39,12 +58,30 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_protocol: 0,
     inet_sport: 0,
     net_inum: 0,
+    sk_err: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    sys_enter_fd: 0,
+    sys_enter_addr: 0,
+    sys_exit_ret: 0,
 };
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
     // Volatile so the compiler does not fold the zero initial value into the code.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// Reads an 8-byte field of a syscall tracepoint record. The offset is only known at load
+/// time, and the verifier allows direct context loads at constant offsets only, so this goes
+/// through a probe read.
+#[inline(always)]
+pub fn record_field(ctx: &aya_ebpf::programs::TracePointContext, offset: u32) -> u64 {
+    unsafe { ctx.read_at::<u64>(offset as usize) }.unwrap_or(0)
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
 };
 use sockwatch_common::{
@@ -97,6 +97,20 @@ pub fn forget(sk: u64) -> Option<SockInfo> {
 /// `info` when known.
 #[inline(always)]
 pub fn emit(sk: u64, kind: u8, old: u8, new: u8, info: Option<&SockInfo>, extra_flags: u8) {
+    emit_patched(sk, kind, old, new, info, extra_flags, |_| {});
+}
+
+/// As [`emit`], letting the caller set fields the socket does not hold (errno, a destination).
+#[inline(always)]
+pub fn emit_patched(
+    sk: u64,
+    kind: u8,
+    old: u8,
+    new: u8,
+    info: Option<&SockInfo>,
+    extra_flags: u8,
+    patch: impl FnOnce(&mut ConnEvent),
+) {
     let off = offsets();
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
@@ -109,6 +123,7 @@ pub fn emit(sk: u64, kind: u8, old: u8, new: u8, info: Option<&SockInfo>, extra_
         bump(counter::READ_FAILED);
         return;
     }
+    patch(ev);
     entry.submit(0);
 }
 
@@ -153,7 +168,8 @@ fn fill(
     ev.kind = kind;
     ev.old_state = old;
     ev.new_state = new;
-    ev._pad = [0; 7];
+    ev.errno = 0;
+    ev._pad = [0; 5];
     match info {
         Some(info) => {
             ev.duration_ns = if info.flags & flags::BIRTH_KNOWN != 0 {
@@ -181,4 +197,41 @@ fn fill(
         }
     }
     Ok(())
+}
+
+/// The socket behind file descriptor `fd` of the current task:
+/// task->files->fdt->fd[fd]->private_data->sk. Only call it for an fd known to be a socket
+/// (one a socket syscall accepted).
+#[inline(always)]
+pub fn sock_of_fd(fd: u64, off: &KernelOffsets) -> Option<u64> {
+    let read = |addr: u64| -> Option<u64> {
+        if addr == 0 {
+            return None;
+        }
+        unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+    };
+    let task = unsafe { bpf_get_current_task() };
+    let files = read(task + off.task_files as u64)?;
+    let fdt = read(files + off.files_fdt as u64)?;
+    if fdt == 0 {
+        return None;
+    }
+    let max_fds: u32 =
+        unsafe { bpf_probe_read_kernel((fdt + off.fdt_max_fds as u64) as *const u32) }.ok()?;
+    if fd >= u64::from(max_fds) {
+        return None;
+    }
+    let fd_array = read(fdt + off.fdt_fd as u64)?;
+    let file = read(fd_array + fd * 8)?;
+    let socket = read(file + off.file_private_data as u64)?;
+    let sk = read(socket + off.socket_sk as u64)?;
+    (sk != 0).then_some(sk)
+}
+
+/// `sk->sk_err`: the error that ended a connecting socket (0 if the application closed it).
+#[inline(always)]
+pub fn sock_error(sk: u64, off: &KernelOffsets) -> u16 {
+    let err: i32 =
+        unsafe { bpf_probe_read_kernel((sk + off.sk_err as u64) as *const i32) }.unwrap_or(0);
+    err.clamp(0, i32::from(u16::MAX)) as u16
 }

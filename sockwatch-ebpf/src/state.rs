@@ -11,7 +11,7 @@ use sockwatch_common::{counter, flags, kind, tcp_state as st};
 use crate::{
     connect::emit_pending_connect,
     maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, bump, offsets},
-    sock::{current_owner, emit, forget, is_tcp, netns_of, remember},
+    sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_error},
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -99,6 +99,14 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
                 emit_pending_connect(sk, old);
             }
             let info = forget(sk);
+            if old == st::SYN_SENT {
+                // Never established: refused (RST), timed out, unreachable, or closed by the
+                // application while connecting (sk_err 0).
+                let errno = sock_error(sk, &off);
+                emit_patched(sk, kind::CONNECT_FAILED, old, new, info.as_ref(), 0, |ev| {
+                    ev.errno = errno;
+                });
+            }
             emit(sk, kind::CLOSE, old, new, info.as_ref(), 0);
         }
         _ => {}

@@ -11,6 +11,9 @@ pub enum EventKind {
     Close,
     Listen,
     ListenStop,
+    Accept,
+    AcceptFailed,
+    ConnectFailed,
 }
 
 impl EventKind {
@@ -21,7 +24,15 @@ impl EventKind {
             Self::Close => "close",
             Self::Listen => "listen",
             Self::ListenStop => "listen_stop",
+            Self::Accept => "accept",
+            Self::AcceptFailed => "accept_failed",
+            Self::ConnectFailed => "connect_failed",
         }
+    }
+
+    /// Failure events carry an errno.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::AcceptFailed | Self::ConnectFailed)
     }
 
     /// Events that end a socket's life carry its duration.
@@ -113,6 +124,31 @@ pub struct Event {
     pub duration_ns: Option<u64>,
     /// The state the socket left.
     pub from_state: TcpState,
+    /// On accept_failed and connect_failed: the error (0 on connect_failed: the application
+    /// closed the socket while it was connecting).
+    pub errno: Option<u16>,
+}
+
+/// The error's symbolic name, e.g. `EMFILE`.
+pub fn errno_name(code: u16) -> std::borrow::Cow<'static, str> {
+    use nix::errno::Errno;
+    match Errno::from_raw(i32::from(code)) {
+        Errno::UnknownErrno => format!("errno {code}").into(),
+        e => format!("{e:?}").into(),
+    }
+}
+
+/// Why an outbound connection failed, from its errno.
+pub fn connect_failure_reason(errno: u16) -> &'static str {
+    use nix::errno::Errno;
+    match Errno::from_raw(i32::from(errno)) {
+        _ if errno == 0 => "aborted",
+        Errno::ECONNREFUSED => "refused",
+        Errno::ETIMEDOUT => "timeout",
+        Errno::EHOSTUNREACH | Errno::ENETUNREACH => "unreachable",
+        Errno::EADDRNOTAVAIL => "no_local_address",
+        _ => "error",
+    }
 }
 
 /// A task command name: up to 16 bytes, NUL-terminated in the kernel.
@@ -166,6 +202,9 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
         kind::CLOSE => EventKind::Close,
         kind::LISTEN => EventKind::Listen,
         kind::LISTEN_STOP => EventKind::ListenStop,
+        kind::ACCEPT => EventKind::Accept,
+        kind::ACCEPT_FAILED => EventKind::AcceptFailed,
+        kind::CONNECT_FAILED => EventKind::ConnectFailed,
         other => return Err(DecodeError::Kind(other)),
     };
     let (family, local_addr, peer_addr) = addresses(raw)?;
@@ -197,6 +236,7 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
         direction,
         duration_ns,
         from_state,
+        errno: kind.is_failure().then_some(raw.errno),
     })
 }
 
@@ -251,7 +291,8 @@ mod tests {
             old_state: tcp_state::FIN_WAIT2,
             new_state: tcp_state::CLOSE,
             flags: flags::OWNER_KNOWN | flags::BIRTH_KNOWN | flags::ACTIVE,
-            _pad: [0; 7],
+            errno: 0,
+            _pad: [0; 5],
         }
     }
 
@@ -359,6 +400,37 @@ mod tests {
         raw = raw_v4();
         raw.new_state = 0;
         assert_eq!(decode(&bytes(&raw)), Err(DecodeError::State(0)));
+    }
+
+    #[test]
+    fn failures_carry_errno_and_others_do_not() {
+        let mut raw = raw_v4();
+        raw.kind = kind::ACCEPT_FAILED;
+        raw.errno = 24;
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.kind, EventKind::AcceptFailed);
+        assert_eq!(ev.errno, Some(24));
+        assert_eq!(errno_name(24), "EMFILE");
+        raw.kind = kind::ACCEPT;
+        assert_eq!(decode(&bytes(&raw)).unwrap().errno, None);
+        raw.kind = kind::CONNECT_FAILED;
+        raw.errno = 0;
+        assert_eq!(decode(&bytes(&raw)).unwrap().errno, Some(0));
+    }
+
+    #[test]
+    fn errno_names_and_reasons() {
+        assert_eq!(errno_name(23), "ENFILE");
+        assert_eq!(errno_name(105), "ENOBUFS");
+        assert_eq!(errno_name(103), "ECONNABORTED");
+        assert_eq!(errno_name(60000), "errno 60000");
+        assert_eq!(connect_failure_reason(111), "refused");
+        assert_eq!(connect_failure_reason(110), "timeout");
+        assert_eq!(connect_failure_reason(113), "unreachable");
+        assert_eq!(connect_failure_reason(101), "unreachable");
+        assert_eq!(connect_failure_reason(99), "no_local_address");
+        assert_eq!(connect_failure_reason(0), "aborted");
+        assert_eq!(connect_failure_reason(1), "error");
     }
 
     #[test]

@@ -68,6 +68,17 @@ fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sk_protocol: field_offset(btf, "sock", &["sk_protocol"])?,
         inet_sport: field_offset(btf, "inet_sock", &["inet_sport"])?,
         net_inum: field_offset(btf, "net", &["ns", "inum"])?,
+        sk_err: field_offset(btf, "sock", &["sk_err"])?,
+        task_files: field_offset(btf, "task_struct", &["files"])?,
+        files_fdt: field_offset(btf, "files_struct", &["fdt"])?,
+        fdt_max_fds: field_offset(btf, "fdtable", &["max_fds"])?,
+        fdt_fd: field_offset(btf, "fdtable", &["fd"])?,
+        file_private_data: field_offset(btf, "file", &["private_data"])?,
+        socket_sk: field_offset(btf, "socket", &["sk"])?,
+        // Filled from the tracefs format files by the loader.
+        sys_enter_fd: 0,
+        sys_enter_addr: 0,
+        sys_exit_ret: 0,
     })
 }
 

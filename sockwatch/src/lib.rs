@@ -11,5 +11,6 @@ pub mod loader;
 pub mod loss;
 pub mod sink;
 pub mod source;
+pub mod tp_format;
 pub mod trace;
 pub mod tracefs;

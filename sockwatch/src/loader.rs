@@ -18,12 +18,49 @@ use sockwatch_common::{SockInfo, counter};
 use crate::{
     kernel_btf::{self, BtfError, VMLINUX_BTF},
     loss::KernelCounters,
+    tp_format, tracefs,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch"));
 
-const STATE_PROG: &str = "inet_sock_set_state";
-const CONNECT_PROG: &str = "sys_exit_connect";
+/// Where each program attaches. Syscall hooks come first, so that when the state-change hook
+/// starts, the hooks completing its events are already there.
+#[derive(Clone, Copy)]
+enum Hook {
+    Tracepoint(&'static str, &'static str),
+    Raw(&'static str),
+}
+
+const PROGRAMS: &[(&str, &[Hook])] = &[
+    (
+        "sys_exit_connect",
+        &[Hook::Tracepoint("syscalls", "sys_exit_connect")],
+    ),
+    (
+        "sys_enter_connect",
+        &[Hook::Tracepoint("syscalls", "sys_enter_connect")],
+    ),
+    (
+        "sys_exit_accept",
+        &[
+            Hook::Tracepoint("syscalls", "sys_exit_accept"),
+            Hook::Tracepoint("syscalls", "sys_exit_accept4"),
+        ],
+    ),
+    (
+        "sys_enter_accept",
+        &[
+            Hook::Tracepoint("syscalls", "sys_enter_accept"),
+            Hook::Tracepoint("syscalls", "sys_enter_accept4"),
+        ],
+    ),
+    ("inet_sock_set_state", &[Hook::Raw("inet_sock_set_state")]),
+];
+
+enum Link {
+    Tracepoint(&'static str, TracePointLinkId),
+    Raw(&'static str, RawTracePointLinkId),
+}
 
 /// Sizes chosen by the user.
 #[derive(Debug, Clone, Copy)]
@@ -42,22 +79,20 @@ pub enum LoadError {
     NotRoot,
     #[error(transparent)]
     Btf(#[from] BtfError),
+    #[error(transparent)]
+    Format(#[from] tp_format::FormatError),
     #[error("loading the eBPF object failed: {0}")]
     Object(#[source] aya::EbpfError),
     #[error("eBPF program {name} is missing from the object (build problem)")]
     MissingProgram { name: &'static str },
-    #[error("loading eBPF program {name} failed: {source}")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
+    #[error("loading eBPF program {name} failed: {detail}")]
+    Program { name: &'static str, detail: String },
     #[error(
         "attaching {name} to tracepoint {tracepoint} failed: {source} (does this kernel have it? see /sys/kernel/tracing/events)"
     )]
     Attach {
         name: &'static str,
-        tracepoint: &'static str,
+        tracepoint: String,
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -81,8 +116,7 @@ pub fn require_root() -> Result<(), LoadError> {
 /// The loaded programs. Dropping it detaches and unloads everything.
 pub struct Tracer {
     ebpf: Ebpf,
-    state_link: Option<RawTracePointLinkId>,
-    connect_link: Option<TracePointLinkId>,
+    links: Vec<Link>,
     /// Recursion misses read at detach, when the programs stop running.
     final_recursion_misses: Option<u64>,
 }
@@ -91,7 +125,20 @@ impl Tracer {
     /// Reads offsets from BTF, then loads (but does not attach) the programs.
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         require_root()?;
-        let offsets = kernel_btf::kernel_offsets(Path::new(VMLINUX_BTF))?;
+        let mut offsets = kernel_btf::kernel_offsets(Path::new(VMLINUX_BTF))?;
+        let tracefs = tracefs::root();
+        offsets.sys_enter_fd = tp_format::common_offset(
+            tracefs,
+            &["sys_enter_connect", "sys_enter_accept", "sys_enter_accept4"],
+            "fd",
+        )?;
+        offsets.sys_enter_addr =
+            tp_format::common_offset(tracefs, &["sys_enter_connect"], "uservaddr")?;
+        offsets.sys_exit_ret = tp_format::common_offset(
+            tracefs,
+            &["sys_exit_connect", "sys_exit_accept", "sys_exit_accept4"],
+            "ret",
+        )?;
         raise_memlock_limit();
         let pending = (opts.max_sockets / 4).max(1024);
         let mut ebpf = EbpfLoader::new()
@@ -101,7 +148,7 @@ impl Tracer {
             .map_max_entries("PENDING_CONNECTS", pending)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
-        for name in [STATE_PROG, CONNECT_PROG] {
+        for &(name, _) in PROGRAMS {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingProgram { name })?;
@@ -110,38 +157,47 @@ impl Tracer {
                 aya::programs::Program::TracePoint(p) => p.load(),
                 _ => return Err(LoadError::MissingProgram { name }),
             };
-            res.map_err(|source| LoadError::Program { name, source })?;
+            res.map_err(|e| LoadError::Program {
+                name,
+                detail: one_line(&e),
+            })?;
         }
         Ok(Self {
             ebpf,
-            state_link: None,
-            connect_link: None,
+            links: Vec::new(),
             final_recursion_misses: None,
         })
     }
 
-    /// Attaches every program. The connect-exit hook goes first so no connect is left waiting
-    /// for a hook that is not there yet.
+    /// Attaches every program to its hooks.
     pub fn attach(&mut self) -> Result<(), LoadError> {
-        let tp: &mut TracePoint = self.typed(CONNECT_PROG)?;
-        self.connect_link = Some(
-            tp.attach("syscalls", "sys_exit_connect")
-                .map_err(|source| LoadError::Attach {
-                    name: CONNECT_PROG,
-                    tracepoint: "syscalls:sys_exit_connect",
-                    source,
-                })?,
-        );
-        let raw: &mut RawTracePoint = self.typed(STATE_PROG)?;
-        self.state_link =
-            Some(
-                raw.attach("inet_sock_set_state")
-                    .map_err(|source| LoadError::Attach {
-                        name: STATE_PROG,
-                        tracepoint: "sock:inet_sock_set_state",
-                        source,
-                    })?,
-            );
+        for &(name, hooks) in PROGRAMS {
+            for &hook in hooks {
+                let link = match hook {
+                    Hook::Tracepoint(category, event) => {
+                        let tp: &mut TracePoint = self.typed(name)?;
+                        tp.attach(category, event)
+                            .map(|id| Link::Tracepoint(name, id))
+                            .map_err(|source| LoadError::Attach {
+                                name,
+                                tracepoint: format!("{category}:{event}"),
+                                source,
+                            })?
+                    }
+                    Hook::Raw(event) => {
+                        let raw: &mut RawTracePoint = self.typed(name)?;
+                        raw.attach(event)
+                            .map(|id| Link::Raw(name, id))
+                            .map_err(|source| LoadError::Attach {
+                                name,
+                                tracepoint: format!("sock:{event}"),
+                                source,
+                            })?
+                    }
+                };
+                self.links.push(link);
+            }
+        }
         Ok(())
     }
 
@@ -159,15 +215,20 @@ impl Tracer {
     /// Their recursion-miss counters are read first, while they are still loaded.
     pub fn detach(&mut self) {
         self.final_recursion_misses = Some(self.recursion_misses());
-        if let Some(link) = self.state_link.take()
-            && let Ok(p) = self.typed::<RawTracePoint>(STATE_PROG)
-        {
-            let _ = p.detach(link);
-        }
-        if let Some(link) = self.connect_link.take()
-            && let Ok(p) = self.typed::<TracePoint>(CONNECT_PROG)
-        {
-            let _ = p.detach(link);
+        // The state hook first: it starts the work the syscall hooks complete.
+        while let Some(link) = self.links.pop() {
+            match link {
+                Link::Raw(name, id) => {
+                    if let Ok(p) = self.typed::<RawTracePoint>(name) {
+                        let _ = p.detach(id);
+                    }
+                }
+                Link::Tracepoint(name, id) => {
+                    if let Ok(p) = self.typed::<TracePoint>(name) {
+                        let _ = p.detach(id);
+                    }
+                }
+            }
         }
     }
 
@@ -210,6 +271,8 @@ impl Tracer {
             pending_removed: get(counter::PENDING_REMOVED)?,
             pending_insert_failed: get(counter::PENDING_INSERT_FAILED)?,
             read_failed: get(counter::READ_FAILED)?,
+            accept_would_block: get(counter::ACCEPT_WOULD_BLOCK)?,
+            accept_interrupted: get(counter::ACCEPT_INTERRUPTED)?,
             recursion_misses: self
                 .final_recursion_misses
                 .unwrap_or_else(|| self.recursion_misses()),
@@ -236,9 +299,9 @@ impl Tracer {
     /// Runs of our programs the kernel skipped because one was already running on that CPU
     /// (a softirq interrupting a program); visible only in the program info.
     fn recursion_misses(&self) -> u64 {
-        [STATE_PROG, CONNECT_PROG]
+        PROGRAMS
             .iter()
-            .filter_map(|name| self.ebpf.program(name))
+            .filter_map(|(name, _)| self.ebpf.program(name))
             .filter_map(|p| p.fd().ok())
             .filter_map(|fd| prog_recursion_misses(fd.as_fd().as_raw_fd()).ok())
             .sum()
@@ -266,6 +329,31 @@ fn prog_recursion_misses(fd: i32) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(info.recursion_misses)
+}
+
+/// A program error on one line: the verifier's log is long, its last finding is the reason.
+fn one_line(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let reason = log
+                .lines()
+                .map(str::trim)
+                .rev()
+                .find(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
+                        && !l.starts_with("processed ")
+                })
+                .unwrap_or("no verifier output");
+            format!("{io_error}; verifier: {reason}")
+        }
+        other => other.to_string().replace('\n', " "),
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use the memory cgroup,

@@ -14,6 +14,36 @@ pub struct KernelCounters {
     pub read_failed: u64,
     /// Runs the kernel skipped because a program was already running on that CPU.
     pub recursion_misses: u64,
+    pub accept_would_block: u64,
+    pub accept_interrupted: u64,
+}
+
+/// Counts of normal outcomes that produce no event, reported at the end in a `stats` record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Quiet {
+    /// accept() on a TCP listener returned EAGAIN/EWOULDBLOCK (non-blocking servers do this).
+    pub accept_would_block: u64,
+    /// accept() on a TCP listener was interrupted by a signal (EINTR or a restart).
+    pub accept_interrupted: u64,
+}
+
+impl Quiet {
+    pub fn from_counters(c: &KernelCounters) -> Self {
+        Self {
+            accept_would_block: c.accept_would_block,
+            accept_interrupted: c.accept_interrupted,
+        }
+    }
+}
+
+impl std::fmt::Display for Quiet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "not failures: accept_would_block={} accept_interrupted={}",
+            self.accept_would_block, self.accept_interrupted
+        )
+    }
 }
 
 /// What was lost, by cause. Serialised as the fields of the final `lost` record.

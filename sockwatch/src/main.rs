@@ -30,13 +30,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the event loop")?;
-            let loss = runtime.block_on(trace::run(TraceOptions {
+            let (quiet, loss) = runtime.block_on(trace::run(TraceOptions {
                 output: args.output,
                 format: args.format,
                 duration: args.duration.map(Duration::from_secs),
                 ready_file: args.ready_file,
                 load: args.kernel.load_options(),
             }))?;
+            eprintln!("sockwatch: {quiet}");
             eprintln!("sockwatch: {loss}");
             Ok(())
         }

@@ -16,7 +16,7 @@ use crate::{
     clock::WallClock,
     decode,
     loader::{LoadOptions, Tracer},
-    loss::Loss,
+    loss::{Loss, Quiet},
     sink::{self, Format, Sink},
     source::Source,
 };
@@ -47,7 +47,7 @@ impl Pipeline {
     }
 }
 
-pub async fn run(opts: TraceOptions) -> anyhow::Result<Loss> {
+pub async fn run(opts: TraceOptions) -> anyhow::Result<(Quiet, Loss)> {
     let clock = WallClock::new();
     // Open the output before touching the kernel, so a bad path fails fast.
     let (out, interactive): (Box<dyn Write>, bool) = match &opts.output {
@@ -109,12 +109,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Loss> {
     let counters = tracer.counters()?;
     let (live_socks, live_pending) = tracer.live_entries()?;
     let loss = Loss::from_counters(&counters, live_socks, live_pending, pipe.decode_errors);
+    let quiet = Quiet::from_counters(&counters);
+    let now = clock.unix_ns(WallClock::monotonic_now());
     pipe.sink
-        .lost(
-            &loss,
-            clock.unix_ns(crate::clock::WallClock::monotonic_now()),
-        )
-        .context("writing the loss record")?;
-    pipe.sink.flush().context("writing events")?;
-    Ok(loss)
+        .stats(&quiet, now)
+        .and_then(|()| pipe.sink.lost(&loss, now))
+        .and_then(|()| pipe.sink.flush())
+        .context("writing the final records")?;
+    Ok((quiet, loss))
 }

@@ -26,6 +26,15 @@ fn populated(dir: &str) -> bool {
         .is_ok_and(|mut d| d.next().is_some())
 }
 
+/// Where tracefs is mounted (after [`ensure`]).
+pub fn root() -> &'static Path {
+    if populated(TRACEFS) || !populated(DEBUGFS_TRACING) {
+        Path::new(TRACEFS)
+    } else {
+        Path::new(DEBUGFS_TRACING)
+    }
+}
+
 /// What `ensure` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracefs {

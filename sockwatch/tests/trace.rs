@@ -117,6 +117,18 @@ fn assert_exchange(t: &Traced, family: &str, ip: &str, server_port: u16, clients
     );
     assert!(passive.iter().all(|e| e["family"] == family));
 
+    // accept() ran in the server thread: the accepted sockets belong to it from then on.
+    let accepts = t.of_kind("accept");
+    assert_eq!(accepts.len(), n, "accept events: {accepts:?}");
+    assert_eq!(ports(&accepts, "peer"), client_ports);
+    for a in &accepts {
+        assert_eq!(addr(a, "local"), (ip.to_string(), sp));
+        assert_eq!(a["family"], family);
+        assert_eq!(a["pid"].as_u64(), Some(me()));
+        assert_eq!(a["comm"], "sw-server");
+        assert_eq!(a["direction"], "passive");
+    }
+
     let closes = t.of_kind("close");
     assert_eq!(closes.len(), 2 * n, "close events: {closes:?}");
     for c in &closes {
@@ -149,7 +161,7 @@ fn assert_exchange(t: &Traced, family: &str, ip: &str, server_port: u16, clients
 
     assert_eq!(
         t.events.len(),
-        5 * n + 2,
+        6 * n + 2,
         "no other events in the namespace"
     );
     for e in &t.events {
@@ -170,6 +182,17 @@ fn assert_exchange(t: &Traced, family: &str, ip: &str, server_port: u16, clients
         };
         assert!(pos("connect") < pos("established"));
         assert!(pos("established") < pos("close"));
+        let accept = t
+            .events
+            .iter()
+            .position(|e| e["event"] == "accept" && e["peer_port"].as_u64() == Some(*port))
+            .unwrap_or_else(|| panic!("no accept for port {port}"));
+        let passive_established = t
+            .events
+            .iter()
+            .position(|e| e["event"] == "established" && e["peer_port"].as_u64() == Some(*port))
+            .unwrap_or_else(|| panic!("no passive established for port {port}"));
+        assert!(passive_established < accept);
     }
     assert_nothing_lost(&t.lost);
 }
@@ -258,6 +281,7 @@ fn v4_mapped_ipv6_sockets_are_reported_as_ipv4() {
         .filter(|e| e["direction"] == "passive")
         .count();
     assert_eq!(passive, 2);
+    assert_eq!(t.of_kind("accept").len(), 2);
     let listen = t.of_kind("listen");
     assert_eq!(listen.len(), 1);
     assert_eq!(listen[0]["family"], "ipv6");
@@ -266,8 +290,8 @@ fn v4_mapped_ipv6_sockets_are_reported_as_ipv4() {
 }
 
 #[test]
-fn refused_connect_is_a_connect_then_a_close_from_syn_sent() {
-    if !root_or_skip("refused_connect_is_a_connect_then_a_close_from_syn_sent") {
+fn refused_connect_is_a_connect_failed_between_connect_and_close() {
+    if !root_or_skip("refused_connect_is_a_connect_failed_between_connect_and_close") {
         return;
     }
     // Stopped with SIGINT (Ctrl-C) rather than SIGTERM: the same clean end is expected.
@@ -275,20 +299,30 @@ fn refused_connect_is_a_connect_then_a_close_from_syn_sent() {
         TcpStream::connect("127.0.0.1:9").expect_err("nothing listens on port 9")
     });
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
-    assert_eq!(t.events.len(), 2, "{:?}", t.events);
-    let (c, close) = (&t.events[0], &t.events[1]);
-    assert_eq!(c["event"], "connect");
-    assert_eq!(close["event"], "close");
-    for e in [c, close] {
+    let kinds: Vec<&str> = t
+        .events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["connect", "connect_failed", "close"],
+        "{:?}",
+        t.events
+    );
+    for e in &t.events {
         assert_eq!(addr(e, "peer"), ("127.0.0.1".to_string(), 9));
         assert_eq!(e["pid"].as_u64(), Some(me()));
         assert_eq!(e["comm"], "sw-netns");
+        // The kernel had bound a local port before the SYN left.
+        assert!(e["local_port"].as_u64().unwrap_or(0) > 0);
+        assert_eq!(e["local_port"], t.events[0]["local_port"]);
     }
-    // The kernel had bound a local port before the SYN left.
-    assert!(c["local_port"].as_u64().unwrap_or(0) > 0);
-    assert_eq!(c["local_port"], close["local_port"]);
-    assert_eq!(close["from_state"], "SYN_SENT");
-    assert!(close["duration_ns"].as_u64().unwrap_or(0) > 0);
+    let failed = &t.events[1];
+    assert_eq!(failed["reason"], "refused");
+    assert_eq!(failed["errno"], "ECONNREFUSED");
+    assert_eq!(t.events[2]["from_state"], "SYN_SENT");
+    assert!(t.events[2]["duration_ns"].as_u64().unwrap_or(0) > 0);
     assert_nothing_lost(&t.lost);
 }
 
@@ -306,7 +340,7 @@ fn text_output_and_duration() {
         thread::Builder::new()
             .name("sw-netns".into())
             .spawn_scoped(s, move || {
-                common::enter_new_netns_for_tests();
+                common::enter_new_netns();
                 let mut child = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
                     .args([
                         "trace",

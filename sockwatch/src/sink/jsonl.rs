@@ -7,8 +7,8 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     clock::{WallClock, write_rfc3339},
-    decode::Event,
-    loss::Loss,
+    decode::{self, Event, EventKind},
+    loss::{Loss, Quiet},
     sink::Sink,
 };
 
@@ -69,6 +69,20 @@ struct EventRecord<'a> {
     duration_ns: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     from_state: Option<&'static str>,
+    /// Failure events only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno: Option<std::borrow::Cow<'static, str>>,
+    /// connect_failed only: refused, timeout, unreachable, aborted, no_local_address, error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct StatsRecord<'a> {
+    time: Rfc3339,
+    event: &'static str,
+    #[serde(flatten)]
+    quiet: &'a Quiet,
 }
 
 #[derive(Serialize)]
@@ -98,6 +112,10 @@ impl<W: Write> Sink for JsonlSink<W> {
             direction: ev.direction.map(|d| d.as_str()),
             duration_ns: ends.then_some(ev.duration_ns),
             from_state: ends.then(|| ev.from_state.as_str()),
+            // errno 0 on connect_failed means "closed while connecting": no error to name.
+            errno: ev.errno.filter(|&e| e != 0).map(decode::errno_name),
+            reason: (ev.kind == EventKind::ConnectFailed)
+                .then(|| decode::connect_failure_reason(ev.errno.unwrap_or(0))),
         };
         self.write_line(&record)
     }
@@ -108,6 +126,14 @@ impl<W: Write> Sink for JsonlSink<W> {
             event: "lost",
             total: loss.total(),
             loss,
+        })
+    }
+
+    fn stats(&mut self, quiet: &Quiet, at_unix_ns: i128) -> io::Result<()> {
+        self.write_line(&StatsRecord {
+            time: Rfc3339(at_unix_ns),
+            event: "stats",
+            quiet,
         })
     }
 
@@ -140,6 +166,7 @@ mod tests {
             direction: Some(Direction::Passive),
             duration_ns: Some(2_000),
             from_state: TcpState::new(9).unwrap(),
+            errno: None,
         }
     }
 
@@ -227,6 +254,49 @@ mod tests {
                 "read_failed": 0,
                 "decode_errors": 0,
             })
+        );
+    }
+
+    #[test]
+    fn failures_have_errno_and_reason() {
+        let v = lines(|s| {
+            let mut e = event(EventKind::AcceptFailed);
+            e.errno = Some(24);
+            s.event(&e).unwrap();
+            let mut e = event(EventKind::ConnectFailed);
+            e.errno = Some(111);
+            s.event(&e).unwrap();
+            let mut e = event(EventKind::ConnectFailed);
+            e.errno = Some(0);
+            s.event(&e).unwrap();
+            s.event(&event(EventKind::Accept)).unwrap();
+        });
+        assert_eq!(v[0]["event"], "accept_failed");
+        assert_eq!(v[0]["errno"], "EMFILE");
+        assert!(v[0].get("reason").is_none());
+        assert_eq!(v[1]["errno"], "ECONNREFUSED");
+        assert_eq!(v[1]["reason"], "refused");
+        assert!(v[2].get("errno").is_none());
+        assert_eq!(v[2]["reason"], "aborted");
+        assert!(v[3].get("errno").is_none() && v[3].get("reason").is_none());
+    }
+
+    #[test]
+    fn stats_record() {
+        let v = lines(|s| {
+            s.stats(
+                &Quiet {
+                    accept_would_block: 4,
+                    accept_interrupted: 1,
+                },
+                0,
+            )
+            .unwrap()
+        });
+        assert_eq!(
+            v[0],
+            json!({"time": "1970-01-01T00:00:00.000000000Z", "event": "stats",
+                   "accept_would_block": 4, "accept_interrupted": 1})
         );
     }
 

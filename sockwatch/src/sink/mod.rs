@@ -7,7 +7,11 @@ use std::io::{self, Write};
 pub use jsonl::JsonlSink;
 pub use text::TextSink;
 
-use crate::{clock::WallClock, decode::Event, loss::Loss};
+use crate::{
+    clock::WallClock,
+    decode::Event,
+    loss::{Loss, Quiet},
+};
 
 /// Output formats of `trace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,6 +26,8 @@ pub enum Format {
 /// sink; `flush` pushes buffered records to the writer.
 pub trait Sink {
     fn event(&mut self, ev: &Event) -> io::Result<()>;
+    /// Counts of normal outcomes that have no event (written just before the loss record).
+    fn stats(&mut self, quiet: &Quiet, at_unix_ns: i128) -> io::Result<()>;
     /// The final record: what was lost, even when nothing was.
     fn lost(&mut self, loss: &Loss, at_unix_ns: i128) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;

@@ -2,8 +2,8 @@ use std::io::{self, Write};
 
 use crate::{
     clock::{WallClock, write_time_of_day},
-    decode::Event,
-    loss::Loss,
+    decode::{self, Event, EventKind},
+    loss::{Loss, Quiet},
     sink::Sink,
 };
 
@@ -14,7 +14,7 @@ pub struct TextSink<W: Write> {
     line: Vec<u8>,
 }
 
-const HEADER: &str = "TIME(UTC)        EVENT        PID     COMM             LOCAL                                          PEER                                           DETAILS";
+const HEADER: &str = "TIME(UTC)        EVENT          PID     COMM             LOCAL                                          PEER                                           DETAILS";
 
 impl<W: Write> TextSink<W> {
     pub fn new(mut out: W, clock: WallClock) -> io::Result<Self> {
@@ -48,7 +48,7 @@ impl<W: Write> Sink for TextSink<W> {
         let l = &mut self.line;
         l.clear();
         write_time_of_day(l, self.clock.unix_ns(ev.ts_ns))?;
-        write!(l, "  {:<12} ", ev.kind.as_str())?;
+        write!(l, "  {:<14} ", ev.kind.as_str())?;
         match ev.pid {
             Some(pid) => write!(l, "{pid:<7} ")?,
             None => l.extend_from_slice(b"-       "),
@@ -66,6 +66,14 @@ impl<W: Write> Sink for TextSink<W> {
         if let Some(d) = ev.direction {
             write!(l, " {}", d.as_str())?;
         }
+        if let Some(errno) = ev.errno {
+            if ev.kind == EventKind::ConnectFailed {
+                write!(l, " reason={}", decode::connect_failure_reason(errno))?;
+            }
+            if errno != 0 {
+                write!(l, " errno={}", decode::errno_name(errno))?;
+            }
+        }
         if ev.kind.ends_life() {
             write!(l, " from={}", ev.from_state.as_str())?;
             match ev.duration_ns {
@@ -81,6 +89,10 @@ impl<W: Write> Sink for TextSink<W> {
         writeln!(self.out, "# {loss}")
     }
 
+    fn stats(&mut self, quiet: &Quiet, _at_unix_ns: i128) -> io::Result<()> {
+        writeln!(self.out, "# {quiet}")
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
@@ -89,7 +101,7 @@ impl<W: Write> Sink for TextSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Comm, Direction, EventKind, Family, TcpState};
+    use crate::decode::{Comm, Direction, Family, TcpState};
 
     #[test]
     fn a_close_line_has_all_columns() {
@@ -113,6 +125,7 @@ mod tests {
             direction: Some(Direction::Active),
             duration_ns: Some(1_500_000),
             from_state: TcpState::new(5).unwrap(),
+            errno: None,
         })
         .unwrap();
         s.lost(&Loss::default(), 0).unwrap();
@@ -120,8 +133,9 @@ mod tests {
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines[0], HEADER);
         assert!(
-            lines[1]
-                .starts_with("09:41:02.123456  close        42      curl             [::1]:40000 ")
+            lines[1].starts_with(
+                "09:41:02.123456  close          42      curl             [::1]:40000 "
+            )
         );
         assert!(lines[1].ends_with("[::1]:8080                                     active from=FIN_WAIT2 duration=1.500ms"), "{}", lines[1]);
         assert_eq!(

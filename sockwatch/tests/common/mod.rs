@@ -57,11 +57,7 @@ impl Drop for TempDir {
 
 /// Moves the calling thread into a new network namespace with loopback up; returns its inode.
 /// Threads and processes started from this thread afterwards share it.
-pub fn enter_new_netns_for_tests() -> u64 {
-    enter_new_netns()
-}
-
-fn enter_new_netns() -> u64 {
+pub fn enter_new_netns() -> u64 {
     // SAFETY: plain syscalls with valid arguments; unshare affects this thread only.
     unsafe {
         assert_eq!(
@@ -70,6 +66,17 @@ fn enter_new_netns() -> u64 {
             "unshare(CLONE_NEWNET): {}",
             io::Error::last_os_error()
         );
+    }
+    set_loopback(true);
+    fs::metadata("/proc/thread-self/ns/net")
+        .expect("stat netns")
+        .ino()
+}
+
+/// Brings this thread's namespace's loopback interface up or down.
+pub fn set_loopback(up: bool) {
+    // SAFETY: plain syscalls on a socket we own, with a zeroed, named ifreq.
+    unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
         let mut req: libc::ifreq = std::mem::zeroed();
@@ -77,18 +84,19 @@ fn enter_new_netns() -> u64 {
             *dst = *src as libc::c_char;
         }
         assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if up {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        } else {
+            req.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+        }
         assert_eq!(
             libc::ioctl(fd, libc::SIOCSIFFLAGS, &req),
             0,
-            "bringing lo up: {}",
+            "setting lo up={up}: {}",
             io::Error::last_os_error()
         );
         libc::close(fd);
     }
-    fs::metadata("/proc/thread-self/ns/net")
-        .expect("stat netns")
-        .ino()
 }
 
 /// What one traced run produced.
@@ -97,14 +105,24 @@ pub struct Traced {
     pub events: Vec<Value>,
     /// The final `lost` record.
     pub lost: Value,
+    /// The `stats` record just before it.
+    pub stats: Value,
+    /// Every record of the file (all namespaces).
+    pub all: Vec<Value>,
     pub netns: u64,
-    /// Every line of the file parsed as JSON (all namespaces), to check validity.
-    pub all_lines: usize,
 }
 
 impl Traced {
     pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
         self.events.iter().filter(|e| e["event"] == kind).collect()
+    }
+
+    /// Events of another namespace, in file order.
+    pub fn in_netns(&self, netns: u64) -> Vec<&Value> {
+        self.all
+            .iter()
+            .filter(|v| v["netns"].as_u64() == Some(netns))
+            .collect()
     }
 }
 
@@ -239,6 +257,11 @@ fn parse(out: &Path, netns: u64) -> Traced {
         1,
         "exactly one loss record"
     );
+    let stats = all[all.len().saturating_sub(2)].clone();
+    assert_eq!(
+        stats["event"], "stats",
+        "the stats record precedes the loss record"
+    );
     Traced {
         events: all
             .iter()
@@ -246,8 +269,9 @@ fn parse(out: &Path, netns: u64) -> Traced {
             .cloned()
             .collect(),
         lost,
+        stats,
         netns,
-        all_lines: all.len(),
+        all,
     }
 }
 

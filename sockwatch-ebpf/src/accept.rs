@@ -1,0 +1,116 @@
+//! `syscalls:sys_{enter,exit}_accept{,4}`: accepted connections attributed to the process that
+//! called accept(), and accept() failures tied to the listening socket.
+use aya_ebpf::{
+    bindings::BPF_ANY, helpers::bpf_get_current_pid_tgid, macros::tracepoint,
+    programs::TracePointContext,
+};
+use sockwatch_common::{counter, flags, kind, tcp_state};
+
+use crate::{
+    maps::{ACCEPT_ARGS, SOCKS, bump, offsets, record_field},
+    sock::{current_owner, emit, emit_patched, is_tcp, netns_of, remember, sock_of_fd},
+};
+
+const EINTR: u16 = 4;
+const EBADF: u16 = 9;
+const EAGAIN: u16 = 11;
+const ENOTSOCK: u16 = 88;
+const ERESTARTSYS: u16 = 512;
+const ERESTART_RESTARTBLOCK: u16 = 516;
+
+/// Attached to both sys_enter_accept and sys_enter_accept4 (same record layout for the fd).
+#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    let fd = record_field(&ctx, offsets().sys_enter_fd);
+    let _ = ACCEPT_ARGS.insert(bpf_get_current_pid_tgid(), fd, BPF_ANY as u64);
+    0
+}
+
+/// Attached to both sys_exit_accept and sys_exit_accept4.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let thread = bpf_get_current_pid_tgid();
+    let Some(listen_fd) = ACCEPT_ARGS.get_ptr(thread).map(|p| unsafe { *p }) else {
+        return 0;
+    };
+    let _ = ACCEPT_ARGS.remove(thread);
+    let off = offsets();
+    let ret = record_field(&ctx, off.sys_exit_ret) as i64;
+    if ret >= 0 {
+        accepted(ret as u64);
+        return 0;
+    }
+    if ret < -4095 {
+        return 0;
+    }
+    let errno = (-ret) as u16;
+    // The listening fd is a socket unless accept() said otherwise.
+    if errno == EBADF || errno == ENOTSOCK {
+        return 0;
+    }
+    let Some(listener) = sock_of_fd(listen_fd, &off) else {
+        return 0;
+    };
+    if !is_tcp(listener, &off) {
+        return 0;
+    }
+    if errno == EAGAIN {
+        bump(counter::ACCEPT_WOULD_BLOCK);
+        return 0;
+    }
+    if errno == EINTR || (ERESTARTSYS..=ERESTART_RESTARTBLOCK).contains(&errno) {
+        bump(counter::ACCEPT_INTERRUPTED);
+        return 0;
+    }
+    let owner = current_owner(0, netns_of(listener, &off), 0);
+    emit_patched(
+        listener,
+        kind::ACCEPT_FAILED,
+        tcp_state::LISTEN,
+        tcp_state::LISTEN,
+        Some(&owner),
+        0,
+        |ev| {
+            ev.errno = errno;
+            ev.duration_ns = 0;
+        },
+    );
+    0
+}
+
+/// A connection was accepted as `fd`: report it with the accepting process, and make that
+/// process the socket's owner for its later events.
+#[inline(always)]
+fn accepted(fd: u64) {
+    let off = offsets();
+    let Some(sk) = sock_of_fd(fd, &off) else {
+        return;
+    };
+    if !is_tcp(sk, &off) {
+        return;
+    }
+    let mut owner = current_owner(0, 0, flags::PASSIVE);
+    match SOCKS.get_ptr_mut(sk) {
+        Some(p) => unsafe {
+            (*p).pid = owner.pid;
+            (*p).cgroup_id = owner.cgroup_id;
+            (*p).comm = owner.comm;
+            (*p).flags |= flags::OWNER_KNOWN;
+            owner.netns = (*p).netns;
+        },
+        None => {
+            // Born before we started (or pushed out): track it from now, birth unknown.
+            owner.netns = netns_of(sk, &off);
+            owner.flags &= !flags::BIRTH_KNOWN;
+            remember(sk, &owner);
+        }
+    }
+    emit(
+        sk,
+        kind::ACCEPT,
+        tcp_state::ESTABLISHED,
+        tcp_state::ESTABLISHED,
+        Some(&owner),
+        0,
+    );
+}

@@ -1,0 +1,596 @@
+//! Root integration tests for accept attribution, accept failures, connect failures and
+//! namespaces. The server runs in a separate process (this test binary re-executed in server
+//! mode), so the accepting pid differs from the connecting one, and its file limit and cgroup
+//! are its own.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    thread,
+};
+
+use common::{assert_nothing_lost, root_or_skip, trace_in_new_netns};
+use serde_json::Value;
+
+const SMALL_MAPS: &[&str] = &["--max-sockets", "65536"];
+const SERVER_ENV: &str = "SOCKWATCH_TEST_SERVER";
+const SERVER_THREAD_COMM: &str = "server_process_";
+
+/// Entry point of the server process: does nothing in a normal test run.
+#[test]
+fn server_process_entry_point() {
+    if let Ok(role) = std::env::var(SERVER_ENV) {
+        server_main(&role);
+        std::process::exit(0);
+    }
+}
+
+/// The server process. It reads commands from stdin, one per line, and answers on stdout:
+/// - `listen ADDR` -> `port P`
+/// - `accept N`    -> accepts N connections, reads each to EOF, closes it -> `accepted N`
+/// - `fill-fds`    -> lowers RLIMIT_NOFILE so the next fd cannot be allocated -> `filled`
+/// - `fail N`      -> calls accept() N times, expecting EMFILE each time -> `failed N`
+/// - `restore-fds` -> raises the limit again -> `restored`
+fn server_main(_role: &str) {
+    let mut listener: Option<TcpListener> = None;
+    let mut saved = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let stdin = io::stdin();
+    let mut out = io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line.expect("stdin");
+        let mut words = line.split_whitespace();
+        let reply = match (words.next(), words.next()) {
+            (Some("listen"), Some(addr)) => {
+                let l = TcpListener::bind(addr).expect("bind");
+                let port = l.local_addr().expect("addr").port();
+                listener = Some(l);
+                format!("port {port}")
+            }
+            (Some("accept"), Some(n)) => {
+                let l = listener.as_ref().expect("listening");
+                let n: usize = n.parse().expect("n");
+                for _ in 0..n {
+                    let (mut s, _) = l.accept().expect("accept");
+                    let mut sink = Vec::new();
+                    s.read_to_end(&mut sink).expect("read");
+                }
+                format!("accepted {n}")
+            }
+            (Some("fill-fds"), _) => {
+                // The lowest free fd becomes the limit: the next fd allocation fails.
+                let probe = fs::File::open("/dev/null").expect("open");
+                let lowest = std::os::fd::AsRawFd::as_raw_fd(&probe);
+                drop(probe);
+                // SAFETY: valid pointers to rlimit structs.
+                unsafe {
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut saved);
+                    let lowered = libc::rlimit {
+                        rlim_cur: lowest as libc::rlim_t,
+                        rlim_max: saved.rlim_max,
+                    };
+                    assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
+                }
+                "filled".to_string()
+            }
+            (Some("fail"), Some(n)) => {
+                let l = listener.as_ref().expect("listening");
+                let n: usize = n.parse().expect("n");
+                for _ in 0..n {
+                    let e = l.accept().expect_err("accept must fail");
+                    assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                }
+                format!("failed {n}")
+            }
+            (Some("restore-fds"), _) => {
+                // SAFETY: valid pointer to the saved limit.
+                unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &saved), 0) };
+                "restored".to_string()
+            }
+            _ => panic!("unknown command {line}"),
+        };
+        writeln!(out, "{reply}").expect("stdout");
+        out.flush().expect("flush");
+    }
+}
+
+/// The test side of a server process.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Server {
+    /// Starts the server process in the caller's network namespace (and, if given, cgroup).
+    fn start(cgroup: Option<Cgroup>) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--exact",
+                "server_process_entry_point",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SERVER_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn server");
+        if let Some(cg) = &cgroup {
+            cg.add(child.id());
+        }
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            cgroup,
+        }
+    }
+
+    fn pid(&self) -> u64 {
+        u64::from(self.child.id())
+    }
+
+    /// Sends a command and returns the reply line (the test harness's own output, which
+    /// libtest prints first, is skipped).
+    fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").expect("send");
+        self.stdin.flush().expect("flush");
+        let want = cmd.split_whitespace().next().unwrap_or("");
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("reply");
+            assert!(n > 0, "server exited while answering {cmd}");
+            // libtest's "test NAME ... " has no newline: the first reply shares its line.
+            let reply = line.trim().rsplit(" ... ").next().unwrap_or("");
+            let word = reply.split_whitespace().next().unwrap_or("");
+            let expected = match want {
+                "listen" => "port",
+                "accept" => "accepted",
+                "fill-fds" => "filled",
+                "fail" => "failed",
+                "restore-fds" => "restored",
+                _ => "",
+            };
+            if word == expected {
+                return reply.to_string();
+            }
+        }
+    }
+
+    fn listen(&mut self, addr: &str) -> u16 {
+        let reply = self.ask(&format!("listen {addr}"));
+        reply
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
+    fn stop(mut self) {
+        drop(self.stdin);
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "server process failed: {status}");
+        drop(self.cgroup.take());
+    }
+}
+
+/// A cgroup v2 child group for the server process, removed on drop.
+struct Cgroup {
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    /// None where cgroup v2 is not mounted.
+    fn new(tag: &str) -> Option<Self> {
+        let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+        let root = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))?
+            .split_whitespace()
+            .nth(1)?
+            .to_string();
+        let dir = PathBuf::from(root).join(format!("sockwatch-test-{}-{tag}", std::process::id()));
+        fs::create_dir(&dir).ok()?;
+        Some(Self { dir })
+    }
+
+    fn id(&self) -> u64 {
+        fs::metadata(&self.dir).expect("cgroup dir").ino()
+    }
+
+    fn add(&self, pid: u32) {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+fn me() -> u64 {
+    u64::from(std::process::id())
+}
+
+fn port_set(events: &[&Value], key: &str) -> BTreeSet<u64> {
+    events.iter().filter_map(|e| e[key].as_u64()).collect()
+}
+
+#[test]
+fn accept_events_name_the_accepting_process_and_its_cgroup() {
+    if !root_or_skip("accept_events_name_the_accepting_process_and_its_cgroup") {
+        return;
+    }
+    const N: usize = 4;
+    let (t, (server_pid, cgroup_id, port, clients)) = trace_in_new_netns(SMALL_MAPS, || {
+        let cgroup = Cgroup::new("accept");
+        let cgroup_id = cgroup.as_ref().map(Cgroup::id);
+        let mut server = Server::start(cgroup);
+        let port = server.listen("127.0.0.1:0");
+        let clients: Vec<u16> = (0..N)
+            .map(|_| {
+                let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                c.local_addr().expect("addr").port()
+            })
+            .collect();
+        server.ask(&format!("accept {N}"));
+        let pid = server.pid();
+        server.stop();
+        (pid, cgroup_id, port, clients)
+    });
+    assert_ne!(server_pid, me());
+    let client_ports: BTreeSet<u64> = clients.iter().map(|&p| u64::from(p)).collect();
+
+    let accepts = t.of_kind("accept");
+    assert_eq!(accepts.len(), N, "{accepts:?}");
+    assert_eq!(port_set(&accepts, "peer_port"), client_ports);
+    for a in &accepts {
+        assert_eq!(a["pid"].as_u64(), Some(server_pid), "{a}");
+        // The accepting thread: libtest names it after the entry point (15 bytes kept).
+        assert_eq!(a["comm"], SERVER_THREAD_COMM);
+        assert_eq!(a["local_addr"], "127.0.0.1");
+        assert_eq!(a["local_port"].as_u64(), Some(u64::from(port)));
+        assert_eq!(a["peer_addr"], "127.0.0.1");
+        assert_eq!(a["netns"].as_u64(), Some(t.netns));
+        if let Some(id) = cgroup_id {
+            assert_eq!(
+                a["cgroup_id"].as_u64(),
+                Some(id),
+                "accepting process's cgroup"
+            );
+        }
+    }
+    let connects = t.of_kind("connect");
+    assert_eq!(port_set(&connects, "local_port"), client_ports);
+    assert!(connects.iter().all(|c| c["pid"].as_u64() == Some(me())));
+    if let Some(id) = cgroup_id {
+        assert!(connects.iter().all(|c| c["cgroup_id"].as_u64() != Some(id)));
+    }
+    // The listener and the accepted sockets' closes belong to the server process too.
+    let listen = t.of_kind("listen");
+    assert_eq!(listen.len(), 1);
+    assert_eq!(listen[0]["pid"].as_u64(), Some(server_pid));
+    let passive_closes: Vec<&Value> = t
+        .of_kind("close")
+        .into_iter()
+        .filter(|c| c["direction"] == "passive")
+        .collect();
+    assert_eq!(passive_closes.len(), N);
+    assert!(
+        passive_closes
+            .iter()
+            .all(|c| c["pid"].as_u64() == Some(server_pid))
+    );
+    assert_nothing_lost(&t.lost);
+}
+
+#[test]
+fn emfile_accept_failures_leave_connections_queued() {
+    if !root_or_skip("emfile_accept_failures_leave_connections_queued") {
+        return;
+    }
+    const QUEUED: usize = 2;
+    const FAILS: usize = 3;
+    let (t, (server_pid, port, clients)) = trace_in_new_netns(SMALL_MAPS, || {
+        let mut server = Server::start(None);
+        let port = server.listen("127.0.0.1:0");
+        server.ask("fill-fds");
+        let clients: Vec<TcpStream> = (0..QUEUED)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        server.ask(&format!("fail {FAILS}"));
+        // The failed accepts did not reset the queued connections: they are still open.
+        for c in &clients {
+            c.set_nonblocking(true).expect("nonblocking");
+            let e = (&*c).read(&mut [0u8; 1]).expect_err("no data, no EOF");
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::WouldBlock,
+                "connection was reset: {e}"
+            );
+        }
+        let ports: Vec<u16> = clients
+            .iter()
+            .map(|c| c.local_addr().expect("addr").port())
+            .collect();
+        server.ask("restore-fds");
+        drop(clients);
+        // Once fds are available again, the very same connections are accepted.
+        server.ask(&format!("accept {QUEUED}"));
+        let pid = server.pid();
+        server.stop();
+        (pid, port, ports)
+    });
+    let failures = t.of_kind("accept_failed");
+    assert_eq!(failures.len(), FAILS, "{failures:?}");
+    for f in &failures {
+        assert_eq!(f["errno"], "EMFILE");
+        assert_eq!(f["pid"].as_u64(), Some(server_pid));
+        assert_eq!(f["local_addr"], "127.0.0.1");
+        assert_eq!(f["local_port"].as_u64(), Some(u64::from(port)));
+    }
+    let client_ports: BTreeSet<u64> = clients.iter().map(|&p| u64::from(p)).collect();
+    let accepts = t.of_kind("accept");
+    assert_eq!(port_set(&accepts, "peer_port"), client_ports);
+    // No close of a queued connection before it was finally accepted.
+    let last_failure = t
+        .events
+        .iter()
+        .rposition(|e| e["event"] == "accept_failed")
+        .expect("failures");
+    let first_close = t.events.iter().position(|e| e["event"] == "close");
+    assert!(
+        first_close.is_none_or(|c| c > last_failure),
+        "{:?}",
+        t.events
+    );
+    assert_nothing_lost(&t.lost);
+}
+
+#[test]
+fn nonblocking_eagain_is_counted_not_reported() {
+    if !root_or_skip("nonblocking_eagain_is_counted_not_reported") {
+        return;
+    }
+    const TRIES: u64 = 5;
+    let (t, ()) = trace_in_new_netns(SMALL_MAPS, || {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        for _ in 0..TRIES {
+            let e = l.accept().expect_err("nothing to accept");
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        }
+    });
+    assert!(t.of_kind("accept_failed").is_empty(), "{:?}", t.events);
+    // The counter is host-wide: other traffic can only add to it.
+    assert!(
+        t.stats["accept_would_block"].as_u64().unwrap_or(0) >= TRIES,
+        "{}",
+        t.stats
+    );
+    assert_nothing_lost(&t.lost);
+}
+
+#[test]
+fn connect_error_before_any_packet_is_a_connect_failed() {
+    if !root_or_skip("connect_error_before_any_packet_is_a_connect_failed") {
+        return;
+    }
+    let (t, (netns, err)) = trace_in_new_netns(SMALL_MAPS, || {
+        // A namespace whose loopback never came up has no route at all: connect() fails
+        // before any packet is sent.
+        thread::scope(|s| {
+            thread::Builder::new()
+                .name("sw-noroute".into())
+                .spawn_scoped(s, || {
+                    // SAFETY: unshare affects this thread only.
+                    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+                    let ns = fs::metadata("/proc/thread-self/ns/net")
+                        .expect("netns")
+                        .ino();
+                    (
+                        ns,
+                        TcpStream::connect("127.0.0.1:80").expect_err("no route"),
+                    )
+                })
+                .expect("spawn")
+                .join()
+                .expect("thread")
+        })
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH));
+    let events = t.in_netns(netns);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["connect_failed"],
+        "no SYN left, so no connect: {events:?}"
+    );
+    let f = events[0];
+    assert_eq!(f["reason"], "unreachable");
+    assert_eq!(f["errno"], "ENETUNREACH");
+    assert_eq!(f["peer_addr"], "127.0.0.1");
+    assert_eq!(f["peer_port"], 80);
+    assert_eq!(f["family"], "ipv4");
+    assert_eq!(f["pid"].as_u64(), Some(me()));
+    assert_eq!(f["comm"], "sw-noroute");
+    assert_nothing_lost(&t.lost);
+}
+
+#[test]
+fn unanswered_syns_are_a_connect_failed_timeout() {
+    if !root_or_skip("unanswered_syns_are_a_connect_failed_timeout") {
+        return;
+    }
+    let (t, err) = trace_in_new_netns(SMALL_MAPS, || {
+        // Loopback down after it was up: the route stays, the SYNs go nowhere. One retry
+        // (TCP_SYNCNT=1) makes the kernel give up after about 3 s.
+        common::set_loopback(false);
+        let err = connect_raw(None, Some(1), "127.0.0.1:80".parse().unwrap()).expect_err("timeout");
+        common::set_loopback(true);
+        err
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT));
+    let kinds: Vec<&str> = t
+        .events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["connect", "connect_failed", "close"],
+        "{:?}",
+        t.events
+    );
+    let f = &t.events[1];
+    assert_eq!(f["reason"], "timeout");
+    assert_eq!(f["errno"], "ETIMEDOUT");
+    for e in &t.events {
+        assert_eq!(e["pid"].as_u64(), Some(me()), "{e}");
+        assert_eq!(e["comm"], "sw-netns");
+        assert_eq!(e["peer_port"], 80);
+        assert_eq!(e["local_port"], t.events[0]["local_port"]);
+    }
+    assert!(t.events[2]["duration_ns"].as_u64().unwrap_or(0) > 1_000_000_000);
+    assert_nothing_lost(&t.lost);
+}
+
+/// The same addresses and ports in two namespaces: every event lands in its own namespace.
+#[test]
+fn same_tuples_in_two_namespaces_are_told_apart() {
+    if !root_or_skip("same_tuples_in_two_namespaces_are_told_apart") {
+        return;
+    }
+    // One exchange on 127.0.0.1:8080 with a fixed client port, in the calling thread's netns.
+    fn exchange(server_name: &str) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:8080").expect("bind");
+        let name = server_name.to_string();
+        let server = thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let (mut s, _) = l.accept().expect("accept");
+                let mut sink = Vec::new();
+                s.read_to_end(&mut sink).expect("read");
+            })
+            .expect("spawn");
+        let sock =
+            connect_raw(Some(40000), None, "127.0.0.1:8080".parse().unwrap()).expect("connect");
+        let port = sock.local_addr().expect("addr").port();
+        drop(sock);
+        server.join().expect("server");
+        port
+    }
+    let (t, other_netns) = trace_in_new_netns(SMALL_MAPS, || {
+        let other = thread::scope(|s| {
+            thread::Builder::new()
+                .name("sw-netns-b".into())
+                .spawn_scoped(s, || {
+                    let ns = common::enter_new_netns();
+                    exchange("sw-server-b");
+                    common::wait_connections_settled();
+                    ns
+                })
+                .expect("spawn")
+                .join()
+                .expect("netns b")
+        });
+        exchange("sw-server-a");
+        other
+    });
+    assert_ne!(other_netns, t.netns);
+    let a = &t.events;
+    let b = t.in_netns(other_netns);
+    for (events, server) in [
+        (a.iter().collect::<Vec<_>>(), "sw-server-a"),
+        (b, "sw-server-b"),
+    ] {
+        // listen, connect, 2 established, accept, 2 closes, listen_stop.
+        assert_eq!(events.len(), 8, "{events:?}");
+        let accepts: Vec<&&Value> = events.iter().filter(|e| e["event"] == "accept").collect();
+        assert_eq!(accepts.len(), 1);
+        assert_eq!(accepts[0]["comm"], server);
+        assert_eq!(accepts[0]["peer_port"], 40000);
+        assert!(events.iter().all(|e| e["local_addr"] == "127.0.0.1"));
+    }
+    assert_nothing_lost(&t.lost);
+}
+
+/// connect() through raw syscalls, for what std cannot set: a fixed local port, a SYN retry
+/// count.
+fn connect_raw(
+    local_port: Option<u16>,
+    syn_count: Option<libc::c_int>,
+    to: SocketAddr,
+) -> io::Result<TcpStream> {
+    let sa = |port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let int_opt = |fd, level, name, value: libc::c_int| {
+        // SAFETY: valid fd and option buffer.
+        check(unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        })
+    };
+    // SAFETY: plain socket syscalls on an fd we own, with fully initialised sockaddrs.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream: TcpStream = std::os::fd::FromRawFd::from_raw_fd(fd);
+        if let Some(port) = local_port {
+            int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+            let local = sa(port);
+            check(libc::bind(
+                fd,
+                (&local as *const libc::sockaddr_in).cast(),
+                len,
+            ))?;
+        }
+        if let Some(n) = syn_count {
+            int_opt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, n)?;
+        }
+        let remote = sa(to.port());
+        check(libc::connect(
+            fd,
+            (&remote as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+        Ok(stream)
+    }
+}
