@@ -9,14 +9,8 @@ use sockwatch_common::{counter, flags, kind, tcp_state};
 use crate::{
     maps::{ACCEPT_ARGS, SOCKS, bump, offsets, record_field},
     sock::{current_owner, emit, emit_patched, is_tcp, netns_of, remember, sock_of_fd},
+    syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted, take},
 };
-
-const EINTR: u16 = 4;
-const EBADF: u16 = 9;
-const EAGAIN: u16 = 11;
-const ENOTSOCK: u16 = 88;
-const ERESTARTSYS: u16 = 512;
-const ERESTART_RESTARTBLOCK: u16 = 516;
 
 /// Attached to both sys_enter_accept and sys_enter_accept4 (same record layout for the fd).
 #[tracepoint(category = "syscalls", name = "sys_enter_accept")]
@@ -29,21 +23,17 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
 /// Attached to both sys_exit_accept and sys_exit_accept4.
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let thread = bpf_get_current_pid_tgid();
-    let Some(listen_fd) = ACCEPT_ARGS.get_ptr(thread).map(|p| unsafe { *p }) else {
+    let Some(listen_fd) = take(&ACCEPT_ARGS, bpf_get_current_pid_tgid()) else {
         return 0;
     };
-    let _ = ACCEPT_ARGS.remove(thread);
     let off = offsets();
     let ret = record_field(&ctx, off.sys_exit_ret) as i64;
-    if ret >= 0 {
-        accepted(ret as u64);
+    let Some(errno) = errno_of(ret) else {
+        if ret >= 0 {
+            accepted(ret as u64);
+        }
         return 0;
-    }
-    if ret < -4095 {
-        return 0;
-    }
-    let errno = (-ret) as u16;
+    };
     // The listening fd is a socket unless accept() said otherwise.
     if errno == EBADF || errno == ENOTSOCK {
         return 0;
@@ -58,7 +48,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         bump(counter::ACCEPT_WOULD_BLOCK);
         return 0;
     }
-    if errno == EINTR || (ERESTARTSYS..=ERESTART_RESTARTBLOCK).contains(&errno) {
+    if interrupted(errno) {
         bump(counter::ACCEPT_INTERRUPTED);
         return 0;
     }

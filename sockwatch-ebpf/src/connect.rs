@@ -18,16 +18,8 @@ use crate::{
         record_field,
     },
     sock::{current_owner, emit, emit_patched, is_tcp, netns_of, sock_of_fd},
+    syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, take},
 };
-
-const EINTR: u16 = 4;
-const EINPROGRESS: u16 = 115;
-const EALREADY: u16 = 114;
-const EISCONN: u16 = 106;
-/// Kernel-internal restart codes seen at syscall exit before signal handling turns them
-/// into EINTR or a restart.
-const ERESTARTSYS: u16 = 512;
-const ERESTART_RESTARTBLOCK: u16 = 516;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -65,23 +57,18 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let thread = bpf_get_current_pid_tgid();
-    let args = CONNECT_ARGS.get_ptr(thread).map(|p| unsafe { *p });
-    let _ = CONNECT_ARGS.remove(thread);
-    if let Some(sk) = CONNECTING_THREADS.get_ptr(thread).map(|p| unsafe { *p }) {
+    let args = take(&CONNECT_ARGS, thread);
+    if let Some(sk) = take(&CONNECTING_THREADS, thread) {
         // A SYN was sent: the connect is reported now, a failure by the state change.
-        let _ = CONNECTING_THREADS.remove(thread);
         emit_pending_connect(sk, tcp_state::SYN_SENT);
         return 0;
     }
-    let ret = record_field(&ctx, offsets().sys_exit_ret) as i64;
     let Some(args) = args else { return 0 };
-    if ret >= 0 || ret < -4095 {
+    let Some(errno) = errno_of(record_field(&ctx, offsets().sys_exit_ret) as i64) else {
         return 0;
-    }
-    let errno = (-ret) as u16;
-    if matches!(errno, EINPROGRESS | EALREADY | EISCONN | EINTR)
-        || (ERESTARTSYS..=ERESTART_RESTARTBLOCK).contains(&errno)
-    {
+    };
+    // Still connecting, or already connected: not a failure.
+    if matches!(errno, EINPROGRESS | EALREADY | EISCONN) || interrupted(errno) {
         return 0;
     }
     connect_failed_early(&args, errno);

@@ -19,6 +19,8 @@ mod maps;
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod state;
+#[cfg(target_arch = "bpf")]
+mod syscall;
 
 // The crate is only meaningful for the bpf target; the host build (workspace clippy, tests)
 // gets an empty binary.

@@ -413,10 +413,7 @@ fn connect_error_before_any_packet_is_a_connect_failed() {
     });
     assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH));
     let events = t.in_netns(netns);
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap_or("?"))
-        .collect();
+    let kinds = common::kinds(events.iter().copied());
     assert_eq!(
         kinds,
         ["connect_failed"],
@@ -447,11 +444,7 @@ fn unanswered_syns_are_a_connect_failed_timeout() {
         err
     });
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT));
-    let kinds: Vec<&str> = t
-        .events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap_or("?"))
-        .collect();
+    let kinds = common::kinds(&t.events);
     assert_eq!(
         kinds,
         ["connect", "connect_failed", "close"],

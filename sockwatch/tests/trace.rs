@@ -299,11 +299,7 @@ fn refused_connect_is_a_connect_failed_between_connect_and_close() {
         TcpStream::connect("127.0.0.1:9").expect_err("nothing listens on port 9")
     });
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
-    let kinds: Vec<&str> = t
-        .events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap_or("?"))
-        .collect();
+    let kinds = common::kinds(&t.events);
     assert_eq!(
         kinds,
         ["connect", "connect_failed", "close"],

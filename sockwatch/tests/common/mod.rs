@@ -275,6 +275,14 @@ fn parse(out: &Path, netns: u64) -> Traced {
     }
 }
 
+/// The `event` names of `events`, in order.
+pub fn kinds<'a>(events: impl IntoIterator<Item = &'a Value>) -> Vec<&'a str> {
+    events
+        .into_iter()
+        .map(|e| e["event"].as_str().unwrap_or("?"))
+        .collect()
+}
+
 /// Asserts the loss record lists every counter and all are zero.
 pub fn assert_nothing_lost(lost: &Value) {
     for key in [
