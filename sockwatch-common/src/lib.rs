@@ -19,6 +19,9 @@ pub mod kind {
     pub const ACCEPT_FAILED: u8 = 7;
     /// An outbound connection never established; `errno` says why (0: closed while connecting).
     pub const CONNECT_FAILED: u8 = 8;
+    /// A connection was dropped because the listener's accept queue was full (the listener's
+    /// address and port are the local ones).
+    pub const OVERFLOW: u8 = 9;
 }
 
 /// `ConnEvent::flags` and `SockInfo::flags` bits.
@@ -161,9 +164,19 @@ pub struct KernelOffsets {
     pub sys_enter_fd: u32,
     pub sys_enter_addr: u32,
     pub sys_exit_ret: u32,
+    /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's `enum skb_drop_reason`;
+    /// `NO_DROP_REASON` when the kernel has none, which turns the overflow hook off.
+    pub drop_reason_listen_overflow: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 84);
+
+/// A drop reason no kernel uses.
+pub const NO_DROP_REASON: u32 = u32::MAX;
+/// Positions of `reason` and `rx_sk` among the `skb:kfree_skb` raw tracepoint arguments
+/// (checked against the kernel's BTF at start-up).
+pub const KFREE_SKB_REASON_ARG: usize = 2;
+pub const KFREE_SKB_SK_ARG: usize = 3;
 
 /// The programs read this many bytes of `struct sock` at once, so that all the `sock_common`
 /// fields they need come from one read; userspace checks every offset fits.

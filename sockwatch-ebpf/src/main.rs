@@ -4,6 +4,7 @@
 //! - `connect`: `syscalls:sys_{enter,exit}_connect`: connect once its local port is bound, and
 //!   connect() errors.
 //! - `accept`: `syscalls:sys_{enter,exit}_accept{,4}`: accepts and accept() failures.
+//! - `drop`: `skb:kfree_skb` (raw tracepoint): accept-queue overflow drops.
 //! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
 //! - `maps`: maps, load-time globals and loss counters.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -13,6 +14,8 @@
 mod accept;
 #[cfg(target_arch = "bpf")]
 mod connect;
+#[cfg(target_arch = "bpf")]
+mod drop;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

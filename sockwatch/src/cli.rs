@@ -3,29 +3,64 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{loader::LoadOptions, sink::Format};
+use crate::{decode::Family, filter::Filter, loader::LoadOptions, sink::Format};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sockwatch",
     version,
-    about = "Trace TCP connections on this host with eBPF: who connects, who listens, how long \
-             connections live",
+    about = "Trace TCP connections on this host with eBPF: who connects, who listens and accepts, \
+             how long connections live, and why clients fail",
     long_about = None,
-    after_help = "sockwatch must run as root. Examples:\n  \
-                  sockwatch trace\n  \
-                  sockwatch trace --output conns.jsonl --format jsonl --duration 60"
+    after_help = "With no subcommand, sockwatch runs `top`. Tracing needs root. Examples:\n  \
+                  sockwatch                                       live per-port table\n  \
+                  sockwatch top --duration 60 --format json       one JSON summary after 60 s\n  \
+                  sockwatch trace --port 5432                     every event on port 5432\n  \
+                  sockwatch trace --output conns.jsonl --format jsonl\n  \
+                  sockwatch report conns.jsonl                    the summary of a recording"
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print every connection event as it happens: connect, established, close (with its
-    /// duration), listen and listen_stop.
+    /// Live per-port table: connections accepted, open now, accept failures, queue depth and
+    /// overflows, lifetimes; outbound connections by remote port; processes near their fd limit.
+    Top(TopArgs),
+    /// Print every connection event as it happens: connect, established, accept, close (with
+    /// its duration), listen and listen_stop, and the failures accept_failed and connect_failed.
     Trace(TraceArgs),
+    /// Print the per-port summary of recorded JSON Lines files (from `trace --output`).
+    Report(ReportArgs),
+}
+
+/// Summary output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SummaryFormat {
+    /// Aligned tables.
+    Table,
+    /// One JSON object (schema in the README).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Summary format: a live table, or one JSON summary printed at the end (use with
+    /// --duration).
+    #[arg(short, long, value_enum, default_value_t = SummaryFormat::Table)]
+    pub format: SummaryFormat,
+
+    /// Also record the event stream to PATH as JSON Lines (for `sockwatch report`).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -34,13 +69,41 @@ pub struct TraceArgs {
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
-    /// Output format: aligned text for people, or JSON Lines (one object per event).
+    /// Output format: aligned text for people, or JSON Lines (one object per event, plus the
+    /// host samples `report` needs).
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// JSON Lines files written by `sockwatch trace --output` (or `top --output`).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    #[arg(short, long, value_enum, default_value_t = SummaryFormat::Table)]
+    pub format: SummaryFormat,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Options of a live session.
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Stop by itself after SECONDS (default: run until Ctrl-C or SIGTERM).
     #[arg(short, long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub duration: Option<u64>,
+
+    /// Refresh and host-sampling period, in seconds.
+    #[arg(short, long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_interval)]
+    pub interval: f64,
 
     /// Create PATH, holding sockwatch's pid, once every program is attached: from then on no
     /// event is missed. For scripts and tests.
@@ -49,6 +112,59 @@ pub struct TraceArgs {
 
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+/// Filters, shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(short, long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Only sockets owned by this process id.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only sockets owned by processes with this command name (as in /proc/PID/comm).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only IPv4 (including IPv4 on IPv6 sockets).
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            ports: self.ports.clone(),
+            pid: self.pid,
+            comm: self.comm.clone(),
+            family: if self.ipv4 {
+                Some(Family::Ipv4)
+            } else if self.ipv6 {
+                Some(Family::Ipv6)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&v) {
+        return Err(format!(
+            "interval must be from 0.1 to 3600 seconds, got {v}"
+        ));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Args)]
@@ -128,10 +244,31 @@ mod tests {
     #[test]
     fn trace_defaults_and_validation() {
         let cli = Cli::try_parse_from(["sockwatch", "trace"]).unwrap();
-        let Command::Trace(t) = cli.command;
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("trace")
+        };
         assert_eq!(t.format, Format::Text);
-        assert_eq!(t.kernel.max_sockets, 1 << 20);
-        assert_eq!(t.kernel.ring_size, 8 << 20);
+        assert_eq!(t.run.kernel.max_sockets, 1 << 20);
+        assert_eq!(t.run.kernel.ring_size, 8 << 20);
+        assert_eq!(t.run.interval, 1.0);
+        assert!(Cli::try_parse_from(["sockwatch", "trace", "--port", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sockwatch", "trace", "--port", "65536"]).is_err());
+        assert!(Cli::try_parse_from(["sockwatch", "trace", "-4", "-6"]).is_err());
+        assert!(Cli::try_parse_from(["sockwatch", "top", "--interval", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sockwatch", "report"]).is_err());
+        let cli = Cli::try_parse_from(["sockwatch", "top", "-p", "80", "-p", "443", "-6"]).unwrap();
+        let Some(Command::Top(t)) = cli.command else {
+            panic!("top")
+        };
+        let f = t.filter.filter();
+        assert_eq!(f.ports, vec![80, 443]);
+        assert_eq!(f.family, Some(Family::Ipv6));
+        assert!(
+            Cli::try_parse_from(["sockwatch"])
+                .unwrap()
+                .command
+                .is_none()
+        );
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--duration", "0"]).is_err());
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--format", "xml"]).is_err());
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--max-sockets", "10"]).is_err());

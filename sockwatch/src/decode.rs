@@ -14,6 +14,7 @@ pub enum EventKind {
     Accept,
     AcceptFailed,
     ConnectFailed,
+    Overflow,
 }
 
 impl EventKind {
@@ -27,6 +28,7 @@ impl EventKind {
             Self::Accept => "accept",
             Self::AcceptFailed => "accept_failed",
             Self::ConnectFailed => "connect_failed",
+            Self::Overflow => "overflow",
         }
     }
 
@@ -205,6 +207,7 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
         kind::ACCEPT => EventKind::Accept,
         kind::ACCEPT_FAILED => EventKind::AcceptFailed,
         kind::CONNECT_FAILED => EventKind::ConnectFailed,
+        kind::OVERFLOW => EventKind::Overflow,
         other => return Err(DecodeError::Kind(other)),
     };
     let (family, local_addr, peer_addr) = addresses(raw)?;

@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use sockwatch_common::{KernelOffsets, SOCK_COMMON_READ};
+use sockwatch_common::{
+    KFREE_SKB_REASON_ARG, KFREE_SKB_SK_ARG, KernelOffsets, NO_DROP_REASON, SOCK_COMMON_READ,
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -79,7 +81,96 @@ fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sys_enter_fd: 0,
         sys_enter_addr: 0,
         sys_exit_ret: 0,
+        drop_reason_listen_overflow: listen_overflow_reason(btf),
     })
+}
+
+/// The listen-overflow drop reason, if this kernel reports it where the program looks: as
+/// argument KFREE_SKB_REASON_ARG of `skb:kfree_skb`, with the listener as KFREE_SKB_SK_ARG.
+fn listen_overflow_reason(btf: &Btf) -> u32 {
+    let value = enum_value(
+        btf,
+        "skb_drop_reason",
+        "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW",
+    );
+    let args = raw_tracepoint_args(btf, "kfree_skb");
+    match (value, args) {
+        (Ok(v), Ok(args))
+            if args.get(KFREE_SKB_REASON_ARG).map(String::as_str)
+                == Some("enum skb_drop_reason")
+                && args.get(KFREE_SKB_SK_ARG).map(String::as_str) == Some("struct sock *") =>
+        {
+            v
+        }
+        _ => NO_DROP_REASON,
+    }
+}
+
+/// Value of enumerator `member` of `enum name`.
+pub fn enum_value(btf: &Btf, name: &str, member: &str) -> Result<u32, BtfError> {
+    let missing = || BtfError::Missing {
+        what: format!("enum {name} value {member}"),
+    };
+    let ty = btf
+        .resolve_types_by_name(name)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|t| matches!(t, Type::Enum(_)))
+        .ok_or_else(missing)?;
+    let Type::Enum(e) = ty else {
+        return Err(missing());
+    };
+    e.members
+        .iter()
+        .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == member))
+        .map(|m| m.val())
+        .ok_or_else(missing)
+}
+
+/// The argument types of raw tracepoint `name` (from its `btf_trace_<name>` prototype, whose
+/// first parameter, the probe's private data, is not an argument), as short C spellings:
+/// `struct sock *`, `enum skb_drop_reason`, `void *`, `int`, ...
+pub fn raw_tracepoint_args(btf: &Btf, name: &str) -> Result<Vec<String>, BtfError> {
+    let typedef = format!("btf_trace_{name}");
+    let missing = || BtfError::Missing {
+        what: format!("tracepoint prototype {typedef}"),
+    };
+    let ty = btf
+        .resolve_types_by_name(&typedef)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|t| matches!(t, Type::Typedef(_)))
+        .ok_or_else(missing)?;
+    let Type::Ptr(ptr) = strip(btf, ty) else {
+        return Err(missing());
+    };
+    let Ok(Type::FuncProto(proto)) = btf.resolve_chained_type(&ptr) else {
+        return Err(missing());
+    };
+    Ok(proto
+        .parameters
+        .iter()
+        .skip(1)
+        .map(|p| match btf.resolve_chained_type(p) {
+            Ok(t) => spell(btf, strip(btf, t)),
+            Err(_) => "?".to_string(),
+        })
+        .collect())
+}
+
+fn spell(btf: &Btf, ty: Type) -> String {
+    match &ty {
+        Type::Ptr(p) => match btf.resolve_chained_type(p) {
+            Ok(inner) => format!("{} *", spell(btf, strip(btf, inner))),
+            Err(_) => "void *".to_string(),
+        },
+        Type::Struct(s) => format!("struct {}", btf.resolve_name(s).unwrap_or_default()),
+        Type::Union(u) => format!("union {}", btf.resolve_name(u).unwrap_or_default()),
+        Type::Enum(e) => format!("enum {}", btf.resolve_name(e).unwrap_or_default()),
+        Type::Int(i) => btf.resolve_name(i).unwrap_or_default(),
+        Type::Void => "void".to_string(),
+        other => other.name().to_string(),
+    }
 }
 
 /// Byte offset of `path` (a chain of member names, each in the type of the previous one)
@@ -230,6 +321,32 @@ mod tests {
         assert!(
             e.to_string().contains("struct sock field no_such_field"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn listen_overflow_drop_reason_and_kfree_skb_arguments() {
+        let Some(btf) = vmlinux() else {
+            eprintln!("skipped: {VMLINUX_BTF} not readable");
+            return;
+        };
+        let args = raw_tracepoint_args(&btf, "kfree_skb").unwrap();
+        assert_eq!(args[0], "struct sk_buff *");
+        assert_eq!(args[KFREE_SKB_REASON_ARG], "enum skb_drop_reason");
+        assert_eq!(args[KFREE_SKB_SK_ARG], "struct sock *");
+        let v = enum_value(
+            &btf,
+            "skb_drop_reason",
+            "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW",
+        )
+        .unwrap();
+        assert!(v > 2, "{v}");
+        assert_eq!(listen_overflow_reason(&btf), v);
+        assert!(enum_value(&btf, "skb_drop_reason", "NO_SUCH").is_err());
+        // The state-change tracepoint, for comparison: (sk, oldstate, newstate).
+        assert_eq!(
+            raw_tracepoint_args(&btf, "inet_sock_set_state").unwrap(),
+            ["struct sock *", "int", "int"]
         );
     }
 

@@ -3,14 +3,24 @@
 //! Data path: eBPF programs (sockwatch-ebpf) -> ring buffer -> [`source`] -> [`decode`] ->
 //! [`sink`]. [`loader`] loads and attaches the programs with offsets from [`kernel_btf`];
 //! [`loss`] accounts for every event that could not be delivered.
+pub mod aggregate;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod decode;
+pub mod feed;
+pub mod filter;
+pub mod host;
 pub mod kernel_btf;
 pub mod loader;
 pub mod loss;
+pub mod report;
+pub mod sampler;
+pub mod session;
 pub mod sink;
 pub mod source;
+pub mod top;
 pub mod tp_format;
 pub mod trace;
 pub mod tracefs;
+pub mod view;

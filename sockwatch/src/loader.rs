@@ -54,6 +54,7 @@ const PROGRAMS: &[(&str, &[Hook])] = &[
             Hook::Tracepoint("syscalls", "sys_enter_accept4"),
         ],
     ),
+    ("kfree_skb", &[Hook::Raw("kfree_skb")]),
     ("inet_sock_set_state", &[Hook::Raw("inet_sock_set_state")]),
 ];
 
@@ -126,6 +127,12 @@ impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         require_root()?;
         let mut offsets = kernel_btf::kernel_offsets(Path::new(VMLINUX_BTF))?;
+        if offsets.drop_reason_listen_overflow == sockwatch_common::NO_DROP_REASON {
+            eprintln!(
+                "sockwatch: warning: this kernel does not report listen-overflow drops with a \
+                 drop reason; overflows are counted per namespace only (TcpExt ListenOverflows)"
+            );
+        }
         let tracefs = tracefs::root();
         offsets.sys_enter_fd = tp_format::common_offset(
             tracefs,
@@ -190,7 +197,7 @@ impl Tracer {
                             .map(|id| Link::Raw(name, id))
                             .map_err(|source| LoadError::Attach {
                                 name,
-                                tracepoint: format!("sock:{event}"),
+                                tracepoint: event.to_string(),
                                 source,
                             })?
                     }

@@ -1,5 +1,5 @@
 //! Loss accounting: every way an event can go missing, counted and reported.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Raw counters as read from the kernel at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct KernelCounters {
 }
 
 /// Counts of normal outcomes that produce no event, reported at the end in a `stats` record.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quiet {
     /// accept() on a TCP listener returned EAGAIN/EWOULDBLOCK (non-blocking servers do this).
     pub accept_would_block: u64,
@@ -47,7 +47,7 @@ impl std::fmt::Display for Quiet {
 }
 
 /// What was lost, by cause. Serialised as the fields of the final `lost` record.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Loss {
     /// Events dropped because the ring buffer was full.
     pub ringbuf_full: u64,

@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     clock::{WallClock, write_rfc3339},
     decode::{self, Event, EventKind},
+    feed::Sample,
     loss::{Loss, Quiet},
     sink::Sink,
 };
@@ -78,6 +79,50 @@ struct EventRecord<'a> {
 }
 
 #[derive(Serialize)]
+struct ExistingRecord<'a> {
+    time: Rfc3339,
+    event: &'static str,
+    family: &'static str,
+    local_addr: IpAddr,
+    local_port: u16,
+    peer_addr: IpAddr,
+    peer_port: u16,
+    netns: u32,
+    state: &'static str,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct QueueRecord {
+    time: Rfc3339,
+    event: &'static str,
+    netns: u32,
+    local_port: u16,
+    depth: u32,
+    backlog: u32,
+}
+
+#[derive(Serialize)]
+struct NetstatRecord {
+    time: Rfc3339,
+    event: &'static str,
+    netns: u32,
+    listen_overflows: u64,
+    listen_drops: u64,
+}
+
+#[derive(Serialize)]
+struct FdsRecord<'a> {
+    time: Rfc3339,
+    event: &'static str,
+    pid: u32,
+    comm: Option<&'a str>,
+    open: u64,
+    limit: u64,
+}
+
+#[derive(Serialize)]
 struct StatsRecord<'a> {
     time: Rfc3339,
     event: &'static str,
@@ -127,6 +172,47 @@ impl<W: Write> Sink for JsonlSink<W> {
             total: loss.total(),
             loss,
         })
+    }
+
+    fn sample(&mut self, s: &Sample) -> io::Result<()> {
+        match s {
+            Sample::Existing(e) => self.write_line(&ExistingRecord {
+                time: Rfc3339(i128::from(e.time_ns)),
+                event: "existing",
+                family: e.family.as_str(),
+                local_addr: e.local_addr,
+                local_port: e.local_port,
+                peer_addr: e.peer_addr,
+                peer_port: e.peer_port,
+                netns: e.netns,
+                state: if e.listening { "LISTEN" } else { "ESTABLISHED" },
+                pid: e.pid,
+                comm: e.comm,
+            }),
+            Sample::Queue(q) => self.write_line(&QueueRecord {
+                time: Rfc3339(i128::from(q.time_ns)),
+                event: "queue",
+                netns: q.netns,
+                local_port: q.local_port,
+                depth: q.depth,
+                backlog: q.backlog,
+            }),
+            Sample::Netstat(n) => self.write_line(&NetstatRecord {
+                time: Rfc3339(i128::from(n.time_ns)),
+                event: "netstat",
+                netns: n.netns,
+                listen_overflows: n.listen_overflows,
+                listen_drops: n.listen_drops,
+            }),
+            Sample::Fds(f) => self.write_line(&FdsRecord {
+                time: Rfc3339(i128::from(f.time_ns)),
+                event: "fds",
+                pid: f.pid,
+                comm: f.comm,
+                open: f.open,
+                limit: f.limit,
+            }),
+        }
     }
 
     fn stats(&mut self, quiet: &Quiet, at_unix_ns: i128) -> io::Result<()> {

@@ -10,6 +10,7 @@ pub use text::TextSink;
 use crate::{
     clock::WallClock,
     decode::Event,
+    feed::Sample,
     loss::{Loss, Quiet},
 };
 
@@ -26,6 +27,8 @@ pub enum Format {
 /// sink; `flush` pushes buffered records to the writer.
 pub trait Sink {
     fn event(&mut self, ev: &Event) -> io::Result<()>;
+    /// Host state the summary needs (snapshot, queue samples, ...); text output skips them.
+    fn sample(&mut self, s: &Sample) -> io::Result<()>;
     /// Counts of normal outcomes that have no event (written just before the loss record).
     fn stats(&mut self, quiet: &Quiet, at_unix_ns: i128) -> io::Result<()>;
     /// The final record: what was lost, even when nothing was.

@@ -3,6 +3,7 @@ use std::io::{self, Write};
 use crate::{
     clock::{WallClock, write_time_of_day},
     decode::{self, Event, EventKind},
+    feed::Sample,
     loss::{Loss, Quiet},
     sink::Sink,
 };
@@ -87,6 +88,10 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn lost(&mut self, loss: &Loss, _at_unix_ns: i128) -> io::Result<()> {
         writeln!(self.out, "# {loss}")
+    }
+
+    fn sample(&mut self, _s: &Sample) -> io::Result<()> {
+        Ok(())
     }
 
     fn stats(&mut self, quiet: &Quiet, _at_unix_ns: i128) -> io::Result<()> {

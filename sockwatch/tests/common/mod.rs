@@ -2,6 +2,8 @@
 //! sockwatch binary tracing in the background, and its JSONL output parsed back.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::{
     fs,
     io::{self, BufRead},
@@ -101,14 +103,18 @@ pub fn set_loopback(up: bool) {
 
 /// What one traced run produced.
 pub struct Traced {
-    /// Events of the test's own namespace, in file order.
+    /// Connection events of the test's own namespace, in file order.
     pub events: Vec<Value>,
+    /// Host samples of the test's own namespace (existing, queue, netstat).
+    pub samples: Vec<Value>,
     /// The final `lost` record.
     pub lost: Value,
     /// The `stats` record just before it.
     pub stats: Value,
     /// Every record of the file (all namespaces).
     pub all: Vec<Value>,
+    /// The file's text.
+    pub raw: String,
     pub netns: u64,
 }
 
@@ -117,11 +123,11 @@ impl Traced {
         self.events.iter().filter(|e| e["event"] == kind).collect()
     }
 
-    /// Events of another namespace, in file order.
+    /// Connection events of another namespace, in file order.
     pub fn in_netns(&self, netns: u64) -> Vec<&Value> {
         self.all
             .iter()
-            .filter(|v| v["netns"].as_u64() == Some(netns))
+            .filter(|v| v["netns"].as_u64() == Some(netns) && !is_sample(v))
             .collect()
     }
 }
@@ -141,6 +147,20 @@ pub fn trace_in_new_netns_until<R: Send>(
     signal: i32,
     scenario: impl FnOnce() -> R + Send,
 ) -> (Traced, R) {
+    let mut args = vec!["trace", "--format", "jsonl"];
+    args.extend_from_slice(extra);
+    let (t, _, r) = run_in_new_netns(&args, signal, |_| scenario());
+    (t, r)
+}
+
+/// Runs sockwatch with `args` plus `--output FILE --ready-file PATH` while `scenario` (given the
+/// output file) runs in a new network namespace; stops it with `signal`. Returns the parsed
+/// output file, sockwatch's standard output, and the scenario's result.
+pub fn run_in_new_netns<R: Send>(
+    args: &[&str],
+    signal: i32,
+    scenario: impl FnOnce(&Path) -> R + Send,
+) -> (Traced, String, R) {
     thread::scope(|s| {
         thread::Builder::new()
             .name("sw-netns".into())
@@ -149,13 +169,21 @@ pub fn trace_in_new_netns_until<R: Send>(
                 let dir = TempDir::new("trace");
                 let out = dir.path().join("events.jsonl");
                 let ready = dir.path().join("ready");
-                let mut child = spawn_sockwatch(&out, &ready, extra);
+                let mut child = spawn_sockwatch(args, &out, &ready);
+                // Read stdout as it comes, so a full pipe never blocks sockwatch.
+                let mut stdout = child.stdout.take().expect("stdout");
+                let reader = thread::spawn(move || {
+                    let mut text = String::new();
+                    let _ = io::Read::read_to_string(&mut stdout, &mut text);
+                    text
+                });
                 wait_ready(&mut child, &ready);
-                let result = scenario();
+                let result = scenario(&out);
                 wait_connections_settled();
                 let status = stop(&mut child, signal);
                 assert!(status, "sockwatch did not exit cleanly on signal {signal}");
-                (parse(&out, netns), result)
+                let stdout = reader.join().expect("stdout reader");
+                (parse(&out, netns), stdout, result)
             })
             .expect("spawn netns thread")
             .join()
@@ -163,18 +191,39 @@ pub fn trace_in_new_netns_until<R: Send>(
     })
 }
 
-fn spawn_sockwatch(out: &Path, ready: &Path, extra: &[&str]) -> Child {
+fn spawn_sockwatch(args: &[&str], out: &Path, ready: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sockwatch"))
-        .args(["trace", "--format", "jsonl", "--output"])
+        .args(args)
+        .arg("--output")
         .arg(out)
         .arg("--ready-file")
         .arg(ready)
-        .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sockwatch")
+}
+
+/// Polls `path` (sockwatch's output, flushed every half second) until a line satisfies `want`;
+/// bounded by 20 s.
+pub fn wait_for_line(path: &Path, what: &str, want: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        if text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| want(&v))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} in sockwatch's output after 20 s"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits for sockwatch's ready file (bounded); fails with its stderr if it exits first.
@@ -262,17 +311,28 @@ fn parse(out: &Path, netns: u64) -> Traced {
         stats["event"], "stats",
         "the stats record precedes the loss record"
     );
+    let (samples, events): (Vec<Value>, Vec<Value>) = all
+        .iter()
+        .filter(|v| v["netns"].as_u64() == Some(netns))
+        .cloned()
+        .partition(is_sample);
     Traced {
-        events: all
-            .iter()
-            .filter(|v| v["netns"].as_u64() == Some(netns))
-            .cloned()
-            .collect(),
+        events,
+        samples,
         lost,
         stats,
         netns,
         all,
+        raw: text,
     }
+}
+
+/// Host samples, as opposed to connection events.
+pub fn is_sample(v: &Value) -> bool {
+    matches!(
+        v["event"].as_str(),
+        Some("existing" | "queue" | "netstat" | "fds")
+    )
 }
 
 /// The `event` names of `events`, in order.

@@ -1,0 +1,437 @@
+//! Records into the aggregator: from live kernel events, and from exported JSON Lines. Both
+//! paths build the same inputs, so a live summary and a report over its file agree.
+use std::{borrow::Cow, net::IpAddr};
+
+use serde::Deserialize;
+
+use crate::{
+    aggregate::{Aggregator, Existing, FdSample, NetstatSample, Obs, QueueSample},
+    clock::WallClock,
+    decode::{self, Direction, Event, EventKind, Family},
+    filter::Filter,
+    loss::{Loss, Quiet},
+};
+
+/// Host state recorded alongside the events.
+#[derive(Debug, Clone, Copy)]
+pub enum Sample<'a> {
+    Existing(Existing<'a>),
+    Queue(QueueSample),
+    Netstat(NetstatSample),
+    Fds(FdSample<'a>),
+}
+
+impl Aggregator {
+    pub fn sample(&mut self, s: &Sample) {
+        match s {
+            Sample::Existing(e) => self.existing(e),
+            Sample::Queue(q) => self.queue(q),
+            Sample::Netstat(n) => self.netstat(n),
+            Sample::Fds(f) => self.fds(f),
+        }
+    }
+}
+
+/// Feeds a live kernel event (if the filter keeps it); returns whether it was kept.
+pub fn live_event(agg: &mut Aggregator, filter: &Filter, ev: &Event, clock: &WallClock) -> bool {
+    let comm = ev.comm.as_ref().map(|c| c.as_str());
+    let errno = ev.errno.filter(|&e| e != 0).map(decode::errno_name);
+    let obs = Obs {
+        time_ns: clock.unix_ns(ev.ts_ns) as i64,
+        kind: ev.kind,
+        netns: ev.netns,
+        family: ev.family,
+        local_addr: ev.local_addr,
+        local_port: ev.local_port,
+        peer_addr: ev.peer_addr,
+        peer_port: ev.peer_port,
+        pid: ev.pid,
+        comm: comm.as_deref(),
+        direction: ev.direction,
+        duration_ns: ev.duration_ns,
+        errno: errno.as_deref(),
+        reason: (ev.kind == EventKind::ConnectFailed)
+            .then(|| decode::connect_failure_reason(ev.errno.unwrap_or(0))),
+    };
+    if !filter.keeps(&obs) {
+        return false;
+    }
+    agg.event(&obs);
+    true
+}
+
+/// Whether the filter keeps a live event (when nothing is aggregated).
+pub fn keeps_event(filter: &Filter, ev: &Event) -> bool {
+    let comm = ev.comm.as_ref().map(|c| c.as_str());
+    filter.keeps_socket(
+        (ev.local_port, ev.peer_port),
+        ev.pid,
+        comm.as_deref(),
+        ev.family,
+    )
+}
+
+/// One exported line, any record type; unknown keys are ignored.
+#[derive(Debug, Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    family: Option<Cow<'a, str>>,
+    local_addr: Option<IpAddr>,
+    local_port: Option<u16>,
+    peer_addr: Option<IpAddr>,
+    peer_port: Option<u16>,
+    pid: Option<u32>,
+    #[serde(borrow)]
+    comm: Option<Cow<'a, str>>,
+    netns: Option<u32>,
+    direction: Option<Cow<'a, str>>,
+    duration_ns: Option<u64>,
+    #[serde(borrow)]
+    errno: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    state: Option<Cow<'a, str>>,
+    depth: Option<u32>,
+    backlog: Option<u32>,
+    listen_overflows: Option<u64>,
+    listen_drops: Option<u64>,
+    open: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// What one exported line was.
+#[derive(Debug, PartialEq)]
+pub enum Fed {
+    Event,
+    Filtered,
+    Sample,
+    Stats(Quiet),
+    Lost(Loss),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LineError {
+    #[error("not a JSON record: {0}")]
+    Json(String),
+    #[error("bad time {0:?} (expected RFC 3339)")]
+    Time(String),
+    #[error("unknown record type {0:?}")]
+    Kind(String),
+    #[error("record {kind} lacks {field}")]
+    Missing { kind: String, field: &'static str },
+}
+
+fn kind_of(name: &str) -> Option<EventKind> {
+    Some(match name {
+        "connect" => EventKind::Connect,
+        "established" => EventKind::Established,
+        "close" => EventKind::Close,
+        "listen" => EventKind::Listen,
+        "listen_stop" => EventKind::ListenStop,
+        "accept" => EventKind::Accept,
+        "accept_failed" => EventKind::AcceptFailed,
+        "connect_failed" => EventKind::ConnectFailed,
+        "overflow" => EventKind::Overflow,
+        _ => return None,
+    })
+}
+
+fn need<T>(v: Option<T>, kind: &str, field: &'static str) -> Result<T, LineError> {
+    v.ok_or_else(|| LineError::Missing {
+        kind: kind.to_string(),
+        field,
+    })
+}
+
+fn parse_time(s: &str) -> Result<i64, LineError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp_nanos() as i64)
+        .map_err(|_| LineError::Time(s.to_string()))
+}
+
+/// Feeds one exported line.
+pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Result<Fed, LineError> {
+    let line: Line = serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
+    let time_ns = parse_time(&line.time)?;
+    let kind = line.event.as_ref();
+    let family = match line.family.as_deref() {
+        Some("ipv6") => Family::Ipv6,
+        _ => Family::Ipv4,
+    };
+    match kind {
+        "stats" => {
+            let q: Quiet =
+                serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
+            agg.set_stats(q);
+            Ok(Fed::Stats(q))
+        }
+        "lost" => {
+            let l: Loss = serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
+            agg.set_loss(l);
+            Ok(Fed::Lost(l))
+        }
+        "existing" => {
+            let e = Existing {
+                time_ns,
+                netns: need(line.netns, kind, "netns")?,
+                family,
+                listening: line.state.as_deref() == Some("LISTEN"),
+                local_addr: need(line.local_addr, kind, "local_addr")?,
+                local_port: need(line.local_port, kind, "local_port")?,
+                peer_addr: need(line.peer_addr, kind, "peer_addr")?,
+                peer_port: need(line.peer_port, kind, "peer_port")?,
+                pid: line.pid,
+                comm: line.comm.as_deref(),
+            };
+            if !filter.keeps_existing(&e) {
+                return Ok(Fed::Filtered);
+            }
+            agg.existing(&e);
+            Ok(Fed::Sample)
+        }
+        "queue" => {
+            let q = QueueSample {
+                time_ns,
+                netns: need(line.netns, kind, "netns")?,
+                local_port: need(line.local_port, kind, "local_port")?,
+                depth: need(line.depth, kind, "depth")?,
+                backlog: need(line.backlog, kind, "backlog")?,
+            };
+            if !filter.keeps_port(q.local_port) {
+                return Ok(Fed::Filtered);
+            }
+            agg.queue(&q);
+            Ok(Fed::Sample)
+        }
+        "netstat" => {
+            agg.netstat(&NetstatSample {
+                time_ns,
+                netns: need(line.netns, kind, "netns")?,
+                listen_overflows: need(line.listen_overflows, kind, "listen_overflows")?,
+                listen_drops: need(line.listen_drops, kind, "listen_drops")?,
+            });
+            Ok(Fed::Sample)
+        }
+        "fds" => {
+            agg.fds(&FdSample {
+                time_ns,
+                pid: need(line.pid, kind, "pid")?,
+                comm: line.comm.as_deref(),
+                open: need(line.open, kind, "open")?,
+                limit: need(line.limit, kind, "limit")?,
+            });
+            Ok(Fed::Sample)
+        }
+        other => {
+            let event_kind = kind_of(other).ok_or_else(|| LineError::Kind(other.to_string()))?;
+            let obs = Obs {
+                time_ns,
+                kind: event_kind,
+                netns: need(line.netns, kind, "netns")?,
+                family,
+                local_addr: need(line.local_addr, kind, "local_addr")?,
+                local_port: need(line.local_port, kind, "local_port")?,
+                peer_addr: need(line.peer_addr, kind, "peer_addr")?,
+                peer_port: need(line.peer_port, kind, "peer_port")?,
+                pid: line.pid,
+                comm: line.comm.as_deref(),
+                direction: match line.direction.as_deref() {
+                    Some("active") => Some(Direction::Active),
+                    Some("passive") => Some(Direction::Passive),
+                    _ => None,
+                },
+                duration_ns: line.duration_ns,
+                errno: line.errno.as_deref(),
+                reason: line.reason.as_deref(),
+            };
+            if !filter.keeps(&obs) {
+                return Ok(Fed::Filtered);
+            }
+            agg.event(&obs);
+            Ok(Fed::Event)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        decode::{Comm, TcpState},
+        sink::{JsonlSink, Sink},
+    };
+
+    fn event(kind: EventKind, ts: u64, client_port: u16, direction: Direction) -> Event {
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"srv");
+        let (local, peer) = match direction {
+            Direction::Passive => ((8080, "10.0.0.1"), (client_port, "10.0.0.2")),
+            Direction::Active => ((client_port, "10.0.0.2"), (8080, "10.0.0.1")),
+        };
+        Event {
+            ts_ns: ts,
+            kind,
+            family: Family::Ipv4,
+            local_addr: local.1.parse().unwrap(),
+            local_port: local.0,
+            peer_addr: peer.1.parse().unwrap(),
+            peer_port: peer.0,
+            pid: Some(77),
+            comm: Some(Comm::from_kernel(&comm)),
+            cgroup_id: Some(1),
+            netns: 5,
+            direction: Some(direction),
+            duration_ns: kind.ends_life().then_some(ts / 2),
+            from_state: TcpState::new(1).unwrap(),
+            errno: kind
+                .is_failure()
+                .then_some(if kind == EventKind::AcceptFailed {
+                    24
+                } else {
+                    111
+                }),
+        }
+    }
+
+    /// What the live pipeline does with each record, and what `report` reads back, agree.
+    #[test]
+    fn live_and_exported_summaries_agree() {
+        let clock = WallClock::with_offset(1_700_000_000_000_000_000);
+        let filter = Filter::default();
+        let mut live = Aggregator::new();
+        let mut out = Vec::new();
+        {
+            let mut sink = JsonlSink::new(&mut out, clock);
+            let samples = [
+                Sample::Existing(Existing {
+                    time_ns: 1_700_000_000_000_000_000,
+                    netns: 5,
+                    family: Family::Ipv4,
+                    listening: true,
+                    local_addr: "10.0.0.1".parse().unwrap(),
+                    local_port: 8080,
+                    peer_addr: "0.0.0.0".parse().unwrap(),
+                    peer_port: 0,
+                    pid: Some(77),
+                    comm: Some("srv"),
+                }),
+                Sample::Queue(QueueSample {
+                    time_ns: 1_700_000_000_500_000_000,
+                    netns: 5,
+                    local_port: 8080,
+                    depth: 3,
+                    backlog: 128,
+                }),
+                Sample::Netstat(NetstatSample {
+                    time_ns: 1_700_000_000_600_000_000,
+                    netns: 5,
+                    listen_overflows: 4,
+                    listen_drops: 4,
+                }),
+                Sample::Fds(FdSample {
+                    time_ns: 1_700_000_000_700_000_000,
+                    pid: 77,
+                    comm: Some("srv"),
+                    open: 900,
+                    limit: 1024,
+                }),
+            ];
+            for s in &samples {
+                sink.sample(s).unwrap();
+                live.sample(s);
+            }
+            let mut ts = 1_000;
+            for port in 40000..40020u16 {
+                for (kind, dir) in [
+                    (EventKind::Connect, Direction::Active),
+                    (EventKind::Established, Direction::Active),
+                    (EventKind::Established, Direction::Passive),
+                    (EventKind::Accept, Direction::Passive),
+                    (EventKind::AcceptFailed, Direction::Passive),
+                    (EventKind::ConnectFailed, Direction::Active),
+                    (EventKind::Close, Direction::Passive),
+                    (EventKind::Close, Direction::Active),
+                ] {
+                    ts += 123_456_789;
+                    let ev = event(kind, ts, port, dir);
+                    sink.event(&ev).unwrap();
+                    assert!(live_event(&mut live, &filter, &ev, &clock));
+                }
+            }
+            let quiet = Quiet {
+                accept_would_block: 2,
+                accept_interrupted: 0,
+            };
+            let loss = Loss {
+                ringbuf_full: 1,
+                ..Default::default()
+            };
+            sink.stats(&quiet, 0).unwrap();
+            sink.lost(&loss, 0).unwrap();
+            live.set_stats(quiet);
+            live.set_loss(loss);
+        }
+        let mut report = Aggregator::new();
+        for line in String::from_utf8(out).unwrap().lines() {
+            exported_line(&mut report, &filter, line).unwrap();
+        }
+        let (a, b) = (live.summary(), report.summary());
+        assert_eq!(a, b);
+        assert_eq!(a.listeners[0].accepted, 20);
+        assert_eq!(a.listeners[0].accept_failures.get("EMFILE"), Some(&20));
+        assert_eq!(a.outbound[0].failed.get("refused"), Some(&20));
+        assert_eq!(a.lost.unwrap().by_cause.ringbuf_full, 1);
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        let mut a = Aggregator::new();
+        let f = Filter::default();
+        assert!(matches!(
+            exported_line(&mut a, &f, "{"),
+            Err(LineError::Json(_))
+        ));
+        assert!(matches!(
+            exported_line(&mut a, &f, "\u{0}\u{1}binary"),
+            Err(LineError::Json(_))
+        ));
+        assert_eq!(
+            exported_line(&mut a, &f, r#"{"time":"yesterday","event":"close"}"#),
+            Err(LineError::Time("yesterday".into()))
+        );
+        assert_eq!(
+            exported_line(
+                &mut a,
+                &f,
+                r#"{"time":"2026-01-01T00:00:00Z","event":"nope"}"#
+            ),
+            Err(LineError::Kind("nope".into()))
+        );
+        assert_eq!(
+            exported_line(
+                &mut a,
+                &f,
+                r#"{"time":"2026-01-01T00:00:00Z","event":"close","netns":1}"#
+            ),
+            Err(LineError::Missing {
+                kind: "close".into(),
+                field: "local_addr"
+            })
+        );
+    }
+
+    #[test]
+    fn filters_apply_to_exported_lines() {
+        let mut a = Aggregator::new();
+        let f = Filter {
+            ports: vec![9999],
+            ..Default::default()
+        };
+        let line = r#"{"time":"2026-01-01T00:00:00Z","event":"accept","netns":1,"family":"ipv4","local_addr":"1.1.1.1","local_port":80,"peer_addr":"2.2.2.2","peer_port":5000}"#;
+        assert_eq!(exported_line(&mut a, &f, line), Ok(Fed::Filtered));
+        assert!(a.summary().listeners.is_empty());
+    }
+}

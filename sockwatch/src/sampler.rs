@@ -1,0 +1,161 @@
+//! Turns host state into the samples the summary needs: the sockets that existed at start-up,
+//! then at each interval every listener's accept queue, each namespace's TcpExt listen
+//! counters, and the descriptor pressure of the processes owning watched sockets.
+use std::{collections::BTreeSet, fs};
+
+use sockwatch_common::tcp_state;
+
+use crate::{
+    aggregate::{Existing, FdSample, NetstatSample, QueueSample},
+    decode::Family,
+    feed::Sample,
+    host::{self, DiagSocket, Netns},
+};
+
+/// A sample that owns its process name (the borrowed [`Sample`] is made from it on use).
+#[derive(Debug, Clone)]
+pub enum Owned {
+    Existing(Existing<'static>, Option<String>),
+    Queue(QueueSample),
+    Netstat(NetstatSample),
+    Fds(FdSample<'static>, Option<String>),
+}
+
+impl Owned {
+    pub fn as_sample(&self) -> Sample<'_> {
+        match self {
+            Owned::Existing(e, comm) => Sample::Existing(Existing {
+                comm: comm.as_deref(),
+                ..*e
+            }),
+            Owned::Queue(q) => Sample::Queue(*q),
+            Owned::Netstat(n) => Sample::Netstat(*n),
+            Owned::Fds(f, comm) => Sample::Fds(FdSample {
+                comm: comm.as_deref(),
+                ..*f
+            }),
+        }
+    }
+}
+
+fn comm_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+fn family(s: &DiagSocket) -> Family {
+    if s.local.is_ipv4() {
+        Family::Ipv4
+    } else {
+        Family::Ipv6
+    }
+}
+
+/// Problems reading host state are not fatal (a process exits mid-scan, a namespace goes away):
+/// they are counted and the first one kept for the user.
+#[derive(Debug, Default)]
+pub struct Sampler {
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl Sampler {
+    fn note<T, E: std::fmt::Display>(&mut self, r: Result<T, E>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+                None
+            }
+        }
+    }
+
+    fn namespaces(&mut self) -> Vec<Netns> {
+        let r = host::namespaces();
+        self.note(r).unwrap_or_default()
+    }
+
+    /// Listeners and established connections that exist now, with their owners, then a first
+    /// periodic sample (the baseline of the namespace counters).
+    pub fn snapshot(&mut self, now_ns: i64) -> Vec<Owned> {
+        let mut out = self.existing(now_ns);
+        out.extend(self.sample(now_ns, &BTreeSet::new()));
+        out
+    }
+
+    fn existing(&mut self, now_ns: i64) -> Vec<Owned> {
+        let owners = host::socket_owners();
+        let owners = self.note(owners).unwrap_or_default();
+        let mask = (1 << tcp_state::LISTEN) | (1 << tcp_state::ESTABLISHED);
+        let mut out = Vec::new();
+        for ns in self.namespaces() {
+            let dumped = host::dump_tcp(&ns, mask);
+            for s in self.note(dumped).unwrap_or_default() {
+                let pid = owners.get(&s.inode).copied();
+                out.push(Owned::Existing(
+                    Existing {
+                        time_ns: now_ns,
+                        netns: s.netns,
+                        family: family(&s),
+                        listening: s.state == tcp_state::LISTEN,
+                        local_addr: s.local.ip(),
+                        local_port: s.local.port(),
+                        peer_addr: s.peer.ip(),
+                        peer_port: s.peer.port(),
+                        pid,
+                        comm: None,
+                    },
+                    pid.and_then(comm_of),
+                ));
+            }
+        }
+        // Listeners first, so connections to them are known to be passive.
+        out.sort_by_key(|o| !matches!(o, Owned::Existing(e, _) if e.listening));
+        out
+    }
+
+    /// Queue depth of every listener, listen counters of every namespace, and descriptor
+    /// pressure of `pids`.
+    pub fn sample(&mut self, now_ns: i64, pids: &BTreeSet<u32>) -> Vec<Owned> {
+        let mut out = Vec::new();
+        for ns in self.namespaces() {
+            let dumped = host::dump_tcp(&ns, 1 << tcp_state::LISTEN);
+            for s in self.note(dumped).unwrap_or_default() {
+                out.push(Owned::Queue(QueueSample {
+                    time_ns: now_ns,
+                    netns: s.netns,
+                    local_port: s.local.port(),
+                    depth: s.recv_queue,
+                    backlog: s.send_queue,
+                }));
+            }
+            let counters = host::listen_counters(ns.pid);
+            if let Some(c) = self.note(counters) {
+                out.push(Owned::Netstat(NetstatSample {
+                    time_ns: now_ns,
+                    netns: ns.inode,
+                    listen_overflows: c.overflows,
+                    listen_drops: c.drops,
+                }));
+            }
+        }
+        for &pid in pids {
+            // A process that exited has no pressure left: skip it quietly.
+            if let Ok(f) = host::fd_pressure(pid) {
+                out.push(Owned::Fds(
+                    FdSample {
+                        time_ns: now_ns,
+                        pid,
+                        comm: None,
+                        open: f.open,
+                        limit: f.limit,
+                    },
+                    comm_of(pid),
+                ));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,208 @@
+//! One tracing session, shared by `trace` and `top`: load and attach the programs, take the
+//! start-up snapshot, then stream kernel events and periodic host samples into an export sink
+//! and/or the aggregator until stopped; finally drain, detach and account for every loss.
+use std::{collections::BTreeSet, io, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior, interval, sleep_until},
+};
+
+use crate::{
+    aggregate::{Aggregator, Summary},
+    clock::WallClock,
+    decode, feed,
+    filter::Filter,
+    loader::{LoadOptions, Tracer},
+    loss::{Loss, Quiet},
+    sampler::{Owned, Sampler},
+    sink::Sink,
+    source::Source,
+};
+
+/// Where the event stream is written.
+pub struct Export {
+    pub sink: Box<dyn Sink>,
+    /// Flush after every batch (a terminal), rather than every half second.
+    pub flush_each_batch: bool,
+    /// Write host samples too (JSON Lines, so that `report` can rebuild the summary).
+    pub samples: bool,
+}
+
+pub struct SessionOptions {
+    pub load: LoadOptions,
+    pub duration: Option<Duration>,
+    pub ready_file: Option<PathBuf>,
+    /// Host sampling period (and live view refresh).
+    pub interval: Duration,
+    pub filter: Filter,
+    pub export: Option<Export>,
+    /// Aggregate; `on_tick` is called with the summary after each interval.
+    pub aggregate: bool,
+}
+
+pub struct Outcome {
+    pub quiet: Quiet,
+    pub loss: Loss,
+    pub summary: Option<Summary>,
+    /// Host state that could not be read (not fatal).
+    pub sampler_errors: (u64, Option<String>),
+}
+
+struct Pipeline {
+    export: Option<Export>,
+    agg: Option<Aggregator>,
+    filter: Filter,
+    clock: WallClock,
+    decode_errors: u64,
+    events: u64,
+}
+
+impl Pipeline {
+    fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Ok(ev) = decode::decode(bytes) else {
+            self.decode_errors += 1;
+            return Ok(());
+        };
+        let kept = match &mut self.agg {
+            Some(agg) => feed::live_event(agg, &self.filter, &ev, &self.clock),
+            None => feed::keeps_event(&self.filter, &ev),
+        };
+        if !kept {
+            return Ok(());
+        }
+        self.events += 1;
+        match &mut self.export {
+            Some(e) => e.sink.event(&ev),
+            None => Ok(()),
+        }
+    }
+
+    fn samples(&mut self, samples: &[Owned]) -> io::Result<()> {
+        for s in samples {
+            let s = s.as_sample();
+            if let Some(agg) = &mut self.agg {
+                agg.sample(&s);
+            }
+            if let Some(e) = &mut self.export
+                && e.samples
+            {
+                e.sink.sample(&s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.export {
+            Some(e) => e.sink.flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn wants_samples(&self) -> bool {
+        self.agg.is_some() || self.export.as_ref().is_some_and(|e| e.samples)
+    }
+}
+
+fn now_ns(clock: &WallClock) -> i64 {
+    clock.unix_ns(WallClock::monotonic_now()) as i64
+}
+
+/// Runs a session; `on_tick` sees the live summary after each interval (when aggregating).
+pub async fn run(
+    opts: SessionOptions,
+    mut on_tick: impl FnMut(&Summary, u64, &Loss),
+) -> anyhow::Result<Outcome> {
+    let clock = WallClock::new();
+    let mut pipe = Pipeline {
+        export: opts.export,
+        agg: opts.aggregate.then(Aggregator::new),
+        filter: opts.filter,
+        clock,
+        decode_errors: 0,
+        events: 0,
+    };
+    let mut sampler = Sampler::default();
+
+    let mut tracer = Tracer::load(&opts.load)?;
+    let mut source = Source::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    tracer.attach()?;
+    if pipe.wants_samples() {
+        // After attaching: whatever the snapshot misses, the events see.
+        let snap = sampler.snapshot(now_ns(&clock));
+        pipe.samples(&snap)
+            .context("writing the start-up snapshot")?;
+    }
+    if let Some(path) = &opts.ready_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot create ready file {}", path.display()))?;
+    }
+
+    let deadline = opts.duration.map(|d| Instant::now() + d);
+    let mut flush_tick = interval(Duration::from_millis(500));
+    flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sample_tick = interval(opts.interval);
+    sample_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    sample_tick.reset();
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                r = source.next_batch(|b| pipe.record(b)) => {
+                    r.context("writing events")?;
+                    if pipe.export.as_ref().is_some_and(|e| e.flush_each_batch) {
+                        pipe.flush().context("writing events")?;
+                    }
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+                _ = flush_tick.tick() => pipe.flush().context("writing events")?,
+                _ = sample_tick.tick(), if pipe.wants_samples() => {
+                    let pids: BTreeSet<u32> = pipe.agg.as_ref().map(Aggregator::owners).unwrap_or_default();
+                    let samples = sampler.sample(now_ns(&clock), &pids);
+                    pipe.samples(&samples).context("writing samples")?;
+                    if let Some(agg) = &pipe.agg {
+                        let counters = tracer.counters()?;
+                        let loss = Loss::from_counters(&counters, 0, 0, pipe.decode_errors);
+                        on_tick(&agg.summary(), pipe.events, &loss);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+
+    // Stop the producers first, then take everything they produced, then count what is lost.
+    tracer.detach();
+    let drained = source.drain(|b| pipe.record(b)).context("writing events");
+    result?;
+    drained?;
+    let counters = tracer.counters()?;
+    let (live_socks, live_pending) = tracer.live_entries()?;
+    let loss = Loss::from_counters(&counters, live_socks, live_pending, pipe.decode_errors);
+    let quiet = Quiet::from_counters(&counters);
+    let now = clock.unix_ns(WallClock::monotonic_now());
+    if let Some(e) = &mut pipe.export {
+        e.sink
+            .stats(&quiet, now)
+            .and_then(|()| e.sink.lost(&loss, now))
+            .and_then(|()| e.sink.flush())
+            .context("writing the final records")?;
+    }
+    let summary = pipe.agg.as_mut().map(|agg| {
+        agg.set_stats(quiet);
+        agg.set_loss(loss);
+        agg.summary()
+    });
+    Ok(Outcome {
+        quiet,
+        loss,
+        summary,
+        sampler_errors: (sampler.errors, sampler.first_error),
+    })
+}

@@ -1,0 +1,178 @@
+//! The summary as text tables, for `top` and `report`.
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use comfy_table::{Table, presets::NOTHING};
+
+use crate::aggregate::Summary;
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING).set_header(header.to_vec());
+    t
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn counts(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "-".to_string();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Nanoseconds as a short human duration.
+pub fn duration(ns: Option<u64>) -> String {
+    match ns {
+        None => "-".into(),
+        Some(ns) if ns < 1_000_000 => format!("{:.0}us", ns as f64 / 1e3),
+        Some(ns) if ns < 1_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
+        Some(ns) => format!("{:.1}s", ns as f64 / 1e9),
+    }
+}
+
+/// Renders the summary; `max_rows` bounds each table (busiest first).
+pub fn render(s: &Summary, max_rows: usize) -> String {
+    let mut out = String::new();
+    let mut listeners = table(&[
+        "NETNS",
+        "PORT",
+        "ADDR",
+        "PID",
+        "COMM",
+        "ACCEPTED",
+        "ACC/S",
+        "EST",
+        "CLOSED",
+        "ACCEPT_ERR",
+        "OVERFLOW",
+        "QUEUE",
+        "PEERS",
+        "P50",
+        "P99",
+    ]);
+    for l in s.listeners.iter().take(max_rows) {
+        listeners.add_row(vec![
+            l.netns.to_string(),
+            l.port.to_string(),
+            opt(l.local_addr),
+            opt(l.pid),
+            opt(l.comm.as_deref()),
+            l.accepted.to_string(),
+            format!("{:.1}", l.accepted_per_sec),
+            l.established_now.to_string(),
+            l.closed.to_string(),
+            counts(&l.accept_failures),
+            l.overflows.to_string(),
+            match (l.queue_depth, l.backlog) {
+                (Some(d), Some(b)) => format!("{d}/{b}"),
+                _ => "-".into(),
+            },
+            l.distinct_peers.to_string(),
+            duration(l.lifetime_p50_ns),
+            duration(l.lifetime_p99_ns),
+        ]);
+    }
+    let _ = writeln!(out, "LISTENING PORTS\n{listeners}");
+
+    let mut outbound = table(&[
+        "NETNS",
+        "REMOTE_PORT",
+        "CONNECTS",
+        "ESTABLISHED",
+        "FAILED",
+        "OPEN",
+        "PROCESSES",
+    ]);
+    for o in s.outbound.iter().take(max_rows) {
+        let procs = o
+            .processes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{}:{}{}",
+                    opt(p.pid),
+                    opt(p.comm.as_deref()),
+                    p.open_now,
+                    if p.leak_suspect { " LEAK?" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        outbound.add_row(vec![
+            o.netns.to_string(),
+            o.peer_port.to_string(),
+            o.connects.to_string(),
+            o.established.to_string(),
+            counts(&o.failed),
+            o.open_now.to_string(),
+            procs,
+        ]);
+    }
+    let _ = writeln!(out, "\nOUTBOUND (by remote port)\n{outbound}");
+
+    if !s.namespaces.is_empty() {
+        let mut ns = table(&["NETNS", "LISTEN_OVERFLOWS", "LISTEN_DROPS"]);
+        for n in &s.namespaces {
+            ns.add_row(vec![
+                n.netns.to_string(),
+                n.listen_overflows.to_string(),
+                n.listen_drops.to_string(),
+            ]);
+        }
+        let _ = writeln!(out, "\nNAMESPACES (TcpExt since start)\n{ns}");
+    }
+    let warned: Vec<_> = s.processes.iter().filter(|p| p.fd_warning).collect();
+    if !warned.is_empty() {
+        let mut fds = table(&["PID", "COMM", "OPEN_FDS", "LIMIT"]);
+        for p in warned {
+            fds.add_row(vec![
+                p.pid.to_string(),
+                opt(p.comm.as_deref()),
+                p.open_fds.to_string(),
+                p.fd_limit.to_string(),
+            ]);
+        }
+        let _ = writeln!(
+            out,
+            "\nWARNING: near the open-file limit (\"too many open files\" ahead)\n{fds}"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Aggregator, FdSample};
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(None), "-");
+        assert_eq!(duration(Some(1_500)), "2us");
+        assert_eq!(duration(Some(2_500_000)), "2.5ms");
+        assert_eq!(duration(Some(3_000_000_000)), "3.0s");
+    }
+
+    #[test]
+    fn empty_and_warning_sections() {
+        let mut a = Aggregator::new();
+        let text = render(&a.summary(), 10);
+        assert!(text.starts_with("LISTENING PORTS\n"));
+        assert!(!text.contains("WARNING"));
+        a.fds(&FdSample {
+            time_ns: 0,
+            pid: 42,
+            comm: Some("srv"),
+            open: 95,
+            limit: 100,
+        });
+        let text = render(&a.summary(), 10);
+        assert!(text.contains("WARNING: near the open-file limit"));
+        assert!(text.contains("42") && text.contains("srv") && text.contains("95"));
+    }
+}
