@@ -12,7 +12,8 @@ use crate::{decode::Family, filter::Filter, loader::LoadOptions, sink::Format};
     about = "Trace TCP connections on this host with eBPF: who connects, who listens and accepts, \
              how long connections live, and why clients fail",
     long_about = None,
-    after_help = "With no subcommand, sockwatch runs `top`. Tracing needs root. Examples:\n  \
+    args_conflicts_with_subcommands = true,
+    after_help = "With no subcommand, sockwatch runs `top` (and takes its options). Tracing needs root. Examples:\n  \
                   sockwatch                                       live per-port table\n  \
                   sockwatch top --duration 60 --format json       one JSON summary after 60 s\n  \
                   sockwatch trace --port 5432                     every event on port 5432\n  \
@@ -22,6 +23,10 @@ use crate::{decode::Family, filter::Filter, loader::LoadOptions, sink::Format};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// `top`'s options, for `sockwatch` without a subcommand.
+    #[command(flatten)]
+    pub top: TopArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,12 +21,16 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl WallClock {
+    /// The process-wide clock: the offset is measured once, so every part of sockwatch (the
+    /// exported file, the live summary) turns a kernel timestamp into the very same time.
     pub fn new() -> Self {
-        let mono = now_ns(libc::CLOCK_MONOTONIC);
-        let real = now_ns(libc::CLOCK_REALTIME);
-        Self {
-            offset_ns: real - mono,
-        }
+        static OFFSET: std::sync::OnceLock<i128> = std::sync::OnceLock::new();
+        let offset_ns = *OFFSET.get_or_init(|| {
+            let mono = now_ns(libc::CLOCK_MONOTONIC);
+            let real = now_ns(libc::CLOCK_REALTIME);
+            real - mono
+        });
+        Self { offset_ns }
     }
 
     /// A clock with a fixed offset, for tests.
@@ -100,6 +104,11 @@ mod tests {
         let mut v = Vec::new();
         write_time_of_day(&mut v, 1_795_254_062_123_456_789).unwrap();
         assert_eq!(v, b"09:41:02.123456");
+    }
+
+    #[test]
+    fn every_clock_agrees() {
+        assert_eq!(WallClock::new().unix_ns(42), WallClock::new().unix_ns(42));
     }
 
     #[test]

@@ -9,16 +9,8 @@ use crate::{
 };
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let command = match cli.command {
-        Some(c) => c,
-        None => {
-            // `sockwatch` alone is `sockwatch top` with its defaults.
-            use clap::Parser as _;
-            Cli::parse_from(["sockwatch", "top"])
-                .command
-                .context("default command")?
-        }
-    };
+    // `sockwatch [OPTIONS]` is `sockwatch top [OPTIONS]`.
+    let command = cli.command.unwrap_or(Command::Top(cli.top));
     match command {
         Command::Report(args) => report::run(args),
         Command::Trace(args) => live(|rt| rt.block_on(trace::run(args))),

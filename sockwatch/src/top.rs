@@ -61,9 +61,18 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
             let _ = write_time_of_day(&mut out, clock.unix_ns(WallClock::monotonic_now()));
             let rate = (events - last_events) as f64 / interval;
             last_events = events;
+            let accepted: u64 = summary.listeners.iter().map(|l| l.accepted).sum();
+            let open: u64 = summary
+                .listeners
+                .iter()
+                .map(|l| l.established_now)
+                .sum::<u64>()
+                + summary.outbound.iter().map(|o| o.open_now).sum::<u64>();
             let _ = writeln!(
                 out,
-                " UTC  events: {events} ({rate:.0}/s)  lost: {}",
+                " UTC  listeners: {}  accepted: {accepted}  open: {open}  events: {events} \
+                 ({rate:.0}/s)  lost: {}",
+                summary.listeners.len(),
                 loss.total()
             );
             out.extend_from_slice(view::render(summary, MAX_ROWS).as_bytes());

@@ -5,7 +5,10 @@ mod common;
 use std::{
     io::Read,
     net::{TcpListener, TcpStream},
-    os::fd::{AsRawFd, FromRawFd},
+    os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::fs::MetadataExt,
+    },
     path::Path,
     process::Command,
     thread,
@@ -212,4 +215,37 @@ fn connect_nonblocking(port: u16) -> TcpStream {
         );
         TcpStream::from_raw_fd(fd)
     }
+}
+
+/// Without a terminal, `top` prints the table as plain text at each interval, no escape codes.
+#[test]
+fn top_without_a_terminal_prints_plain_tables() {
+    if !root_or_skip("top_without_a_terminal_prints_plain_tables") {
+        return;
+    }
+    let args = ["top", "--interval", "0.2", "--max-sockets", "65536"];
+    let (_, stdout, port) = run_in_new_netns(&args, libc::SIGTERM, |out| {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+        drop(l.accept().expect("accept"));
+        // Two more samples (of this namespace) after the connection: at least two refreshes
+        // show it.
+        let ns = std::fs::metadata("/proc/thread-self/ns/net")
+            .expect("netns")
+            .ino();
+        let is_sample = |v: &Value| v["event"] == "netstat" && v["netns"].as_u64() == Some(ns);
+        let seen = common::count_lines(out, is_sample);
+        common::wait_for_count(out, "two more samples", is_sample, seen + 2);
+        port
+    });
+    assert!(!stdout.contains('\x1b'), "escape codes in plain output");
+    let refreshes = stdout.matches("LISTENING PORTS").count();
+    assert!(refreshes >= 2, "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(&port.to_string()))
+        .unwrap_or_else(|| panic!("no row for port {port}: {stdout}"));
+    // NETNS PORT ADDR PID COMM ACCEPTED ...
+    assert_eq!(row.split_whitespace().nth(5), Some("1"), "{row}");
 }

@@ -205,25 +205,32 @@ fn spawn_sockwatch(args: &[&str], out: &Path, ready: &Path) -> Child {
         .expect("spawn sockwatch")
 }
 
-/// Polls `path` (sockwatch's output, flushed every half second) until a line satisfies `want`;
-/// bounded by 20 s.
-pub fn wait_for_line(path: &Path, what: &str, want: impl Fn(&Value) -> bool) {
+/// Lines of `path` (complete JSON records) that satisfy `want`.
+pub fn count_lines(path: &Path, want: impl Fn(&Value) -> bool) -> usize {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| want(v))
+        .count()
+}
+
+/// Polls `path` (sockwatch's output, flushed every half second) until `n` lines satisfy
+/// `want`; bounded by 20 s.
+pub fn wait_for_count(path: &Path, what: &str, want: impl Fn(&Value) -> bool, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = fs::read_to_string(path).unwrap_or_default();
-        if text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|v| want(&v))
-        {
-            return;
-        }
+    while count_lines(path, &want) < n {
         assert!(
             Instant::now() < deadline,
             "no {what} in sockwatch's output after 20 s"
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls `path` until a line satisfies `want`; bounded by 20 s.
+pub fn wait_for_line(path: &Path, what: &str, want: impl Fn(&Value) -> bool) {
+    wait_for_count(path, what, want, 1);
 }
 
 /// Waits for sockwatch's ready file (bounded); fails with its stderr if it exits first.
