@@ -21,14 +21,27 @@ pub enum Sample<'a> {
     Fds(FdSample<'a>),
 }
 
-impl Aggregator {
-    pub fn sample(&mut self, s: &Sample) {
+/// Feeds a host sample if the filter keeps it (live and from a file alike); returns whether it
+/// was kept. Namespace counters are never filtered out: they belong to no port or process.
+pub fn sample(agg: &mut Aggregator, filter: &Filter, s: &Sample) -> bool {
+    let kept = keeps_sample(filter, s);
+    if kept {
         match s {
-            Sample::Existing(e) => self.existing(e),
-            Sample::Queue(q) => self.queue(q),
-            Sample::Netstat(n) => self.netstat(n),
-            Sample::Fds(f) => self.fds(f),
+            Sample::Existing(e) => agg.existing(e),
+            Sample::Queue(q) => agg.queue(q),
+            Sample::Netstat(n) => agg.netstat(n),
+            Sample::Fds(f) => agg.fds(f),
         }
+    }
+    kept
+}
+
+pub fn keeps_sample(filter: &Filter, s: &Sample) -> bool {
+    match s {
+        Sample::Existing(e) => filter.keeps_existing(e),
+        Sample::Queue(q) => filter.keeps_port(q.local_port),
+        Sample::Netstat(_) => true,
+        Sample::Fds(f) => filter.keeps_owner(Some(f.pid), f.comm),
     }
 }
 
@@ -139,6 +152,14 @@ fn kind_of(name: &str) -> Option<EventKind> {
     })
 }
 
+fn fed_sample(agg: &mut Aggregator, filter: &Filter, s: &Sample) -> Fed {
+    if sample(agg, filter, s) {
+        Fed::Sample
+    } else {
+        Fed::Filtered
+    }
+}
+
 fn need<T>(v: Option<T>, kind: &str, field: &'static str) -> Result<T, LineError> {
     v.ok_or_else(|| LineError::Missing {
         kind: kind.to_string(),
@@ -186,11 +207,7 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
                 pid: line.pid,
                 comm: line.comm.as_deref(),
             };
-            if !filter.keeps_existing(&e) {
-                return Ok(Fed::Filtered);
-            }
-            agg.existing(&e);
-            Ok(Fed::Sample)
+            Ok(fed_sample(agg, filter, &Sample::Existing(e)))
         }
         "queue" => {
             let q = QueueSample {
@@ -200,30 +217,26 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
                 depth: need(line.depth, kind, "depth")?,
                 backlog: need(line.backlog, kind, "backlog")?,
             };
-            if !filter.keeps_port(q.local_port) {
-                return Ok(Fed::Filtered);
-            }
-            agg.queue(&q);
-            Ok(Fed::Sample)
+            Ok(fed_sample(agg, filter, &Sample::Queue(q)))
         }
         "netstat" => {
-            agg.netstat(&NetstatSample {
+            let n = NetstatSample {
                 time_ns,
                 netns: need(line.netns, kind, "netns")?,
                 listen_overflows: need(line.listen_overflows, kind, "listen_overflows")?,
                 listen_drops: need(line.listen_drops, kind, "listen_drops")?,
-            });
-            Ok(Fed::Sample)
+            };
+            Ok(fed_sample(agg, filter, &Sample::Netstat(n)))
         }
         "fds" => {
-            agg.fds(&FdSample {
+            let f = FdSample {
                 time_ns,
                 pid: need(line.pid, kind, "pid")?,
                 comm: line.comm.as_deref(),
                 open: need(line.open, kind, "open")?,
                 limit: need(line.limit, kind, "limit")?,
-            });
-            Ok(Fed::Sample)
+            };
+            Ok(fed_sample(agg, filter, &Sample::Fds(f)))
         }
         other => {
             let event_kind = kind_of(other).ok_or_else(|| LineError::Kind(other.to_string()))?;
@@ -341,7 +354,7 @@ mod tests {
             ];
             for s in &samples {
                 sink.sample(s).unwrap();
-                live.sample(s);
+                assert!(sample(&mut live, &filter, s));
             }
             let mut ts = 1_000;
             for port in 40000..40020u16 {

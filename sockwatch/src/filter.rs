@@ -18,6 +18,11 @@ impl Filter {
         self.ports.is_empty() || self.ports.contains(&port)
     }
 
+    pub fn keeps_owner(&self, pid: Option<u32>, comm: Option<&str>) -> bool {
+        self.pid.is_none_or(|p| pid == Some(p))
+            && self.comm.as_deref().is_none_or(|c| comm == Some(c))
+    }
+
     /// The one rule every record goes through.
     pub fn keeps_socket(
         &self,
@@ -27,8 +32,7 @@ impl Filter {
         family: Family,
     ) -> bool {
         (self.ports.is_empty() || self.ports.contains(&ports.0) || self.ports.contains(&ports.1))
-            && self.pid.is_none_or(|p| pid == Some(p))
-            && self.comm.as_deref().is_none_or(|c| comm == Some(c))
+            && self.keeps_owner(pid, comm)
             && self.family.is_none_or(|f| f == family)
     }
 

@@ -82,11 +82,14 @@ impl Pipeline {
     fn samples(&mut self, samples: &[Owned]) -> io::Result<()> {
         for s in samples {
             let s = s.as_sample();
-            if let Some(agg) = &mut self.agg {
-                agg.sample(&s);
-            }
+            // The filter decides once, for both the summary and the file.
+            let kept = match &mut self.agg {
+                Some(agg) => feed::sample(agg, &self.filter, &s),
+                None => feed::keeps_sample(&self.filter, &s),
+            };
             if let Some(e) = &mut self.export
                 && e.samples
+                && kept
             {
                 e.sink.sample(&s)?;
             }

@@ -468,3 +468,42 @@ fn socket_map_overflow_is_reported() {
     assert_eq!(closes.len(), 2 * HELD, "every close is still emitted");
     assert!(closes.iter().any(|c| c["duration_ns"].is_null()));
 }
+
+/// `--port` keeps the events of that port only, and keeps all of them.
+#[test]
+fn port_filter_keeps_exactly_that_port() {
+    if !root_or_skip("port_filter_keeps_exactly_that_port") {
+        return;
+    }
+    let (t, (kept, dropped)) =
+        trace_in_new_netns(&["--max-sockets", "65536", "--port", "8081"], || {
+            let (a, kept) = serve("127.0.0.1:8081".parse().unwrap(), 2);
+            let (b, dropped) = serve("127.0.0.1:8082".parse().unwrap(), 2);
+            let clients = connect_n(kept, 2);
+            connect_n(dropped, 2);
+            a.join().expect("server a");
+            b.join().expect("server b");
+            (clients, dropped.port())
+        });
+    assert!(
+        t.events
+            .iter()
+            .all(|e| e["local_port"] == 8081 || e["peer_port"] == 8081),
+        "{:?}",
+        t.events
+    );
+    assert!(
+        !t.events
+            .iter()
+            .any(|e| e["local_port"] == dropped || e["peer_port"] == dropped)
+    );
+    // Everything of port 8081 is there: listen, 2 x (connect, 2 established, accept, 2 closes),
+    // listen_stop.
+    assert_eq!(t.events.len(), 14, "{:?}", t.events);
+    let connects = t.of_kind("connect");
+    let ports: BTreeSet<u64> = connects
+        .iter()
+        .filter_map(|c| c["local_port"].as_u64())
+        .collect();
+    assert_eq!(ports, kept.iter().map(|&p| u64::from(p)).collect());
+}
