@@ -167,9 +167,12 @@ pub struct KernelOffsets {
     /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's `enum skb_drop_reason`;
     /// `NO_DROP_REASON` when the kernel has none, which turns the overflow hook off.
     pub drop_reason_listen_overflow: u32,
+    /// Wake the reader only once the ring holds this many bytes (it also polls on a timer):
+    /// a wake-up per event costs an interrupt per event.
+    pub wakeup_bytes: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 84);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 
 /// A drop reason no kernel uses.
 pub const NO_DROP_REASON: u32 = u32::MAX;

@@ -69,6 +69,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sys_enter_addr: 0,
     sys_exit_ret: 0,
     drop_reason_listen_overflow: sockwatch_common::NO_DROP_REASON,
+    wakeup_bytes: 0,
 };
 
 #[inline(always)]

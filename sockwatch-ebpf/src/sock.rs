@@ -1,6 +1,6 @@
 //! Reading `struct sock` and emitting events.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
@@ -124,7 +124,14 @@ pub fn emit_patched(
         return;
     }
     patch(ev);
-    entry.submit(0);
+    // Batch wake-ups: each one is an irq_work on this CPU, which also makes it likelier that a
+    // softirq interrupts one of our programs (a recursion miss, i.e. a lost run).
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(off.wakeup_bytes) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -57,9 +57,16 @@ pub struct TopArgs {
     #[arg(short, long, value_enum, default_value_t = SummaryFormat::Table)]
     pub format: SummaryFormat,
 
-    /// Also record the event stream to PATH as JSON Lines (for `sockwatch report`).
+    /// Also record the event stream to PATH as JSON Lines (for `sockwatch report`). The file is
+    /// created (or truncated) with mode 0600: it shows who talks to whom. A symbolic link at
+    /// PATH is refused (see --follow-symlinks).
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
+
+    /// Write --output through a symbolic link at PATH instead of refusing it. Only for links you
+    /// made yourself: in a directory others can write to, a planted link could point anywhere.
+    #[arg(long, requires = "output")]
+    pub follow_symlinks: bool,
 
     #[command(flatten)]
     pub run: RunArgs,
@@ -70,9 +77,16 @@ pub struct TopArgs {
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// Write events to PATH (created or truncated) instead of standard output.
+    /// Write events to PATH instead of standard output. The file is created (or truncated) with
+    /// mode 0600: it shows who talks to whom. A symbolic link at PATH is refused (see
+    /// --follow-symlinks).
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
+
+    /// Write --output through a symbolic link at PATH instead of refusing it. Only for links you
+    /// made yourself: in a directory others can write to, a planted link could point anywhere.
+    #[arg(long, requires = "output")]
+    pub follow_symlinks: bool,
 
     /// Output format: aligned text for people, or JSON Lines (one object per event, plus the
     /// host samples `report` needs).
@@ -92,8 +106,14 @@ pub struct ReportArgs {
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 
+    /// Summary format.
     #[arg(short, long, value_enum, default_value_t = SummaryFormat::Table)]
     pub format: SummaryFormat,
+
+    /// Stop at the first line that is not a valid record (exit code 1, naming the file, the line
+    /// and why) instead of reporting it on stderr and skipping it.
+    #[arg(long)]
+    pub strict: bool,
 
     #[command(flatten)]
     pub filter: FilterArgs,

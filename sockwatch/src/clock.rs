@@ -38,8 +38,11 @@ impl WallClock {
         Self { offset_ns }
     }
 
+    /// Unix nanoseconds, kept within what an i64 holds (years 1677 to 2262), so every
+    /// consumer (file, summary) sees the same value even for a nonsensical kernel timestamp.
     pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
-        i128::from(monotonic_ns) + self.offset_ns
+        (i128::from(monotonic_ns) + self.offset_ns)
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX))
     }
 
     pub fn monotonic_now() -> u64 {

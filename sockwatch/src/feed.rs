@@ -169,8 +169,9 @@ fn need<T>(v: Option<T>, kind: &str, field: &'static str) -> Result<T, LineError
 
 fn parse_time(s: &str) -> Result<i64, LineError> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| t.unix_timestamp_nanos() as i64)
-        .map_err(|_| LineError::Time(s.to_string()))
+        .ok()
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos()).ok())
+        .ok_or_else(|| LineError::Time(s.to_string()))
 }
 
 /// Feeds one exported line.
@@ -434,6 +435,36 @@ mod tests {
                 field: "local_addr"
             })
         );
+    }
+
+    #[test]
+    fn extreme_hand_edited_numbers_neither_panic_nor_wrap() {
+        let mut a = Aggregator::new();
+        let f = Filter::default();
+        let m = u64::MAX;
+        for line in [
+            format!(
+                r#"{{"time":"2026-01-01T00:00:00Z","event":"lost","ringbuf_full":{m},"recursion_misses":1,"sock_map_full":0,"sock_map_evicted":0,"connect_lost":0,"read_failed":0,"decode_errors":0}}"#
+            ),
+            format!(
+                r#"{{"time":"2026-01-01T00:00:00Z","event":"netstat","netns":1,"listen_overflows":{m},"listen_drops":0}}"#
+            ),
+            format!(
+                r#"{{"time":"2026-01-01T00:00:00Z","event":"netstat","netns":1,"listen_overflows":1,"listen_drops":{m}}}"#
+            ),
+            format!(
+                r#"{{"time":"1700-01-01T00:00:00Z","event":"fds","pid":1,"open":{m},"limit":{m}}}"#
+            ),
+            r#"{"time":"2250-01-01T00:00:00Z","event":"fds","pid":2,"open":1,"limit":2}"#
+                .to_string(),
+        ] {
+            // 1700 and 2250 are beyond i64 nanoseconds: rejected, not wrapped.
+            let _ = exported_line(&mut a, &f, &line);
+        }
+        let s = a.summary();
+        assert_eq!(s.lost.unwrap().total, m);
+        assert!(s.seconds >= 0.0);
+        assert!(s.processes.iter().all(|p| p.pid != 2 || !p.fd_warning));
     }
 
     #[test]

@@ -82,6 +82,8 @@ fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sys_enter_addr: 0,
         sys_exit_ret: 0,
         drop_reason_listen_overflow: listen_overflow_reason(btf),
+        // Set by the loader from the ring size.
+        wakeup_bytes: 0,
     })
 }
 

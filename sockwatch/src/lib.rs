@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod committed;
 pub mod decode;
 pub mod feed;
 pub mod filter;
@@ -14,6 +15,7 @@ pub mod host;
 pub mod kernel_btf;
 pub mod loader;
 pub mod loss;
+pub mod output;
 pub mod report;
 pub mod sampler;
 pub mod session;
@@ -24,3 +26,6 @@ pub mod tp_format;
 pub mod trace;
 pub mod tracefs;
 pub mod view;
+
+#[cfg(test)]
+mod fuzz_tests;

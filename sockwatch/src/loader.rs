@@ -63,6 +63,9 @@ enum Link {
     Raw(&'static str, RawTracePointLinkId),
 }
 
+/// The reader drains the ring at least this often: the programs wake it only for bulk.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Sizes chosen by the user.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
@@ -83,25 +86,23 @@ pub enum LoadError {
     #[error(transparent)]
     Format(#[from] tp_format::FormatError),
     #[error("loading the eBPF object failed: {0}")]
-    Object(#[source] aya::EbpfError),
+    Object(String),
     #[error("eBPF program {name} is missing from the object (build problem)")]
     MissingProgram { name: &'static str },
     #[error("loading eBPF program {name} failed: {detail}")]
     Program { name: &'static str, detail: String },
     #[error(
-        "attaching {name} to tracepoint {tracepoint} failed: {source} (does this kernel have it? see /sys/kernel/tracing/events)"
+        "attaching {name} to tracepoint {tracepoint} failed: {cause} (does this kernel have it? see /sys/kernel/tracing/events)"
     )]
     Attach {
         name: &'static str,
         tracepoint: String,
-        #[source]
-        source: aya::programs::ProgramError,
+        cause: aya::programs::ProgramError,
     },
-    #[error("eBPF map {name}: {source}")]
+    #[error("eBPF map {name}: {cause}")]
     Map {
         name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
+        cause: aya::maps::MapError,
     },
 }
 
@@ -133,6 +134,8 @@ impl Tracer {
                  drop reason; overflows are counted per namespace only (TcpExt ListenOverflows)"
             );
         }
+        // A quarter full wakes the reader; below that it drains on its timer (POLL_INTERVAL).
+        offsets.wakeup_bytes = opts.ring_bytes / 4;
         let tracefs = tracefs::root();
         offsets.sys_enter_fd = tp_format::common_offset(
             tracefs,
@@ -154,7 +157,7 @@ impl Tracer {
             .map_max_entries("SOCKS", opts.max_sockets)
             .map_max_entries("PENDING_CONNECTS", pending)
             .load(OBJECT)
-            .map_err(LoadError::Object)?;
+            .map_err(|e| LoadError::Object(with_causes(&e)))?;
         for &(name, _) in PROGRAMS {
             let prog = ebpf
                 .program_mut(name)
@@ -185,20 +188,20 @@ impl Tracer {
                         let tp: &mut TracePoint = self.typed(name)?;
                         tp.attach(category, event)
                             .map(|id| Link::Tracepoint(name, id))
-                            .map_err(|source| LoadError::Attach {
+                            .map_err(|cause| LoadError::Attach {
                                 name,
                                 tracepoint: format!("{category}:{event}"),
-                                source,
+                                cause,
                             })?
                     }
                     Hook::Raw(event) => {
                         let raw: &mut RawTracePoint = self.typed(name)?;
                         raw.attach(event)
                             .map(|id| Link::Raw(name, id))
-                            .map_err(|source| LoadError::Attach {
+                            .map_err(|cause| LoadError::Attach {
                                 name,
                                 tracepoint: event.to_string(),
-                                source,
+                                cause,
                             })?
                     }
                 };
@@ -243,25 +246,25 @@ impl Tracer {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Map {
             name: "EVENTS",
-            source: aya::maps::MapError::InvalidName {
+            cause: aya::maps::MapError::InvalidName {
                 name: "EVENTS".into(),
             },
         })?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+        RingBuf::try_from(map).map_err(|cause| LoadError::Map {
             name: "EVENTS",
-            source,
+            cause,
         })
     }
 
     /// Sum over CPUs of every counter, plus the programs' recursion misses.
     pub fn counters(&self) -> Result<KernelCounters, LoadError> {
-        let map_err = |source| LoadError::Map {
+        let map_err = |cause| LoadError::Map {
             name: "COUNTERS",
-            source,
+            cause,
         };
         let map = self.ebpf.map("COUNTERS").ok_or(LoadError::Map {
             name: "COUNTERS",
-            source: aya::maps::MapError::InvalidName {
+            cause: aya::maps::MapError::InvalidName {
                 name: "COUNTERS".into(),
             },
         })?;
@@ -296,10 +299,10 @@ impl Tracer {
     fn count_keys<V: aya::Pod>(&self, name: &'static str) -> Result<u64, LoadError> {
         let map = self.ebpf.map(name).ok_or(LoadError::Map {
             name,
-            source: aya::maps::MapError::InvalidName { name: name.into() },
+            cause: aya::maps::MapError::InvalidName { name: name.into() },
         })?;
         let map: BpfHashMap<_, u64, V> =
-            BpfHashMap::try_from(map).map_err(|source| LoadError::Map { name, source })?;
+            BpfHashMap::try_from(map).map_err(|cause| LoadError::Map { name, cause })?;
         Ok(map.keys().filter(Result::is_ok).count() as u64)
     }
 
@@ -338,6 +341,34 @@ fn prog_recursion_misses(fd: i32) -> io::Result<u64> {
     Ok(info.recursion_misses)
 }
 
+const BPF_REFUSED: &str = "the kernel refused bpf() (needs CAP_BPF and CAP_PERFMON in the host's \
+                            user namespace; unprivileged containers, seccomp profiles and kernel \
+                            lockdown prevent it)";
+
+/// An error and its causes on one line, with the fix when the kernel refused bpf() itself.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut refused = false;
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        // Some layers repeat their cause's words: keep each once.
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        refused |= c
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM));
+        cause = c.source();
+    }
+    if refused {
+        text.push_str("; ");
+        text.push_str(BPF_REFUSED);
+    }
+    text.replace('\n', " ")
+}
+
 /// A program error on one line: the verifier's log is long, its last finding is the reason.
 fn one_line(e: &aya::programs::ProgramError) -> String {
     match e {
@@ -357,6 +388,10 @@ fn one_line(e: &aya::programs::ProgramError) -> String {
                         && !l.starts_with("processed ")
                 })
                 .unwrap_or("no verifier output");
+            if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
+                // Refused before verification: a policy, not the program.
+                return format!("{io_error}: {BPF_REFUSED}");
+            }
             format!("{io_error}; verifier: {reason}")
         }
         other => other.to_string().replace('\n', " "),

@@ -80,21 +80,21 @@ impl Loss {
             recursion_misses: c.recursion_misses,
             sock_map_full: c.sock_insert_failed,
             sock_map_evicted: evicted(c.sock_inserted, c.sock_removed, live_socks),
-            connect_lost: c.pending_insert_failed
-                + evicted(c.pending_inserted, c.pending_removed, live_pending),
+            connect_lost: c.pending_insert_failed.saturating_add(evicted(
+                c.pending_inserted,
+                c.pending_removed,
+                live_pending,
+            )),
             read_failed: c.read_failed,
             decode_errors,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.ringbuf_full
-            + self.recursion_misses
-            + self.sock_map_full
-            + self.sock_map_evicted
-            + self.connect_lost
-            + self.read_failed
-            + self.decode_errors
+        // Saturating: a hand-edited record may hold anything.
+        self.fields()
+            .iter()
+            .fold(0u64, |sum, (_, v)| sum.saturating_add(*v))
     }
 
     /// `name=value` pairs for humans, in the order of the JSON record.

@@ -1,8 +1,12 @@
 //! `sockwatch report FILE...`: the summary of recorded JSON Lines, with the very aggregation the
 //! live view uses.
+//!
+//! Any input is survivable: a file cut short, empty, binary or edited by hand gives at worst
+//! lines skipped with the reason on stderr (or, with `--strict`, an error at the first of them).
 use std::{
     fs::File,
-    io::{BufRead, BufReader},
+    io::{self, BufRead, BufReader, Read as _},
+    path::Path,
 };
 
 use anyhow::Context as _;
@@ -10,16 +14,115 @@ use anyhow::Context as _;
 use crate::{
     aggregate::{Aggregator, Summary},
     cli::{ReportArgs, SummaryFormat},
-    feed::{self, Fed},
+    feed,
+    filter::Filter,
     view,
 };
 
 /// Lines that could not be used are reported on stderr (at most this many) and skipped.
 const MAX_LINE_ERRORS_SHOWN: u64 = 10;
 
+/// Longest line accepted, newline excluded. sockwatch's own records are a few hundred bytes;
+/// a longer line is not one of them, and is skipped without being held in memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
 pub struct Read {
     pub summary: Summary,
     pub bad_lines: u64,
+}
+
+/// A line of a file as read: its bytes, or too long to keep.
+enum Line {
+    Text { ended: bool },
+    TooLong,
+}
+
+/// Reads the next line into `buf` (newline removed), keeping at most `MAX_LINE_BYTES` of it in
+/// memory. `None` at the end of the input.
+fn next_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<Line>> {
+    buf.clear();
+    let limit = MAX_LINE_BYTES as u64 + 1;
+    let n = input.by_ref().take(limit).read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        return Ok(Some(Line::Text { ended: true }));
+    }
+    if n as u64 == limit {
+        // More than the limit and no newline yet: drop the rest of the line unread.
+        buf.clear();
+        input.skip_until(b'\n')?;
+        return Ok(Some(Line::TooLong));
+    }
+    // The last line of the input, without a newline.
+    Ok(Some(Line::Text { ended: false }))
+}
+
+/// Writes `s` on one line: control characters (a newline in a path or a record) are escaped.
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Why a line cannot be used, if it cannot.
+fn feed_line(agg: &mut Aggregator, filter: &Filter, line: &Line, bytes: &[u8]) -> Option<String> {
+    let ended = match line {
+        Line::TooLong => {
+            return Some(format!("line longer than {MAX_LINE_BYTES} bytes"));
+        }
+        Line::Text { ended } => *ended,
+    };
+    let why = match std::str::from_utf8(bytes) {
+        Ok(text) if text.trim().is_empty() => return None,
+        Ok(text) => feed::exported_line(agg, filter, text).err()?.to_string(),
+        Err(_) => "not UTF-8 text".to_string(),
+    };
+    Some(if ended {
+        why
+    } else {
+        format!("{why} (the last line has no newline: was the file cut short?)")
+    })
+}
+
+fn read_file(
+    path: &Path,
+    args: &ReportArgs,
+    agg: &mut Aggregator,
+    filter: &Filter,
+    bad_lines: &mut u64,
+) -> anyhow::Result<()> {
+    let name = one_line(&path.display().to_string());
+    let file = File::open(path).with_context(|| format!("cannot open {name}"))?;
+    let mut input = BufReader::new(file);
+    let mut buf = Vec::new();
+    for n in 1u64.. {
+        let Some(line) =
+            next_line(&mut input, &mut buf).with_context(|| format!("cannot read {name}"))?
+        else {
+            break;
+        };
+        let Some(why) = feed_line(agg, filter, &line, &buf) else {
+            continue;
+        };
+        let why = one_line(&why);
+        if args.strict {
+            anyhow::bail!("{name}:{n}: {why}");
+        }
+        *bad_lines += 1;
+        if *bad_lines <= MAX_LINE_ERRORS_SHOWN {
+            eprintln!("sockwatch: {name}:{n}: skipped: {why}");
+        }
+    }
+    Ok(())
 }
 
 pub fn read(args: &ReportArgs) -> anyhow::Result<Read> {
@@ -27,23 +130,7 @@ pub fn read(args: &ReportArgs) -> anyhow::Result<Read> {
     let mut agg = Aggregator::new();
     let mut bad_lines = 0u64;
     for path in &args.files {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
-            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-            let result = match std::str::from_utf8(&line) {
-                Ok(text) if text.trim().is_empty() => continue,
-                Ok(text) => feed::exported_line(&mut agg, &filter, text).map_err(|e| e.to_string()),
-                Err(_) => Err("not UTF-8 text".to_string()),
-            };
-            if let Err(why) = result {
-                bad_lines += 1;
-                if bad_lines <= MAX_LINE_ERRORS_SHOWN {
-                    eprintln!("sockwatch: {}:{}: skipped: {why}", path.display(), n + 1);
-                }
-            } else if let Ok(Fed::Lost(_)) = result {
-                // Nothing more to do: the loss is part of the summary.
-            }
-        }
+        read_file(path, args, &mut agg, &filter, &mut bad_lines)?;
     }
     if bad_lines > MAX_LINE_ERRORS_SHOWN {
         eprintln!("sockwatch: {bad_lines} lines skipped in all");
@@ -64,4 +151,53 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         SummaryFormat::Table => print!("{}", view::render(&read.summary, usize::MAX)),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Vec<(Vec<u8>, &'static str)> {
+        let mut r = io::BufReader::with_capacity(64, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while let Some(l) = next_line(&mut r, &mut buf).unwrap() {
+            let tag = match l {
+                Line::Text { ended: true } => "ended",
+                Line::Text { ended: false } => "cut",
+                Line::TooLong => "long",
+            };
+            out.push((buf.clone(), tag));
+        }
+        out
+    }
+
+    #[test]
+    fn lines_are_split_and_capped() {
+        assert!(lines(b"").is_empty());
+        assert_eq!(
+            lines(b"a\n\nbc"),
+            vec![
+                (b"a".to_vec(), "ended"),
+                (b"".to_vec(), "ended"),
+                (b"bc".to_vec(), "cut")
+            ]
+        );
+        let mut big = vec![b'x'; MAX_LINE_BYTES];
+        big.push(b'\n');
+        big.extend(vec![b'y'; MAX_LINE_BYTES + 1]);
+        big.extend(b"\nok\n");
+        big.extend(vec![b'z'; MAX_LINE_BYTES + 5]);
+        let got = lines(&big);
+        assert_eq!(got.len(), 4);
+        assert_eq!((got[0].0.len(), got[0].1), (MAX_LINE_BYTES, "ended"));
+        assert_eq!(got[1], (Vec::new(), "long"));
+        assert_eq!(got[2], (b"ok".to_vec(), "ended"));
+        assert_eq!(got[3], (Vec::new(), "long"));
+    }
+
+    #[test]
+    fn reasons_stay_on_one_line() {
+        assert_eq!(one_line("a\nb\u{0}c\té"), "a\\nb\\u{0}c\\té");
+    }
 }

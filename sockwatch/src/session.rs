@@ -1,7 +1,12 @@
 //! One tracing session, shared by `trace` and `top`: load and attach the programs, take the
 //! start-up snapshot, then stream kernel events and periodic host samples into an export sink
 //! and/or the aggregator until stopped; finally drain, detach and account for every loss.
-use std::{collections::BTreeSet, io, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeSet,
+    io::{self, Write as _},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -141,13 +146,18 @@ pub async fn run(
             .context("writing the start-up snapshot")?;
     }
     if let Some(path) = &opts.ready_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
+        // Same rules as the output: private, and never through a planted symlink.
+        let mut file = crate::output::create(path, false)
             .with_context(|| format!("cannot create ready file {}", path.display()))?;
+        writeln!(file, "{}", std::process::id())
+            .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
 
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut flush_tick = interval(Duration::from_millis(500));
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut drain_tick = interval(crate::loader::POLL_INTERVAL);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sample_tick = interval(opts.interval);
     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     sample_tick.reset();
@@ -156,6 +166,12 @@ pub async fn run(
             tokio::select! {
                 r = source.next_batch(|b| pipe.record(b)) => {
                     r.context("writing events")?;
+                    if pipe.export.as_ref().is_some_and(|e| e.flush_each_batch) {
+                        pipe.flush().context("writing events")?;
+                    }
+                }
+                _ = drain_tick.tick() => {
+                    source.drain(|b| pipe.record(b)).context("writing events")?;
                     if pipe.export.as_ref().is_some_and(|e| e.flush_each_batch) {
                         pipe.flush().context("writing events")?;
                     }

@@ -1,7 +1,6 @@
 //! `sockwatch top`: the live per-port table, or one JSON summary at the end.
 use std::{
-    fs::File,
-    io::{self, BufWriter, IsTerminal, Write},
+    io::{self, IsTerminal, Write},
     time::Duration,
 };
 
@@ -10,6 +9,8 @@ use anyhow::Context as _;
 use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
+    committed::CommittedFile,
+    output,
     session::{self, Export, Outcome, SessionOptions},
     sink::JsonlSink,
     view,
@@ -21,11 +22,10 @@ const MAX_ROWS: usize = 20;
 pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     let export = match &args.output {
         Some(path) => {
-            let file = File::create(path)
-                .with_context(|| format!("cannot create output file {}", path.display()))?;
+            let file = output::create(path, args.follow_symlinks)?;
             Some(Export {
                 sink: Box::new(JsonlSink::new(
-                    BufWriter::with_capacity(1 << 16, file),
+                    CommittedFile::new(file, path.clone()),
                     WallClock::new(),
                 )),
                 flush_each_batch: false,

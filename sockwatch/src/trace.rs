@@ -1,14 +1,13 @@
 //! `sockwatch trace`: every event, as text or JSON Lines.
-use std::{
-    fs::File,
-    io::{self, BufWriter, IsTerminal, Write},
-};
+use std::io::{self, BufWriter, IsTerminal, Write};
 
 use anyhow::Context as _;
 
 use crate::{
     cli::TraceArgs,
     clock::WallClock,
+    committed::CommittedFile,
+    output,
     session::{self, Export, Outcome, SessionOptions},
     sink::{self, Format},
 };
@@ -17,9 +16,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     // Open the output before touching the kernel, so a bad path fails fast.
     let (out, interactive): (Box<dyn Write>, bool) = match &args.output {
         Some(path) => {
-            let file = File::create(path)
-                .with_context(|| format!("cannot create output file {}", path.display()))?;
-            (Box::new(BufWriter::with_capacity(1 << 16, file)), false)
+            let file = output::create(path, args.follow_symlinks)?;
+            (Box::new(CommittedFile::new(file, path.clone())), false)
         }
         None => (
             Box::new(BufWriter::new(io::stdout())),

@@ -83,3 +83,142 @@ fn not_root_says_so() {
     let line = stderr_line(&out);
     assert!(line.contains("must run as root"), "{line}");
 }
+
+/// The mode bits of `path`.
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+#[test]
+fn symlink_output_is_refused() {
+    if !common::root_or_skip("symlink_output_is_refused") {
+        return;
+    }
+    let dir = common::TempDir::new("symlink");
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "keep me\n").expect("write target");
+    let link = dir.path().join("out.jsonl");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let link_arg = link.to_str().unwrap();
+    for args in [
+        &[
+            "trace",
+            "--output",
+            link_arg,
+            "--format",
+            "jsonl",
+            "--duration",
+            "1",
+        ][..],
+        &["top", "--output", link_arg, "--duration", "1"],
+    ] {
+        let out = sockwatch(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr_line(&out),
+            format!(
+                "sockwatch: error: cannot create output file {}: it is a symbolic link (pass \
+                 --follow-symlinks to write through it)",
+                link.display()
+            )
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+    }
+}
+
+#[test]
+fn follow_symlinks_writes_through_the_link() {
+    if !common::root_or_skip("follow_symlinks_writes_through_the_link") {
+        return;
+    }
+    let dir = common::TempDir::new("follow");
+    let target = dir.path().join("target.jsonl");
+    std::fs::write(&target, "old content\n").expect("write target");
+    let link = dir.path().join("out.jsonl");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let out = sockwatch(&[
+        "trace",
+        "--output",
+        link.to_str().unwrap(),
+        "--follow-symlinks",
+        "--format",
+        "jsonl",
+        "--duration",
+        "1",
+    ])
+    .output()
+    .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&target).unwrap();
+    assert!(!written.contains("old content"), "not truncated: {written}");
+    let last = written.lines().last().expect("the target has content");
+    assert!(last.contains(r#""event":"lost""#), "{last}");
+    // It was truncated, so it was made private too.
+    assert_eq!(mode_of(&target), 0o600);
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+}
+
+#[test]
+fn output_file_is_private() {
+    if !common::root_or_skip("output_file_is_private") {
+        return;
+    }
+    let dir = common::TempDir::new("private");
+    let file = dir.path().join("conns.jsonl");
+    let out = sockwatch(&[
+        "trace",
+        "--duration",
+        "1",
+        "--output",
+        file.to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ])
+    .output()
+    .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&file), 0o600);
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
+}
+
+#[test]
+fn missing_output_directory_is_named() {
+    if !common::root_or_skip("missing_output_directory_is_named") {
+        return;
+    }
+    let dir = common::TempDir::new("nodir");
+    let missing = dir.path().join("missing");
+    let file = missing.join("x.jsonl");
+    let out = sockwatch(&["top", "--output", file.to_str().unwrap(), "--duration", "1"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_line(&out),
+        format!(
+            "sockwatch: error: cannot create output file {}: directory {} does not exist",
+            file.display(),
+            missing.display()
+        )
+    );
+}
+
+#[test]
+fn follow_symlinks_needs_output() {
+    let out = sockwatch(&["trace", "--follow-symlinks"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+}

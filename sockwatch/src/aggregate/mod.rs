@@ -397,8 +397,8 @@ impl Aggregator {
                 // A counter that went down was reset (namespace re-created): count from zero.
                 let inc = |new: u64, old: u64| if new >= old { new - old } else { new };
                 let overflows = inc(now.0, ns.last.0);
-                ns.overflows += overflows;
-                ns.drops += inc(now.1, ns.last.1);
+                ns.overflows = ns.overflows.saturating_add(overflows);
+                ns.drops = ns.drops.saturating_add(inc(now.1, ns.last.1));
                 unexplained = overflows.saturating_sub(ns.overflow_events);
             }
         }
@@ -412,10 +412,10 @@ impl Aggregator {
             .iter_mut()
             .filter(|(k, l)| k.netns == s.netns && l.queue.is_some_and(|(d, b)| d > b));
         match (full.next(), full.next()) {
-            (Some((_, l)), None) => l.overflows += unexplained,
+            (Some((_, l)), None) => l.overflows = l.overflows.saturating_add(unexplained),
             _ => {
                 if let Some(ns) = self.namespaces.get_mut(&s.netns) {
-                    ns.unattributed += unexplained;
+                    ns.unattributed = ns.unattributed.saturating_add(unexplained);
                 }
             }
         }
@@ -453,7 +453,7 @@ impl Aggregator {
     /// The summary of everything fed so far.
     pub fn summary(&self) -> Summary {
         let seconds = match (self.first_ns, self.last_ns) {
-            (Some(f), Some(l)) => (l - f) as f64 / 1e9,
+            (Some(f), Some(l)) => (i128::from(l) - i128::from(f)) as f64 / 1e9,
             _ => 0.0,
         };
         let per_sec = |n: u64| {
@@ -549,7 +549,9 @@ impl Aggregator {
                     comm: comm.clone(),
                     open_fds: *open,
                     fd_limit: *limit,
-                    fd_warning: *limit > 0 && open * 100 >= limit * FD_WARN_PERCENT,
+                    fd_warning: *limit > 0
+                        && u128::from(*open) * 100
+                            >= u128::from(*limit) * u128::from(FD_WARN_PERCENT),
                 })
                 .collect(),
             stats: self.stats,

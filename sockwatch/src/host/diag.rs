@@ -82,9 +82,9 @@ pub fn dump_tcp(ns: &Netns, states: u32) -> Result<Vec<DiagSocket>, HostError> {
     let socket = super::netns::in_netns(ns, "creating a NETLINK_SOCK_DIAG socket", || {
         Socket::new(NETLINK_SOCK_DIAG)
     })?;
-    set_recv_timeout(&socket, RECV_TIMEOUT).map_err(|source| HostError::Netlink {
+    set_recv_timeout(&socket, RECV_TIMEOUT).map_err(|cause| HostError::Netlink {
         step: "setting SO_RCVTIMEO",
-        source,
+        cause,
     })?;
     let mut sockets = Vec::new();
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
@@ -139,12 +139,10 @@ fn request(socket: &Socket, seq: u32, family: u8, states: u32) -> Result<(), Hos
     message.finalize();
     let mut bytes = vec![0; message.buffer_len()];
     message.serialize(&mut bytes);
-    socket
-        .send(&bytes, 0)
-        .map_err(|source| HostError::Netlink {
-            step: "sending the dump request",
-            source,
-        })?;
+    socket.send(&bytes, 0).map_err(|cause| HostError::Netlink {
+        step: "sending the dump request",
+        cause,
+    })?;
     Ok(())
 }
 
@@ -160,9 +158,9 @@ fn receive(
         // MSG_TRUNC makes the kernel report a datagram's full length even if it did not fit.
         let len = socket
             .recv(&mut &mut buf[..], libc::MSG_TRUNC)
-            .map_err(|source| HostError::Netlink {
+            .map_err(|cause| HostError::Netlink {
                 step: "receiving the dump",
-                source,
+                cause,
             })?;
         if len > buf.len() {
             return Err(HostError::Decode(format!(
@@ -193,13 +191,13 @@ fn receive(
                 NetlinkPayload::Done(done) => {
                     return Err(HostError::Netlink {
                         step: "dump (ended early)",
-                        source: io::Error::from_raw_os_error(done.code.saturating_neg()),
+                        cause: io::Error::from_raw_os_error(done.code.saturating_neg()),
                     });
                 }
                 NetlinkPayload::Error(e) if e.code.is_some() => {
                     return Err(HostError::Netlink {
                         step: "dump request",
-                        source: e.to_io(),
+                        cause: e.to_io(),
                     });
                 }
                 NetlinkPayload::Overrun(_) => {

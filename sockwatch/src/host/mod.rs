@@ -25,24 +25,24 @@ pub use owners::socket_owners;
 /// Why host state could not be read; each message names the file or operation and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("reading {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("reading {}: {cause}", path.display())]
+    Read { path: PathBuf, cause: io::Error },
     #[error("{}: {what}", path.display())]
     Parse { path: PathBuf, what: String },
-    #[error("entering the network namespace of pid {pid} ({step}): {source}")]
+    #[error("entering the network namespace of pid {pid} ({step}): {cause}")]
     Netns {
         pid: u32,
         step: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error(
         "pid {pid} is no longer in network namespace {expected} (now {found}): the process exited and its pid was reused"
     )]
     NetnsChanged { pid: u32, expected: u32, found: u64 },
-    #[error("sock_diag {step}: {source}")]
+    #[error("sock_diag {step}: {cause}")]
     Netlink {
         step: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("sock_diag: malformed reply from the kernel: {0}")]
     Decode(String),
@@ -52,9 +52,9 @@ pub enum HostError {
 
 impl HostError {
     fn read(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
-        move |source| Self::Read {
+        move |cause| Self::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     }
 }
@@ -103,7 +103,7 @@ mod tests {
     fn errors_name_the_file_and_the_cause() {
         let e = HostError::Read {
             path: "/proc/1/limits".into(),
-            source: io::Error::from_raw_os_error(libc::EACCES),
+            cause: io::Error::from_raw_os_error(libc::EACCES),
         };
         let text = e.to_string();
         assert!(text.starts_with("reading /proc/1/limits: "), "{text}");

@@ -76,10 +76,10 @@ pub(super) fn in_netns<T: Send>(
         let handle = thread::Builder::new()
             .name("sockwatch-netns".into())
             .spawn_scoped(s, || enter_and_make(ns, what, make))
-            .map_err(|source| HostError::Netns {
+            .map_err(|cause| HostError::Netns {
                 pid: ns.pid,
                 step: "starting a thread",
-                source,
+                cause,
             })?;
         handle
             .join()
@@ -108,13 +108,13 @@ fn enter_and_make<T>(
         return Err(HostError::Netns {
             pid: ns.pid,
             step: "setns",
-            source: io::Error::last_os_error(),
+            cause: io::Error::last_os_error(),
         });
     }
-    make().map_err(|source| HostError::Netns {
+    make().map_err(|cause| HostError::Netns {
         pid: ns.pid,
         step: what,
-        source,
+        cause,
     })
 }
 

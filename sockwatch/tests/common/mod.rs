@@ -2,6 +2,7 @@
 //! sockwatch binary tracing in the background, and its JSONL output parsed back.
 #![allow(dead_code)]
 
+pub mod bpf;
 pub mod server;
 
 use std::{
@@ -191,7 +192,7 @@ pub fn run_in_new_netns<R: Send>(
     })
 }
 
-fn spawn_sockwatch(args: &[&str], out: &Path, ready: &Path) -> Child {
+pub fn spawn_sockwatch(args: &[&str], out: &Path, ready: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sockwatch"))
         .args(args)
         .arg("--output")
@@ -234,7 +235,7 @@ pub fn wait_for_line(path: &Path, what: &str, want: impl Fn(&Value) -> bool) {
 }
 
 /// Waits for sockwatch's ready file (bounded); fails with its stderr if it exits first.
-fn wait_ready(child: &mut Child, ready: &Path) {
+pub fn wait_ready(child: &mut Child, ready: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready.exists() {
         if let Some(status) = child.try_wait().expect("try_wait") {
