@@ -1,4 +1,6 @@
-//! `cargo xtask run | test`: prepares the toolchain, then builds and runs sockwatch or its tests.
+//! `cargo xtask run | test | bench`: prepares the toolchain, then builds and runs sockwatch, its
+//! tests, or the benchmark.
+mod bench;
 mod toolchain;
 
 use std::process::{Command, ExitCode};
@@ -27,6 +29,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark under connection churn (root): no tracer vs `sockwatch trace` vs `sockwatch
+    /// top` (vs bpftrace when on PATH); results in target/bench/results.json.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .args(&args),
             )
         }
+        Task::Bench(args) => bench::run(&args),
     }
 }
 
