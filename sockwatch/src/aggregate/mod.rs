@@ -211,6 +211,29 @@ impl Aggregator {
         self.listeners.entry(PortKey { netns, port }).or_default()
     }
 
+    fn outbound(&mut self, netns: u32, port: u16) -> &mut Outbound {
+        self.outbound.entry(PortKey { netns, port }).or_default()
+    }
+
+    /// A listening socket seen (listen event or start-up snapshot): where and whose it is.
+    fn listening(
+        &mut self,
+        netns: u32,
+        port: u16,
+        family: Family,
+        addr: IpAddr,
+        pid: Option<u32>,
+        comm: Option<&str>,
+    ) {
+        let l = self.listener(netns, port);
+        l.family = Some(family);
+        l.local_addr = Some(addr);
+        l.pid = pid.or(l.pid);
+        if let Some(c) = comm {
+            l.comm = Some(c.to_string());
+        }
+    }
+
     /// Feeds one connection event.
     pub fn event(&mut self, o: &Obs) {
         self.saw(o.time_ns);
@@ -218,13 +241,7 @@ impl Aggregator {
         let key = conn_key(o);
         match o.kind {
             EventKind::Listen => {
-                let l = self.listener(o.netns, o.local_port);
-                l.family = Some(o.family);
-                l.local_addr = Some(o.local_addr);
-                l.pid = o.pid.or(l.pid);
-                if let Some(c) = o.comm {
-                    l.comm = Some(c.to_string());
-                }
+                self.listening(o.netns, o.local_port, o.family, o.local_addr, o.pid, o.comm)
             }
             EventKind::ListenStop => {}
             EventKind::Accept => {
@@ -266,13 +283,7 @@ impl Aggregator {
                 }
             },
             EventKind::Connect => {
-                let out = self
-                    .outbound
-                    .entry(PortKey {
-                        netns: o.netns,
-                        port: o.peer_port,
-                    })
-                    .or_default();
+                let out = self.outbound(o.netns, o.peer_port);
                 out.connects += 1;
                 out.peers.insert(o.peer_addr);
                 let p = out.processes.entry(o.pid).or_default();
@@ -282,13 +293,7 @@ impl Aggregator {
                 }
             }
             EventKind::ConnectFailed => {
-                let out = self
-                    .outbound
-                    .entry(PortKey {
-                        netns: o.netns,
-                        port: o.peer_port,
-                    })
-                    .or_default();
+                let out = self.outbound(o.netns, o.peer_port);
                 *out.failed
                     .entry(o.reason.unwrap_or("error").to_string())
                     .or_default() += 1;
@@ -335,13 +340,7 @@ impl Aggregator {
     pub fn existing(&mut self, e: &Existing) {
         self.saw(e.time_ns);
         if e.listening {
-            let l = self.listener(e.netns, e.local_port);
-            l.family = Some(e.family);
-            l.local_addr = Some(e.local_addr);
-            l.pid = e.pid.or(l.pid);
-            if let Some(c) = e.comm {
-                l.comm = Some(c.to_string());
-            }
+            self.listening(e.netns, e.local_port, e.family, e.local_addr, e.pid, e.comm);
             return;
         }
         let key = ConnKey {
