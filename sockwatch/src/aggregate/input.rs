@@ -1,0 +1,71 @@
+//! What the aggregator is fed: connection events and host samples, the same from a live run
+//! and from an exported file.
+use std::net::IpAddr;
+
+use crate::decode::{Direction, EventKind, Family};
+
+/// One connection event, as the aggregator needs it (from a kernel event or an exported line).
+#[derive(Debug, Clone, Copy)]
+pub struct Obs<'a> {
+    /// Unix time, nanoseconds.
+    pub time_ns: i64,
+    pub kind: EventKind,
+    pub netns: u32,
+    pub family: Family,
+    pub local_addr: IpAddr,
+    pub local_port: u16,
+    pub peer_addr: IpAddr,
+    pub peer_port: u16,
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub direction: Option<Direction>,
+    pub duration_ns: Option<u64>,
+    /// Error name of failure events (`EMFILE`).
+    pub errno: Option<&'a str>,
+    /// connect_failed reason (`refused`).
+    pub reason: Option<&'a str>,
+}
+
+/// A socket that existed when sockwatch started.
+#[derive(Debug, Clone, Copy)]
+pub struct Existing<'a> {
+    pub time_ns: i64,
+    pub netns: u32,
+    pub family: Family,
+    pub listening: bool,
+    pub local_addr: IpAddr,
+    pub local_port: u16,
+    pub peer_addr: IpAddr,
+    pub peer_port: u16,
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+}
+
+/// A listener's accept queue, sampled.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSample {
+    pub time_ns: i64,
+    pub netns: u32,
+    pub local_port: u16,
+    pub depth: u32,
+    pub backlog: u32,
+}
+
+/// A namespace's cumulative TcpExt ListenOverflows / ListenDrops, sampled.
+#[derive(Debug, Clone, Copy)]
+pub struct NetstatSample {
+    pub time_ns: i64,
+    pub netns: u32,
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+}
+
+/// A process's descriptors against its limit, sampled.
+#[derive(Debug, Clone, Copy)]
+pub struct FdSample<'a> {
+    pub time_ns: i64,
+    pub pid: u32,
+    pub comm: Option<&'a str>,
+    pub open: u64,
+    pub limit: u64,
+}
