@@ -90,6 +90,14 @@ impl Loss {
         }
     }
 
+    /// The losses known while running: evictions are only known once the maps can be counted
+    /// at the end, so they are left out (0) here.
+    pub fn so_far(c: &KernelCounters, decode_errors: u64) -> Self {
+        let live_socks = c.sock_inserted.saturating_sub(c.sock_removed);
+        let live_pending = c.pending_inserted.saturating_sub(c.pending_removed);
+        Self::from_counters(c, live_socks, live_pending, decode_errors)
+    }
+
     pub fn total(&self) -> u64 {
         // Saturating: a hand-edited record may hold anything.
         self.fields()
@@ -154,6 +162,21 @@ mod tests {
             l.to_string(),
             "lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0"
         );
+    }
+
+    #[test]
+    fn while_running_open_sockets_are_not_losses() {
+        let c = KernelCounters {
+            sock_inserted: 500,
+            sock_removed: 100,
+            pending_inserted: 20,
+            pending_removed: 5,
+            ringbuf_full: 2,
+            ..Default::default()
+        };
+        let l = Loss::so_far(&c, 1);
+        assert_eq!((l.sock_map_evicted, l.connect_lost), (0, 0));
+        assert_eq!(l.total(), 3);
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub async fn run(
                     pipe.samples(&samples).context("writing samples")?;
                     if let Some(agg) = &pipe.agg {
                         let counters = tracer.counters()?;
-                        let loss = Loss::from_counters(&counters, 0, 0, pipe.decode_errors);
+                        let loss = Loss::so_far(&counters, pipe.decode_errors);
                         on_tick(&agg.summary(), pipe.events, &loss);
                     }
                 }

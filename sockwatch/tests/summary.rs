@@ -242,6 +242,16 @@ fn top_without_a_terminal_prints_plain_tables() {
     assert!(!stdout.contains('\x1b'), "escape codes in plain output");
     let refreshes = stdout.matches("LISTENING PORTS").count();
     assert!(refreshes >= 2, "{stdout}");
+    // Sockets open while running (the listener, at least) are not losses.
+    let headers: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(" UTC  listeners: "))
+        .collect();
+    assert!(headers.len() >= 2, "{stdout}");
+    assert!(
+        headers.iter().all(|h| h.ends_with("lost: 0")),
+        "{headers:?}"
+    );
     let row = stdout
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some(&port.to_string()))
