@@ -1,0 +1,217 @@
+//! Reading the tracers' output: complete connections in a trace file, bpftrace's closes, and
+//! the listener row and loss counters of a `top` summary.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{BufRead, BufReader},
+    net::IpAddr,
+    path::Path,
+};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// The summary's listener row of the churn's server port in its namespace.
+pub(super) fn listener(
+    summary: &serde_json::Value,
+    port: u16,
+    netns: u64,
+) -> Option<&serde_json::Value> {
+    summary["listeners"]
+        .as_array()?
+        .iter()
+        .find(|l| l["port"].as_u64() == Some(u64::from(port)) && l["netns"].as_u64() == Some(netns))
+}
+
+/// The numeric fields of a `lost` object.
+pub(super) fn counters(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One JSON Lines record, as far as counting connections needs.
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    event: &'a str,
+    #[serde(default, borrow)]
+    local_addr: Option<&'a str>,
+    #[serde(default)]
+    local_port: Option<u16>,
+    #[serde(default, borrow)]
+    peer_addr: Option<&'a str>,
+    #[serde(default)]
+    peer_port: Option<u16>,
+    #[serde(default)]
+    netns: Option<u64>,
+    #[serde(default, borrow)]
+    direction: Option<&'a str>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Counted {
+    /// Connections with connect, accept, and the close of both sides.
+    pub(super) complete: u64,
+    /// Connections with some of those events only.
+    pub(super) incomplete: u64,
+    lines: u64,
+    unparsed: u64,
+    pub(super) lost: Option<BTreeMap<String, u64>>,
+}
+
+const CONNECT: u8 = 1;
+const ACCEPT: u8 = 2;
+const CLOSE_CLIENT: u8 = 4;
+const CLOSE_SERVER: u8 = 8;
+const ALL: u8 = CONNECT | ACCEPT | CLOSE_CLIENT | CLOSE_SERVER;
+
+/// Streams a `trace --format jsonl` file and counts the churn's connections (server `port` in
+/// namespace `netns`) that have all their events. A connection is keyed by its client side
+/// (namespace, address, port); client ports are reused over a run, so a key whose event comes
+/// a second time starts a new connection (the previous one counted as incomplete).
+pub(super) fn count_connections(path: &Path, port: u16, netns: u64) -> anyhow::Result<Counted> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    count_records(BufReader::with_capacity(1 << 20, f), port, netns)
+}
+
+fn count_records(mut r: impl BufRead, port: u16, netns: u64) -> anyhow::Result<Counted> {
+    let mut c = Counted::default();
+    let mut open: HashMap<(u64, IpAddr, u16), u8> = HashMap::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).context("reading the trace file")? == 0 {
+            break;
+        }
+        c.lines += 1;
+        let Ok(rec) = serde_json::from_str::<Record>(&line) else {
+            c.unparsed += 1;
+            continue;
+        };
+        if rec.event == "lost" {
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            c.lost = Some(counters(&v));
+            continue;
+        }
+        if rec.netns != Some(netns) {
+            continue;
+        }
+        let (Some(lp), Some(pp)) = (rec.local_port, rec.peer_port) else {
+            continue;
+        };
+        let active = rec.direction == Some("active");
+        let passive = rec.direction == Some("passive");
+        let (flag, addr, cport) = match rec.event {
+            "connect" if pp == port => (CONNECT, rec.local_addr, lp),
+            "accept" if lp == port => (ACCEPT, rec.peer_addr, pp),
+            "close" if active && pp == port => (CLOSE_CLIENT, rec.local_addr, lp),
+            "close" if passive && lp == port => (CLOSE_SERVER, rec.peer_addr, pp),
+            _ => continue,
+        };
+        let Some(addr) = addr.and_then(|a| a.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        let seen = open.entry((netns, addr, cport)).or_insert(0);
+        if *seen & flag != 0 {
+            c.incomplete += 1;
+            *seen = 0;
+        }
+        *seen |= flag;
+        if *seen == ALL {
+            c.complete += 1;
+            open.remove(&(netns, addr, cport));
+        }
+    }
+    c.incomplete += open.len() as u64;
+    Ok(c)
+}
+
+/// bpftrace lines `OLDSTATE NEWSTATE SPORT` that close (7 = TCP_CLOSE) a socket on `port`: one
+/// per server-side connection.
+pub(super) fn count_bpftrace_closes(path: &Path, port: u16) -> anyhow::Result<u64> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut n = 0;
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        let mut w = line.split_whitespace().skip(1);
+        if w.next() == Some("7") && w.next().and_then(|p| p.parse::<u16>().ok()) == Some(port) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::PORT;
+
+    fn rec(event: &str, local: (&str, u16), peer: (&str, u16), dir: &str, ns: u64) -> String {
+        format!(
+            r#"{{"time":"2026-11-21T09:45:28.565087036Z","event":"{event}","family":"ipv4","local_addr":"{}","local_port":{},"peer_addr":"{}","peer_port":{},"pid":null,"comm":"a\"b","cgroup_id":1,"netns":{ns},"direction":"{dir}"}}"#,
+            local.0, local.1, peer.0, peer.1
+        )
+    }
+
+    fn conn(lines: &mut Vec<String>, client: (&str, u16), ns: u64) {
+        let server = ("127.0.0.1", PORT);
+        lines.push(rec("connect", client, server, "active", ns));
+        lines.push(rec("established", client, server, "active", ns));
+        lines.push(rec("established", server, client, "passive", ns));
+        lines.push(rec("accept", server, client, "passive", ns));
+        lines.push(rec("close", server, client, "passive", ns));
+        lines.push(rec("close", client, server, "active", ns));
+    }
+
+    #[test]
+    fn counts_complete_connections_with_reused_ports() {
+        let mut lines = Vec::new();
+        conn(&mut lines, ("127.0.0.2", 40000), 7);
+        // The same client port again (a new connection), and the same port from another source.
+        conn(&mut lines, ("127.0.0.2", 40000), 7);
+        conn(&mut lines, ("127.0.0.3", 40000), 7);
+        // Another namespace: not ours.
+        conn(&mut lines, ("127.0.0.2", 40001), 8);
+        // Missing its accept, then the port reused by a complete one.
+        let server = ("127.0.0.1", PORT);
+        lines.push(rec("connect", ("127.0.0.4", 40002), server, "active", 7));
+        lines.push(rec("close", ("127.0.0.4", 40002), server, "active", 7));
+        conn(&mut lines, ("127.0.0.4", 40002), 7);
+        // Never closed.
+        lines.push(rec("connect", ("127.0.0.4", 40003), server, "active", 7));
+        lines.push("not json".into());
+        lines.push(
+            r#"{"time":"t","event":"stats","accept_would_block":0,"accept_interrupted":0}"#.into(),
+        );
+        lines.push(
+            r#"{"time":"t","event":"lost","total":3,"ringbuf_full":2,"recursion_misses":1}"#.into(),
+        );
+        let text = lines.join("\n") + "\n";
+        let c = count_records(text.as_bytes(), PORT, 7).unwrap();
+        assert_eq!(c.complete, 4);
+        assert_eq!(c.incomplete, 2);
+        assert_eq!(c.unparsed, 1);
+        assert_eq!(c.lines, lines.len() as u64);
+        let lost = c.lost.unwrap();
+        assert_eq!(lost["total"], 3);
+        assert_eq!(lost["ringbuf_full"], 2);
+        assert_eq!(lost["recursion_misses"], 1);
+        assert!(!lost.contains_key("event") && !lost.contains_key("time"));
+    }
+
+    #[test]
+    fn finds_the_churn_listener() {
+        let s: serde_json::Value = serde_json::from_str(
+            r#"{"listeners":[{"netns":1,"port":7913,"established_now":3},{"netns":2,"port":7913,"established_now":9}],"lost":{"total":0,"ringbuf_full":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(listener(&s, PORT, 2).unwrap()["established_now"], 9);
+        assert!(listener(&s, PORT, 3).is_none());
+        assert_eq!(counters(&s["lost"]).len(), 2);
+    }
+}

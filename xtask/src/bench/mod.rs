@@ -1,0 +1,314 @@
+//! `cargo xtask bench`: what tracing costs under connection churn, side by side.
+//!
+//! Builds sockwatch and sockwatch-churn in release mode, then runs the same churn load (in a
+//! fresh network namespace each time, `sockwatch-churn --new-netns`) once per mode per round,
+//! the modes alternating so that drift in a shared machine hits them all alike:
+//!
+//! - `untraced`: no tracer;
+//! - `trace`: `sockwatch trace --output FILE --format jsonl` (every event to a file);
+//! - `top`: `sockwatch top --format json --interval 1` (aggregation only);
+//! - `bpftrace`, when it is on PATH: a one-line peer on the same tracepoint, printing to a file.
+//!
+//! The tracers run in the host namespace (they see every namespace) and are started, waited for
+//! (`--ready-file`, or bpftrace's "Attaching" line), stopped with SIGTERM and reaped with
+//! `wait4`, whose rusage gives their CPU time and peak RSS. `--concurrency N` then holds N
+//! connections open under `sockwatch top` and checks that its count of established connections
+//! matches. Results: a table on stdout and `target/bench/results.json`; progress on stderr.
+//! Every process started here is stopped by its pid, also on errors (and dies with xtask through
+//! PR_SET_PDEATHSIG if xtask is killed).
+mod concurrency;
+mod count;
+mod report;
+mod run;
+mod tracer;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use self::{
+    count::{count_bpftrace_closes, count_connections, counters, listener},
+    report::{ModeSummary, Results, Round, Settings, median, render, summarize},
+    run::find_on_path,
+};
+
+/// The churn's server port (in its own namespace; also used to pick out bpftrace's lines).
+const PORT: u16 = 7913;
+const SOURCES: u32 = 4;
+const MAX_SOCKETS: &str = "1048576";
+/// The churn's own bound (`--max-seconds`); we give it a minute more before killing it.
+const CHURN_MAX_SECONDS: u64 = 600;
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Stopping includes draining the ring buffer and finishing the output file.
+const STOP_TIMEOUT: Duration = Duration::from_secs(180);
+/// sockwatch's sampling interval in the `top` runs, in seconds.
+const INTERVAL: u64 = 1;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Rounds; each runs every mode once, in turn. Medians over rounds are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+
+    /// Connections per run.
+    #[arg(long, default_value_t = 200_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    connections: u64,
+
+    /// Client processes of the churn.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    clients: u32,
+
+    /// Server processes of the churn (SO_REUSEPORT listeners on one port).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    servers: u32,
+
+    /// Connections in flight per client process.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    in_flight: u32,
+
+    /// Who closes first.
+    #[arg(long, default_value = "server-first",
+          value_parser = ["server-first", "client-first", "reset"])]
+    close: String,
+
+    /// Also hold N connections open under `sockwatch top` and compare its count with N
+    /// (e.g. 250000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=2_000_000))]
+    concurrency: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Untraced,
+    Trace,
+    Top,
+    Bpftrace,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Trace => "trace",
+            Mode::Top => "top",
+            Mode::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+const BPFTRACE_PROGRAM: &str = r#"tracepoint:sock:inet_sock_set_state { printf("%d %d %d\n", args->oldstate, args->newstate, args->sport); }"#;
+
+fn progress(msg: impl AsRef<str>) {
+    eprintln!("bench: {}", msg.as_ref());
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "cargo xtask bench needs root (it loads eBPF programs and creates network \
+             namespaces): run it as root, e.g. `sudo -E cargo xtask bench`"
+        );
+    }
+    let root = crate::workspace_root()?;
+    progress("building sockwatch and sockwatch-churn (release)");
+    let built = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sockwatch",
+            "-p",
+            "sockwatch-churn",
+        ])
+        .status()
+        .context("cannot run cargo build")?;
+    if !built.success() {
+        bail!("building sockwatch and sockwatch-churn failed (see above)");
+    }
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let bench = Bench {
+        sockwatch: root.join("target/release/sockwatch"),
+        churn: root.join("target/release/sockwatch-churn"),
+        dir: dir.clone(),
+        args,
+    };
+    let bpftrace = find_on_path("bpftrace");
+    let mut modes = vec![Mode::Untraced, Mode::Trace, Mode::Top];
+    match &bpftrace {
+        Some(p) => {
+            progress(format!(
+                "found {}: adding the bpftrace peer row",
+                p.display()
+            ));
+            modes.push(Mode::Bpftrace);
+        }
+        None => progress("bpftrace is not on PATH: no peer row"),
+    }
+    progress(format!(
+        "{} round(s) of {} connections per mode ({} clients x {} in flight, {} servers, close {}, {} sources)",
+        args.rounds,
+        args.connections,
+        args.clients,
+        args.in_flight,
+        args.servers,
+        args.close,
+        SOURCES
+    ));
+
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); modes.len()];
+    for r in 1..=args.rounds {
+        for (i, &mode) in modes.iter().enumerate() {
+            progress(format!("round {r}/{}: {} ...", args.rounds, mode.name()));
+            let result = bench.round(mode, r, bpftrace.as_deref())?;
+            progress(format!(
+                "round {r}/{}: {}: {:.0} connections/s ({} made, {} errors{})",
+                args.rounds,
+                mode.name(),
+                result.churn.rate,
+                result.churn.connections,
+                result.churn.errors,
+                if result.churn.timed_out {
+                    ", STOPPED EARLY by --max-seconds"
+                } else {
+                    ""
+                }
+            ));
+            rounds[i].push(result);
+        }
+    }
+    let untraced_rate = median(rounds[0].iter().map(|r| r.churn.rate));
+    let summaries: Vec<ModeSummary> = modes
+        .iter()
+        .zip(rounds)
+        .map(|(&m, rs)| summarize(m, bench.command(m), rs, untraced_rate))
+        .collect();
+
+    let concurrency = match args.concurrency {
+        Some(n) => Some(bench.concurrency(n)?),
+        None => None,
+    };
+
+    let results = Results {
+        settings: Settings {
+            rounds: args.rounds,
+            connections: args.connections,
+            clients: args.clients,
+            servers: args.servers,
+            in_flight: args.in_flight,
+            close: args.close.clone(),
+            sources: SOURCES,
+            port: PORT,
+            max_sockets: MAX_SOCKETS.parse().unwrap_or(0),
+            cpus: thread::available_parallelism().map_or(0, usize::from),
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        },
+        modes: summaries,
+        concurrency,
+    };
+    print!("{}", render(&results));
+    let path = dir.join("results.json");
+    fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    progress(format!("wrote {}", path.display()));
+    if let Some(c) = &results.concurrency
+        && !c.matches
+    {
+        eprintln!(
+            "bench: sockwatch's established_now ({}) does not match the {} held connections",
+            c.established_now
+                .map_or_else(|| "no listener row".to_string(), |n| n.to_string()),
+            c.held
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Bench<'a> {
+    sockwatch: PathBuf,
+    churn: PathBuf,
+    dir: PathBuf,
+    args: &'a BenchArgs,
+}
+
+impl Bench<'_> {
+    fn round(&self, mode: Mode, round: u32, bpftrace: Option<&Path>) -> anyhow::Result<Round> {
+        Ok(match mode {
+            Mode::Untraced => Round {
+                round,
+                churn: self.run_churn()?,
+                tracer_cpu_s: None,
+                tracer_startup_cpu_s: None,
+                tracer_peak_rss_kib: None,
+                seen: None,
+                incomplete: None,
+                lost: None,
+            },
+            Mode::Trace | Mode::Top => {
+                let file = self.trace_file();
+                let _ = fs::remove_file(&file);
+                let mut t = self.start_sockwatch(mode, mode == Mode::Top)?;
+                let churn = self.run_churn()?;
+                let usage = t.stop()?;
+                let _ = fs::remove_file(self.ready_file());
+                let (seen, incomplete, lost) = if mode == Mode::Trace {
+                    progress(format!(
+                        "counting the churn's connections in {}",
+                        file.display()
+                    ));
+                    let count = count_connections(&file, churn.port, churn.netns)?;
+                    // Hundreds of megabytes: not kept.
+                    let _ = fs::remove_file(&file);
+                    (Some(count.complete), Some(count.incomplete), count.lost)
+                } else {
+                    let summary: serde_json::Value = serde_json::from_str(&t.stdout())
+                        .context("sockwatch top --format json printed no valid summary")?;
+                    let seen = listener(&summary, churn.port, churn.netns)
+                        .and_then(|l| l["accepted"].as_u64());
+                    (seen, None, Some(counters(&summary["lost"])))
+                };
+                Round {
+                    round,
+                    churn,
+                    tracer_cpu_s: Some(usage.cpu_s),
+                    tracer_startup_cpu_s: t.startup_cpu_s,
+                    tracer_peak_rss_kib: Some(usage.maxrss_kib),
+                    seen,
+                    incomplete,
+                    lost,
+                }
+            }
+            Mode::Bpftrace => {
+                let bin = bpftrace.context("bpftrace is not on PATH")?;
+                let mut t = self.start_bpftrace(bin)?;
+                let churn = self.run_churn()?;
+                let usage = t.stop()?;
+                let seen = count_bpftrace_closes(&self.bpftrace_file(), churn.port)?;
+                let _ = fs::remove_file(self.bpftrace_file());
+                Round {
+                    round,
+                    churn,
+                    tracer_cpu_s: Some(usage.cpu_s),
+                    tracer_startup_cpu_s: t.startup_cpu_s,
+                    tracer_peak_rss_kib: Some(usage.maxrss_kib),
+                    seen: Some(seen),
+                    incomplete: None,
+                    lost: None,
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,288 @@
+//! Medians over rounds, the table on stdout, and what goes into results.json.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Mode, concurrency::Concurrency, run::Churn};
+
+/// One mode's run in one round.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Round {
+    pub(super) round: u32,
+    pub(super) churn: Churn,
+    /// The tracer's user + system CPU seconds over its whole life (wait4 rusage).
+    pub(super) tracer_cpu_s: Option<f64>,
+    /// Of which before it was ready (loading and attaching; from /proc at readiness).
+    pub(super) tracer_startup_cpu_s: Option<f64>,
+    /// ru_maxrss.
+    pub(super) tracer_peak_rss_kib: Option<u64>,
+    /// trace: connections of the churn with connect, accept and both closes in the file;
+    /// top: `accepted` of the churn's listener; bpftrace: server-side CLOSE transitions.
+    pub(super) seen: Option<u64>,
+    /// trace: the churn's connections with some of their events missing from the file.
+    pub(super) incomplete: Option<u64>,
+    /// The final loss counters (trace: the file's `lost` record; top: the summary's `lost`).
+    pub(super) lost: Option<BTreeMap<String, u64>>,
+}
+
+impl Round {
+    fn cpu_per_100k(&self) -> Option<f64> {
+        let cpu = self.tracer_cpu_s?;
+        (self.churn.connections > 0).then(|| cpu / self.churn.connections as f64 * 1e5)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ModeSummary {
+    mode: &'static str,
+    command: String,
+    rate_median: f64,
+    ratio_to_untraced: Option<f64>,
+    connections_made_median: f64,
+    seen_median: Option<f64>,
+    cpu_s_per_100k_median: Option<f64>,
+    startup_cpu_s_median: Option<f64>,
+    peak_rss_mib_median: Option<f64>,
+    lost_median: Option<BTreeMap<String, f64>>,
+    lost_max: Option<BTreeMap<String, u64>>,
+    rounds: Vec<Round>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Results {
+    pub(super) settings: Settings,
+    pub(super) modes: Vec<ModeSummary>,
+    pub(super) concurrency: Option<Concurrency>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Settings {
+    pub(super) rounds: u32,
+    pub(super) connections: u64,
+    pub(super) clients: u32,
+    pub(super) servers: u32,
+    pub(super) in_flight: u32,
+    pub(super) close: String,
+    pub(super) sources: u32,
+    pub(super) port: u16,
+    pub(super) max_sockets: u64,
+    pub(super) cpus: usize,
+    pub(super) kernel: String,
+}
+
+pub(super) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn median_of(rounds: &[Round], f: impl Fn(&Round) -> Option<f64>) -> Option<f64> {
+    let v: Vec<f64> = rounds.iter().filter_map(f).collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+pub(super) fn summarize(
+    mode: Mode,
+    command: String,
+    rounds: Vec<Round>,
+    untraced: f64,
+) -> ModeSummary {
+    let rate = median(rounds.iter().map(|r| r.churn.rate));
+    let lost: Vec<&BTreeMap<String, u64>> = rounds.iter().filter_map(|r| r.lost.as_ref()).collect();
+    let (lost_median, lost_max) = if lost.is_empty() {
+        (None, None)
+    } else {
+        let keys: Vec<&String> = lost[0].keys().collect();
+        let med = keys
+            .iter()
+            .map(|k| {
+                let k = (*k).clone();
+                let m = median(lost.iter().map(|l| l.get(&k).copied().unwrap_or(0) as f64));
+                (k, m)
+            })
+            .collect();
+        let max = keys
+            .iter()
+            .map(|k| {
+                let m = lost.iter().map(|l| l.get(*k).copied().unwrap_or(0)).max();
+                ((*k).clone(), m.unwrap_or(0))
+            })
+            .collect();
+        (Some(med), Some(max))
+    };
+    ModeSummary {
+        mode: mode.name(),
+        command,
+        rate_median: rate,
+        ratio_to_untraced: (untraced > 0.0).then(|| rate / untraced),
+        connections_made_median: median(rounds.iter().map(|r| r.churn.connections as f64)),
+        seen_median: median_of(&rounds, |r| r.seen.map(|s| s as f64)),
+        cpu_s_per_100k_median: median_of(&rounds, Round::cpu_per_100k),
+        startup_cpu_s_median: median_of(&rounds, |r| r.tracer_startup_cpu_s),
+        peak_rss_mib_median: median_of(&rounds, |r| {
+            r.tracer_peak_rss_kib.map(|k| k as f64 / 1024.0)
+        }),
+        lost_median,
+        lost_max,
+        rounds,
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "-".into(), f)
+}
+
+pub(super) fn render(res: &Results) -> String {
+    let s = &res.settings;
+    let mut out = format!(
+        "\nsockwatch bench: {} connections per run, {} clients x {} in flight, {} servers, close {}, \
+         {} sources; median of {} round(s); {} CPUs, Linux {}\n\n",
+        s.connections,
+        s.clients,
+        s.in_flight,
+        s.servers,
+        s.close,
+        s.sources,
+        s.rounds,
+        s.cpus,
+        s.kernel
+    );
+    let mut rows = vec![
+        [
+            "MODE",
+            "CONN/S",
+            "VS UNTRACED",
+            "MADE",
+            "SEEN",
+            "CPU S/100K",
+            "START-UP CPU S",
+            "PEAK RSS MIB",
+            "LOST",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for m in &res.modes {
+        rows.push(vec![
+            m.mode.to_string(),
+            format!("{:.0}", m.rate_median),
+            opt(m.ratio_to_untraced, |r| format!("{r:.2}")),
+            num(m.connections_made_median),
+            opt(m.seen_median, num),
+            opt(m.cpu_s_per_100k_median, |c| format!("{c:.3}")),
+            opt(m.startup_cpu_s_median, |c| format!("{c:.2}")),
+            opt(m.peak_rss_mib_median, |r| format!("{r:.1}")),
+            m.lost_median
+                .as_ref()
+                .and_then(|l| l.get("total"))
+                .map_or_else(|| "-".into(), |t| num(*t)),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out.push_str(
+        "\nSEEN: trace = the churn's connections with connect, accept and both closes in the file; \
+         top = accepted on the churn's port in the summary; bpftrace = server-side closes on the port.\n\
+         CPU S/100K: the tracer's user+system CPU over its whole life (start-up included) per 100k connections.\n",
+    );
+    for m in &res.modes {
+        if let (Some(med), Some(max)) = (&m.lost_median, &m.lost_max) {
+            let fmt = |it: Vec<String>| it.join(" ");
+            out.push_str(&format!(
+                "{} lost (median): {}\n",
+                m.mode,
+                fmt(med
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", num(*v)))
+                    .collect())
+            ));
+            if max.values().zip(med.values()).any(|(a, b)| *a as f64 != *b) {
+                out.push_str(&format!(
+                    "{} lost (worst round): {}\n",
+                    m.mode,
+                    fmt(max.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                ));
+            }
+        }
+    }
+    if let Some(c) = &res.concurrency {
+        out.push_str(&format!(
+            "\nCONCURRENCY: {} connections held under `sockwatch top` (asked {})\n",
+            c.held, c.requested
+        ));
+        out.push_str(&format!(
+            "  established_now on the churn's port: {} of {} ({})\n",
+            c.established_now
+                .map_or_else(|| "no listener row".into(), |n| n.to_string()),
+            c.requested,
+            if c.matches { "match" } else { "MISMATCH" }
+        ));
+        out.push_str(&format!(
+            "  sockwatch peak RSS: {:.1} MiB ({} at ready); {} bytes per held connection above \
+             ready, {:.0} bytes per held connection in all; CPU {:.2} s\n",
+            c.peak_rss_kib as f64 / 1024.0,
+            c.rss_at_ready_kib
+                .map_or_else(|| "?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            opt(c.rss_bytes_per_connection, |b| format!("{b:.0}")),
+            c.peak_rss_bytes_per_connection,
+            c.tracer_cpu_s
+        ));
+        if let Some(lost) = &c.lost {
+            let l: Vec<String> = lost.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&format!("  lost: {}\n", l.join(" ")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median([5.0]), 5.0);
+        assert!(median([]).is_nan());
+    }
+}
