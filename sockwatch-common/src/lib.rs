@@ -91,6 +91,10 @@ pub struct ConnEvent {
 
 pub const CONN_EVENT_SIZE: usize = 96;
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == CONN_EVENT_SIZE);
+// The programs write these 16-byte fields with 8-byte stores.
+const _: () = assert!(core::mem::offset_of!(ConnEvent, comm) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(ConnEvent, local_addr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(ConnEvent, peer_addr) % 8 == 0);
 
 /// What the kernel remembers about a live socket, keyed by its `struct sock` address.
 #[repr(C)]
@@ -106,6 +110,7 @@ pub struct SockInfo {
 }
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
+const _: () = assert!(core::mem::offset_of!(SockInfo, comm) % 8 == 0);
 
 /// Indices of the per-CPU counter array `COUNTERS`.
 pub mod counter {

@@ -1,5 +1,7 @@
 //! `syscalls:sys_{enter,exit}_accept{,4}`: accepted connections attributed to the process that
 //! called accept(), and accept() failures tied to the listening socket.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::BPF_ANY, helpers::bpf_get_current_pid_tgid, macros::tracepoint,
     programs::TracePointContext,
@@ -9,6 +11,7 @@ use sockwatch_common::{counter, flags, kind, tcp_state};
 use crate::{
     maps::{ACCEPT_ARGS, SOCKS, bump, offsets, record_field},
     sock::{current_owner, emit, emit_patched, is_tcp, netns_of, remember, sock_of_fd},
+    store::copy16,
     syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted, take},
 };
 
@@ -52,13 +55,14 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         bump(counter::ACCEPT_INTERRUPTED);
         return 0;
     }
-    let owner = current_owner(0, netns_of(listener, &off), 0);
+    let mut slot = MaybeUninit::uninit();
+    let owner = current_owner(&mut slot, 0, netns_of(listener, &off), 0);
     emit_patched(
         listener,
         kind::ACCEPT_FAILED,
         tcp_state::LISTEN,
         tcp_state::LISTEN,
-        Some(&owner),
+        Some(&*owner),
         0,
         |ev| {
             ev.errno = errno;
@@ -79,12 +83,13 @@ fn accepted(fd: u64) {
     if !is_tcp(sk, &off) {
         return;
     }
-    let mut owner = current_owner(0, 0, flags::PASSIVE);
+    let mut slot = MaybeUninit::uninit();
+    let owner = current_owner(&mut slot, 0, 0, flags::PASSIVE);
     match SOCKS.get_ptr_mut(sk) {
         Some(p) => unsafe {
             (*p).pid = owner.pid;
             (*p).cgroup_id = owner.cgroup_id;
-            (*p).comm = owner.comm;
+            copy16(&mut (*p).comm, &owner.comm);
             (*p).flags |= flags::OWNER_KNOWN;
             owner.netns = (*p).netns;
         },
@@ -92,7 +97,7 @@ fn accepted(fd: u64) {
             // Born before we started (or pushed out): track it from now, birth unknown.
             owner.netns = netns_of(sk, &off);
             owner.flags &= !flags::BIRTH_KNOWN;
-            remember(sk, &owner);
+            remember(sk, owner);
         }
     }
     emit(
@@ -100,7 +105,7 @@ fn accepted(fd: u64) {
         kind::ACCEPT,
         tcp_state::ESTABLISHED,
         tcp_state::ESTABLISHED,
-        Some(&owner),
+        Some(&*owner),
         0,
     );
 }

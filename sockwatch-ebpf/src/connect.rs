@@ -4,6 +4,8 @@
 //! until connect() returns (or the socket's next state change). connect() errors raised before
 //! any SYN is sent (no route, no local port, ...) are reported here as `connect_failed`; failures
 //! after the SYN (refused, timed out) come from the socket's SYN_SENT->CLOSE change.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -18,6 +20,7 @@ use crate::{
         record_field,
     },
     sock::{current_owner, emit, emit_patched, is_tcp, netns_of, sock_of_fd},
+    store::{put, put16, zero_bytes},
     syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, take},
 };
 
@@ -32,24 +35,29 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let family = u16::from_ne_bytes([head[0], head[1]]);
-    let mut args = ConnectArgs {
-        fd,
-        addr: [0; 16],
-        family,
-        port: u16::from_be_bytes([head[2], head[3]]),
-        _pad: [0; 4],
-    };
-    if family == u16::from(AF_INET) {
-        args.addr[..4].copy_from_slice(&head[4..8]);
+    let (lo, hi) = if family == u16::from(AF_INET) {
+        ([head[4], head[5], head[6], head[7], 0, 0, 0, 0], [0; 8])
     } else if family == u16::from(AF_INET6) {
-        let Ok(a) = (unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }) else {
+        let Ok(a) = (unsafe { bpf_probe_read_user((uaddr + 8) as *const [[u8; 8]; 2]) }) else {
             return 0;
         };
-        args.addr = a;
+        (a[0], a[1])
     } else {
         // Unix and other families: not ours.
         return 0;
-    }
+    };
+    // Built in place with plain stores (see `store`).
+    let mut slot = MaybeUninit::<ConnectArgs>::uninit();
+    // SAFETY: every field is written before `assume_init_ref`.
+    let args = unsafe {
+        let a = &mut *slot.as_mut_ptr();
+        put(&mut a.fd, fd);
+        put16(&mut a.addr, lo, hi);
+        put(&mut a.family, family);
+        put(&mut a.port, u16::from_be_bytes([head[2], head[3]]));
+        zero_bytes(&mut a._pad);
+        slot.assume_init_ref()
+    };
     let _ = CONNECT_ARGS.insert(bpf_get_current_pid_tgid(), args, BPF_ANY as u64);
     0
 }
@@ -85,13 +93,14 @@ fn connect_failed_early(args: &ConnectArgs, errno: u16) {
     if !is_tcp(sk, &off) {
         return;
     }
-    let owner = current_owner(0, netns_of(sk, &off), flags::ACTIVE);
+    let mut slot = MaybeUninit::uninit();
+    let owner = current_owner(&mut slot, 0, netns_of(sk, &off), flags::ACTIVE);
     emit_patched(
         sk,
         kind::CONNECT_FAILED,
         tcp_state::CLOSE,
         tcp_state::CLOSE,
-        Some(&owner),
+        Some(&*owner),
         0,
         |ev| {
             ev.errno = errno;

@@ -7,6 +7,7 @@
 //! - `drop`: `skb:kfree_skb` (raw tracepoint): accept-queue overflow drops.
 //! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
 //! - `maps`: maps, load-time globals and loss counters.
+//! - `store`: stores that LLVM cannot turn into a (slow, looping) memset.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -22,6 +23,8 @@ mod maps;
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod state;
+#[cfg(target_arch = "bpf")]
+mod store;
 #[cfg(target_arch = "bpf")]
 mod syscall;
 

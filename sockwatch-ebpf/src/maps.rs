@@ -42,6 +42,9 @@ pub struct ConnectArgs {
     pub _pad: [u8; 4],
 }
 
+// Written with 8-byte stores (see `store`).
+const _: () = assert!(core::mem::offset_of!(ConnectArgs, addr) % 8 == 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 

@@ -1,9 +1,11 @@
 //! Reading `struct sock` and emitting events.
+use core::{ffi::c_void, mem::MaybeUninit};
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
 };
 use sockwatch_common::{
@@ -11,23 +13,49 @@ use sockwatch_common::{
     flags,
 };
 
-use crate::maps::{EVENTS, SOCKS, bump, offsets};
+use crate::{
+    maps::{EVENTS, SOCKS, bump, offsets},
+    store::{copy16, put, put16, zero_bytes, zero16},
+};
 
 const IPPROTO_TCP: u16 = 6;
 const EEXIST: i32 = 17;
+/// Bytes past the wake-up threshold in which a submit still wakes the reader (about 80
+/// events).
+const WAKEUP_WINDOW: u64 = 8192;
 
 #[repr(C, align(8))]
 struct SockCommon([u8; SOCK_COMMON_READ]);
 
 impl SockCommon {
+    /// The head of `struct sock`, in one read into `buf` (not zeroed first: the read fills
+    /// all of it, and zeroing would cost a memset).
+    #[inline(always)]
+    fn read(buf: &mut MaybeUninit<Self>, sk: u64) -> Result<&Self, i64> {
+        let rc = unsafe {
+            generated::bpf_probe_read_kernel(
+                buf.as_mut_ptr().cast(),
+                SOCK_COMMON_READ as u32,
+                sk as *const c_void,
+            )
+        };
+        if rc != 0 {
+            return Err(rc);
+        }
+        // SAFETY: the helper wrote every byte.
+        Ok(unsafe { buf.assume_init_ref() })
+    }
+
+    /// `N` bytes at `off`; zeros if the offset is out of range (never, given the start-up
+    /// checks; the verifier needs the bound).
     #[inline(always)]
     fn bytes<const N: usize>(&self, off: u32) -> [u8; N] {
         let off = off as usize;
-        let mut out = [0u8; N];
-        if let Some(src) = self.0.get(off..off + N) {
-            out.copy_from_slice(src);
+        match self.0.get(off..off + N) {
+            // SAFETY: `src` holds exactly N bytes.
+            Some(src) => unsafe { src.as_ptr().cast::<[u8; N]>().read_unaligned() },
+            None => [0; N],
         }
-        out
     }
 }
 
@@ -39,17 +67,56 @@ pub fn is_tcp(sk: u64, off: &KernelOffsets) -> bool {
     matches!(proto, Ok(IPPROTO_TCP))
 }
 
-/// Owner fields of the current task; only meaningful in process context.
+/// Owner fields of the current task, written into `slot`; only meaningful in process context.
 #[inline(always)]
-pub fn current_owner(now: u64, netns: u32, extra_flags: u8) -> SockInfo {
-    SockInfo {
-        birth_ns: now,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+pub fn current_owner(
+    slot: &mut MaybeUninit<SockInfo>,
+    now: u64,
+    netns: u32,
+    extra_flags: u8,
+) -> &mut SockInfo {
+    let mut comm = MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    // Not through aya's wrapper, which zeroes the buffer first (a memset, see `store`).
+    let rc = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+    // SAFETY: on success the helper filled the buffer.
+    let comm = (rc == 0).then(|| unsafe { comm.assume_init_ref() });
+    sock_info(
+        slot,
+        now,
+        unsafe { bpf_get_current_cgroup_id() },
+        (bpf_get_current_pid_tgid() >> 32) as u32,
         netns,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        flags: flags::BIRTH_KNOWN | flags::OWNER_KNOWN | extra_flags,
-        _pad: [0; 7],
+        comm,
+        flags::BIRTH_KNOWN | flags::OWNER_KNOWN | extra_flags,
+    )
+}
+
+/// A `SockInfo`, built in place in `slot` with plain stores: built elsewhere and copied, its
+/// zero fields would come back as memsets (see `store`).
+#[inline(always)]
+pub fn sock_info<'a>(
+    slot: &'a mut MaybeUninit<SockInfo>,
+    birth_ns: u64,
+    cgroup_id: u64,
+    pid: u32,
+    netns: u32,
+    comm: Option<&[u8; COMM_LEN]>,
+    flags: u8,
+) -> &'a mut SockInfo {
+    // SAFETY: every field is written below before `assume_init_mut`.
+    unsafe {
+        let p = &mut *slot.as_mut_ptr();
+        put(&mut p.birth_ns, birth_ns);
+        put(&mut p.cgroup_id, cgroup_id);
+        put(&mut p.pid, pid);
+        put(&mut p.netns, netns);
+        match comm {
+            Some(comm) => copy16(&mut p.comm, comm),
+            None => zero16(&mut p.comm),
+        }
+        put(&mut p.flags, flags);
+        zero_bytes(&mut p._pad);
+        slot.assume_init_mut()
     }
 }
 
@@ -124,9 +191,15 @@ pub fn emit_patched(
         return;
     }
     patch(ev);
-    // Batch wake-ups: each one is an irq_work on this CPU, which also makes it likelier that a
-    // softirq interrupts one of our programs (a recursion miss, i.e. a lost run).
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(off.wakeup_bytes) {
+    // Batch wake-ups: each one is an irq_work (a self-IPI: a VM exit on a virtual machine) on
+    // this CPU, which also makes it likelier that a softirq interrupts one of our programs (a
+    // recursion miss, i.e. a lost run). So wake the reader only as the backlog crosses the
+    // threshold, not on every event above it: a reader that is behind has been woken already,
+    // and it also polls on a short timer. The window is wider than one record so that
+    // concurrent submits on other CPUs cannot step over it.
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let threshold = u64::from(off.wakeup_bytes);
+    let flags = if avail >= threshold && avail < threshold + WAKEUP_WINDOW {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -147,60 +220,79 @@ fn fill(
     info: Option<&SockInfo>,
     extra_flags: u8,
 ) -> Result<(), i64> {
-    let mut common = SockCommon([0; SOCK_COMMON_READ]);
-    unsafe { bpf_probe_read_kernel_buf(sk as *const u8, &mut common.0)? };
+    let mut buf = MaybeUninit::uninit();
+    let common = SockCommon::read(&mut buf, sk)?;
     let sport: [u8; 2] =
         unsafe { bpf_probe_read_kernel((sk + off.inet_sport as u64) as *const [u8; 2])? };
 
     let family = u16::from_ne_bytes(common.bytes::<2>(off.skc_family)) as u8;
-    ev.family = family;
-    ev.local_addr = [0; 16];
-    ev.peer_addr = [0; 16];
+    put(&mut ev.family, family);
     if family == AF_INET {
-        ev.local_addr[..4].copy_from_slice(&common.bytes::<4>(off.skc_rcv_saddr));
-        ev.peer_addr[..4].copy_from_slice(&common.bytes::<4>(off.skc_daddr));
+        let [a, b, c, d] = common.bytes::<4>(off.skc_rcv_saddr);
+        put16(&mut ev.local_addr, [a, b, c, d, 0, 0, 0, 0], [0; 8]);
+        let [a, b, c, d] = common.bytes::<4>(off.skc_daddr);
+        put16(&mut ev.peer_addr, [a, b, c, d, 0, 0, 0, 0], [0; 8]);
     } else if family == AF_INET6 {
-        ev.local_addr = common.bytes::<16>(off.skc_v6_rcv_saddr);
-        ev.peer_addr = common.bytes::<16>(off.skc_v6_daddr);
+        let v6 = off.skc_v6_rcv_saddr;
+        put16(
+            &mut ev.local_addr,
+            common.bytes::<8>(v6),
+            common.bytes::<8>(v6 + 8),
+        );
+        let v6 = off.skc_v6_daddr;
+        put16(
+            &mut ev.peer_addr,
+            common.bytes::<8>(v6),
+            common.bytes::<8>(v6 + 8),
+        );
+    } else {
+        zero16(&mut ev.local_addr);
+        zero16(&mut ev.peer_addr);
     }
-    ev.local_port = u16::from_be_bytes(sport);
-    ev.peer_port = u16::from_be_bytes(common.bytes::<2>(off.skc_dport));
-    ev.ts_ns = now;
+    put(&mut ev.local_port, u16::from_be_bytes(sport));
+    put(
+        &mut ev.peer_port,
+        u16::from_be_bytes(common.bytes::<2>(off.skc_dport)),
+    );
+    let mut ts = now;
     if kind == sockwatch_common::kind::CONNECT
         && let Some(info) = info
     {
         // A connect is emitted once its port is bound; it happened at the socket's birth.
-        ev.ts_ns = info.birth_ns;
+        ts = info.birth_ns;
     }
-    ev.kind = kind;
-    ev.old_state = old;
-    ev.new_state = new;
-    ev.errno = 0;
-    ev._pad = [0; 5];
+    put(&mut ev.ts_ns, ts);
+    put(&mut ev.kind, kind);
+    put(&mut ev.old_state, old);
+    put(&mut ev.new_state, new);
+    put(&mut ev.errno, 0);
+    zero_bytes(&mut ev._pad);
     match info {
         Some(info) => {
-            ev.duration_ns = if info.flags & flags::BIRTH_KNOWN != 0 {
+            let duration = if info.flags & flags::BIRTH_KNOWN != 0 {
                 now.saturating_sub(info.birth_ns)
             } else {
                 0
             };
-            ev.cgroup_id = info.cgroup_id;
-            ev.pid = info.pid;
-            ev.comm = info.comm;
-            ev.netns = if info.netns != 0 {
+            put(&mut ev.duration_ns, duration);
+            put(&mut ev.cgroup_id, info.cgroup_id);
+            put(&mut ev.pid, info.pid);
+            copy16(&mut ev.comm, &info.comm);
+            let netns = if info.netns != 0 {
                 info.netns
             } else {
                 netns_of(sk, off)
             };
-            ev.flags = info.flags | extra_flags;
+            put(&mut ev.netns, netns);
+            put(&mut ev.flags, info.flags | extra_flags);
         }
         None => {
-            ev.duration_ns = 0;
-            ev.cgroup_id = 0;
-            ev.pid = 0;
-            ev.comm = [0; COMM_LEN];
-            ev.netns = netns_of(sk, off);
-            ev.flags = extra_flags;
+            put(&mut ev.duration_ns, 0);
+            put(&mut ev.cgroup_id, 0);
+            put(&mut ev.pid, 0);
+            zero16(&mut ev.comm);
+            put(&mut ev.netns, netns_of(sk, off));
+            put(&mut ev.flags, extra_flags);
         }
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! `sock:inet_sock_set_state` as a raw tracepoint: the arguments come straight from the
 //! tracepoint call (sk, oldstate, newstate) without building the classic trace record.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -11,7 +13,10 @@ use sockwatch_common::{counter, flags, kind, tcp_state as st};
 use crate::{
     connect::emit_pending_connect,
     maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, bump, offsets},
-    sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_error},
+    sock::{
+        current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_error,
+        sock_info,
+    },
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -42,7 +47,11 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         (st::CLOSE, st::SYN_SENT) => {
             // Process context: the connecting task is current.
             let now = unsafe { bpf_ktime_get_ns() };
-            remember(sk, &current_owner(now, netns_of(sk, &off), flags::ACTIVE));
+            let mut slot = MaybeUninit::uninit();
+            remember(
+                sk,
+                current_owner(&mut slot, now, netns_of(sk, &off), flags::ACTIVE),
+            );
             let thread = bpf_get_current_pid_tgid();
             if PENDING_CONNECTS.insert(sk, thread, BPF_ANY as u64).is_ok() {
                 bump(counter::PENDING_INSERTED);
@@ -53,9 +62,10 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         }
         (st::CLOSE, st::LISTEN) => {
             let now = unsafe { bpf_ktime_get_ns() };
-            let owner = current_owner(now, netns_of(sk, &off), 0);
-            remember(sk, &owner);
-            emit(sk, kind::LISTEN, old, new, Some(&owner), 0);
+            let mut slot = MaybeUninit::uninit();
+            let owner = current_owner(&mut slot, now, netns_of(sk, &off), 0);
+            remember(sk, owner);
+            emit(sk, kind::LISTEN, old, new, Some(&*owner), 0);
         }
         (st::LISTEN, st::CLOSE) => {
             let info = forget(sk);
@@ -64,16 +74,17 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         (st::LISTEN, st::SYN_RECV) => {
             // A child socket is born in softirq: current is unrelated, so no owner.
             let now = unsafe { bpf_ktime_get_ns() };
-            let info = sockwatch_common::SockInfo {
-                birth_ns: now,
-                cgroup_id: 0,
-                pid: 0,
-                netns: netns_of(sk, &off),
-                comm: [0; sockwatch_common::COMM_LEN],
-                flags: flags::BIRTH_KNOWN | flags::PASSIVE,
-                _pad: [0; 7],
-            };
-            remember(sk, &info);
+            let mut slot = MaybeUninit::uninit();
+            let info = sock_info(
+                &mut slot,
+                now,
+                0,
+                0,
+                netns_of(sk, &off),
+                None,
+                flags::BIRTH_KNOWN | flags::PASSIVE,
+            );
+            remember(sk, info);
         }
         (_, st::ESTABLISHED) => {
             if old == st::SYN_SENT {

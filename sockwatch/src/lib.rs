@@ -29,3 +29,5 @@ pub mod view;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod object_tests;

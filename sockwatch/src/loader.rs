@@ -21,7 +21,7 @@ use crate::{
     tp_format, tracefs,
 };
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch"));
 
 /// Where each program attaches. Syscall hooks come first, so that when the state-change hook
 /// starts, the hooks completing its events are already there.
