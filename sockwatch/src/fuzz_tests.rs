@@ -148,6 +148,32 @@ proptest! {
         prop_assert_eq!(feed::exported_line(&mut read, &filter, line.trim_end()), Ok(Fed::Event));
         prop_assert_eq!(live.summary(), read.summary());
     }
+
+    /// The hand-written event line is byte for byte what serde writes, also when the time
+    /// cache carries over from one event to the next.
+    #[test]
+    fn event_lines_match_serde(
+        raws in prop::collection::vec(conn_event(), 1..8),
+        offset in prop_oneof![any::<i64>(), Just(1_700_000_000_000_000_000)],
+        same_second in any::<bool>(),
+    ) {
+        let clock = WallClock::with_offset(i128::from(offset));
+        let mut written = Vec::new();
+        let mut expected = Vec::new();
+        let mut sink = JsonlSink::new(&mut written, clock);
+        for (i, raw) in raws.iter().enumerate() {
+            let Ok(mut ev) = decode::from_raw(raw) else {
+                continue;
+            };
+            if same_second {
+                // Events a few nanoseconds apart: the cached second is reused.
+                ev.ts_ns = raws[0].ts_ns.wrapping_add(i as u64);
+            }
+            sink.event(&ev).unwrap();
+            expected.extend(crate::sink::serde_event_line(&ev, &clock));
+        }
+        prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,9 +5,12 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
+use super::json_line::{self, TimeCache};
+#[cfg(test)]
+use crate::decode::{self, EventKind};
 use crate::{
     clock::{WallClock, write_rfc3339},
-    decode::{self, Event, EventKind},
+    decode::Event,
     feed::Sample,
     loss::{Loss, Quiet},
     sink::Sink,
@@ -19,6 +22,7 @@ pub struct JsonlSink<W: Write> {
     out: W,
     clock: WallClock,
     line: Vec<u8>,
+    times: TimeCache,
 }
 
 impl<W: Write> JsonlSink<W> {
@@ -27,6 +31,7 @@ impl<W: Write> JsonlSink<W> {
             out,
             clock,
             line: Vec::with_capacity(512),
+            times: TimeCache::default(),
         }
     }
 
@@ -51,6 +56,8 @@ impl Serialize for Rfc3339 {
     }
 }
 
+/// An event through serde: the reference the hand-written line (`json_line`) must match.
+#[cfg(test)]
 #[derive(Serialize)]
 struct EventRecord<'a> {
     time: Rfc3339,
@@ -76,6 +83,34 @@ struct EventRecord<'a> {
     /// connect_failed only: refused, timeout, unreachable, aborted, no_local_address, error.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+}
+
+/// The line serde writes for `ev` (see [`EventRecord`]).
+#[cfg(test)]
+pub(crate) fn serde_event_line(ev: &Event, clock: &WallClock) -> Vec<u8> {
+    let ends = ev.kind.ends_life();
+    let record = EventRecord {
+        time: Rfc3339(clock.unix_ns(ev.ts_ns)),
+        event: ev.kind.as_str(),
+        family: ev.family.as_str(),
+        local_addr: ev.local_addr,
+        local_port: ev.local_port,
+        peer_addr: ev.peer_addr,
+        peer_port: ev.peer_port,
+        pid: ev.pid,
+        comm: ev.comm.as_ref().map(|c| c.as_str()),
+        cgroup_id: ev.cgroup_id,
+        netns: ev.netns,
+        direction: ev.direction.map(|d| d.as_str()),
+        duration_ns: ends.then_some(ev.duration_ns),
+        from_state: ends.then(|| ev.from_state.as_str()),
+        errno: ev.errno.filter(|&e| e != 0).map(decode::errno_name),
+        reason: (ev.kind == EventKind::ConnectFailed)
+            .then(|| decode::connect_failure_reason(ev.errno.unwrap_or(0))),
+    };
+    let mut line = serde_json::to_vec(&record).expect("an event serialises");
+    line.push(b'\n');
+    line
 }
 
 #[derive(Serialize)]
@@ -141,28 +176,10 @@ struct LostRecord<'a> {
 
 impl<W: Write> Sink for JsonlSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        let ends = ev.kind.ends_life();
-        let record = EventRecord {
-            time: Rfc3339(self.clock.unix_ns(ev.ts_ns)),
-            event: ev.kind.as_str(),
-            family: ev.family.as_str(),
-            local_addr: ev.local_addr,
-            local_port: ev.local_port,
-            peer_addr: ev.peer_addr,
-            peer_port: ev.peer_port,
-            pid: ev.pid,
-            comm: ev.comm.as_ref().map(|c| c.as_str()),
-            cgroup_id: ev.cgroup_id,
-            netns: ev.netns,
-            direction: ev.direction.map(|d| d.as_str()),
-            duration_ns: ends.then_some(ev.duration_ns),
-            from_state: ends.then(|| ev.from_state.as_str()),
-            // errno 0 on connect_failed means "closed while connecting": no error to name.
-            errno: ev.errno.filter(|&e| e != 0).map(decode::errno_name),
-            reason: (ev.kind == EventKind::ConnectFailed)
-                .then(|| decode::connect_failure_reason(ev.errno.unwrap_or(0))),
-        };
-        self.write_line(&record)
+        self.line.clear();
+        let at = self.clock.unix_ns(ev.ts_ns);
+        json_line::write_event(&mut self.line, &mut self.times, at, ev)?;
+        self.out.write_all(&self.line)
     }
 
     fn lost(&mut self, loss: &Loss, at_unix_ns: i128) -> io::Result<()> {

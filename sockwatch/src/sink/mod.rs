@@ -1,10 +1,13 @@
 //! Where decoded events go: human-readable text or JSON Lines, on stdout or in a file.
+mod json_line;
 mod jsonl;
 mod text;
 
 use std::io::{self, Write};
 
 pub use jsonl::JsonlSink;
+#[cfg(test)]
+pub(crate) use jsonl::serde_event_line;
 pub use text::TextSink;
 
 use crate::{
