@@ -21,7 +21,8 @@ use crate::{
     tp_format, tracefs,
 };
 
-pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch"));
 
 /// Where each program attaches. Syscall hooks come first, so that when the state-change hook
 /// starts, the hooks completing its events are already there.
