@@ -1,6 +1,6 @@
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sockwatch_common::{KernelOffsets, SockInfo, counter};
 
@@ -19,17 +19,21 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(1 << 
 #[map]
 pub static PENDING_CONNECTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1 << 18, 0);
 
+// The per-thread maps below are plain hashes: cheaper than LRU ones (no shared LRU list), and
+// they cannot fill up with stale entries, since a thread has one entry at most, overwritten by
+// its next call.
+
 /// The socket a thread is connecting, from its CLOSE->SYN_SENT until its connect() returns.
 #[map]
-pub static CONNECTING_THREADS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1 << 16, 0);
+pub static CONNECTING_THREADS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
 
 /// The listening fd of each thread inside accept()/accept4(), from enter to exit.
 #[map]
-pub static ACCEPT_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1 << 16, 0);
+pub static ACCEPT_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
 
 /// The fd and destination of each thread inside connect() on an inet socket.
 #[map]
-pub static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> = LruHashMap::with_max_entries(1 << 16, 0);
+pub static CONNECT_ARGS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(1 << 16, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -1,5 +1,5 @@
 //! What the syscall hooks share: per-thread argument hand-off and return-value decoding.
-use aya_ebpf::maps::LruHashMap;
+use aya_ebpf::maps::HashMap;
 
 pub const EINTR: u16 = 4;
 pub const EBADF: u16 = 9;
@@ -27,7 +27,7 @@ pub fn interrupted(errno: u16) -> bool {
 
 /// Removes and returns what the enter hook left for this thread.
 #[inline(always)]
-pub fn take<V: Copy>(map: &LruHashMap<u64, V>, thread: u64) -> Option<V> {
+pub fn take<V: Copy>(map: &HashMap<u64, V>, thread: u64) -> Option<V> {
     // Copy before delete: a deleted element may be reused at once by another CPU.
     let value = map.get_ptr(thread).map(|p| unsafe { *p })?;
     let _ = map.remove(thread);
