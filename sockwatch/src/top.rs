@@ -10,7 +10,7 @@ use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
     committed::CommittedFile,
-    output,
+    metrics_server, output,
     session::{self, Export, Outcome, SessionOptions},
     sink::JsonlSink,
     view,
@@ -20,6 +20,8 @@ use crate::{
 const MAX_ROWS: usize = 20;
 
 pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
+    // First: a taken port must not cost an existing --output file its contents.
+    let mut metrics = metrics_server::start(args.run.metrics).await?;
     let export = match &args.output {
         Some(path) => {
             let file = output::create(path, args.follow_symlinks)?;
@@ -34,6 +36,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    if let Some(m) = &metrics {
+        m.announce();
+    }
     let tty = io::stdout().is_terminal();
     let live = args.format == SummaryFormat::Table;
     let clock = WallClock::new();
@@ -50,6 +55,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
             aggregate: true,
         },
         |summary, events, loss| {
+            if let Some(m) = &mut metrics {
+                m.publish(summary, events, loss);
+            }
             if !live {
                 return;
             }

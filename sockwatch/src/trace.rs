@@ -7,12 +7,14 @@ use crate::{
     cli::TraceArgs,
     clock::WallClock,
     committed::CommittedFile,
-    output,
+    metrics_server, output,
     session::{self, Export, Outcome, SessionOptions},
     sink::{self, Format},
 };
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
+    // First: a taken port must not cost an existing --output file its contents.
+    let mut metrics = metrics_server::start(args.run.metrics).await?;
     // Open the output before touching the kernel, so a bad path fails fast.
     let (out, interactive): (Box<dyn Write>, bool) = match &args.output {
         Some(path) => {
@@ -25,6 +27,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
         ),
     };
     let sink = sink::make(args.format, out, WallClock::new()).context("cannot write output")?;
+    if let Some(m) = &metrics {
+        m.announce();
+    }
     if interactive || args.output.is_some() {
         eprintln!("sockwatch: tracing TCP connections; Ctrl-C to stop");
     }
@@ -40,9 +45,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
                 flush_each_batch: interactive,
                 samples: args.format == Format::Jsonl,
             }),
-            aggregate: false,
+            // The metrics come from the per-port summary.
+            aggregate: metrics.is_some(),
         },
-        |_, _, _| {},
+        |summary, events, loss| {
+            if let Some(m) = &mut metrics {
+                m.publish(summary, events, loss);
+            }
+        },
     )
     .await
 }
