@@ -1,9 +1,12 @@
 //! Command-line interface.
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::{decode::Family, filter::Filter, loader::LoadOptions, sink::Format};
+use crate::{
+    compress::Compression, decode::Family, filter::Filter, loader::LoadOptions, rotate::Rotation,
+    sink::Format,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,6 +21,7 @@ use crate::{decode::Family, filter::Filter, loader::LoadOptions, sink::Format};
                   sockwatch top --duration 60 --format json       one JSON summary after 60 s\n  \
                   sockwatch trace --port 5432                     every event on port 5432\n  \
                   sockwatch trace --output conns.jsonl --format jsonl\n  \
+                  sockwatch trace -o /var/log/sw/conns.jsonl -f jsonl --rotate-size 256M --compress zstd\n  \
                   sockwatch report conns.jsonl                    the summary of a recording"
 )]
 pub struct Cli {
@@ -37,7 +41,8 @@ pub enum Command {
     /// Print every connection event as it happens: connect, established, accept, close (with
     /// its duration), listen and listen_stop, and the failures accept_failed and connect_failed.
     Trace(TraceArgs),
-    /// Print the per-port summary of recorded JSON Lines files (from `trace --output`).
+    /// Print the per-port summary of recorded JSON Lines files (from `trace --output`), plain,
+    /// rotated or compressed, or of directories of them.
     Report(ReportArgs),
 }
 
@@ -69,6 +74,9 @@ pub struct TopArgs {
     pub follow_symlinks: bool,
 
     #[command(flatten)]
+    pub rotate: RotateArgs,
+
+    #[command(flatten)]
     pub run: RunArgs,
 
     #[command(flatten)]
@@ -88,8 +96,11 @@ pub struct TraceArgs {
     #[arg(long, requires = "output")]
     pub follow_symlinks: bool,
 
-    /// Output format: aligned text for people, or JSON Lines (one object per event, plus the
-    /// host samples `report` needs).
+    #[command(flatten)]
+    pub rotate: RotateArgs,
+
+    /// Output format: aligned text for people, JSON Lines (one object per event, plus the host
+    /// samples `report` needs), or CSV (one row per event, with a header row).
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -100,10 +111,72 @@ pub struct TraceArgs {
     pub filter: FilterArgs,
 }
 
+/// Rotation of the --output file.
+#[derive(Debug, Args)]
+#[group(skip)]
+#[command(group(ArgGroup::new("rotation").args(["rotate_size", "rotate_interval"]).multiple(true)))]
+pub struct RotateArgs {
+    /// Start a new --output file once the current one holds SIZE bytes (K, M or G suffix; at
+    /// least 4K). The full file is renamed with its UTC time of rotation (conns.jsonl ->
+    /// conns.20261121T101500Z.jsonl); PATH is always the live file. Files are cut between
+    /// records only, and each starts with its own header.
+    #[arg(long, value_name = "SIZE", requires = "output", value_parser = parse_rotate_size)]
+    pub rotate_size: Option<u64>,
+
+    /// Start a new --output file every DURATION (30s, 10m, 1h, 1h30m; at least 1s), when the
+    /// current one holds any record.
+    #[arg(long, value_name = "DURATION", requires = "output", value_parser = parse_rotate_interval)]
+    pub rotate_interval: Option<Duration>,
+
+    /// Rotated files to keep (compressed or not, from this run and earlier ones); the oldest
+    /// beyond N are deleted.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "rotation",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rotate_keep: u32,
+
+    /// Compress each rotated file in the background, to NAME.zst or NAME.gz (the uncompressed
+    /// file is deleted once the compressed one is complete on disk).
+    #[arg(long, value_enum, value_name = "CODEC", requires = "rotation")]
+    pub compress: Option<Compression>,
+}
+
+impl RotateArgs {
+    /// The rotation asked for, if any.
+    pub fn rotation(&self) -> Option<Rotation> {
+        (self.rotate_size.is_some() || self.rotate_interval.is_some()).then_some(Rotation {
+            max_bytes: self.rotate_size,
+            every: self.rotate_interval,
+            keep: self.rotate_keep as usize,
+            compress: self.compress,
+        })
+    }
+}
+
+fn parse_rotate_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s)?;
+    if bytes < 4096 {
+        return Err(format!(
+            "rotation size must be at least 4K, got {bytes} bytes"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn parse_rotate_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration ({e}; examples: 30s, 10m, 1h)"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("rotation interval must be at least 1s, got {s}"));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// JSON Lines files written by `sockwatch trace --output` (or `top --output`).
-    #[arg(required = true, value_name = "FILE")]
+    /// JSON Lines files written by `sockwatch trace --output` (or `top --output`), plain or
+    /// compressed (zstd, gzip), or directories of them (every such file inside, not
+    /// recursively). They are read in time order, whatever their names.
+    #[arg(required = true, value_name = "FILE|DIR")]
     pub files: Vec<PathBuf>,
 
     /// Summary format.
@@ -226,6 +299,17 @@ impl KernelArgs {
 
 /// Parses `8M`, `64K`, `1G` or plain bytes; the kernel wants a power of two of pages.
 pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let bytes = parse_bytes(s)?;
+    if !bytes.is_power_of_two() || !(4096..=(1 << 30)).contains(&bytes) {
+        return Err(format!(
+            "ring size must be a power of two from 4K to 1G, got {bytes} bytes"
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+/// Parses a byte count: plain, or with a K, M or G suffix (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => s.split_at(i),
@@ -241,15 +325,8 @@ pub fn parse_ring_size(s: &str) -> Result<u32, String> {
         "G" | "GB" | "GIB" => 1 << 30,
         _ => return Err(format!("unknown size unit in '{s}' (use K, M or G)")),
     };
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))?;
-    if !bytes.is_power_of_two() || !(4096..=(1 << 30)).contains(&bytes) {
-        return Err(format!(
-            "ring size must be a power of two from 4K to 1G, got {bytes} bytes"
-        ));
-    }
-    Ok(bytes as u32)
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[cfg(test)]
@@ -273,6 +350,107 @@ mod tests {
         assert!(parse_ring_size("2G").is_err());
         assert!(parse_ring_size("8X").unwrap_err().contains("unit"));
         assert!(parse_ring_size("").is_err());
+    }
+
+    #[test]
+    fn rotation_options() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["sockwatch", "trace"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Some(Command::Trace(t))) => Ok(t),
+                Ok(_) => panic!("trace"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(parse(&["-o", "x"]).unwrap().rotate.rotation(), None);
+        let t = parse(&[
+            "-o",
+            "x",
+            "--rotate-size",
+            "256M",
+            "--rotate-interval",
+            "1h30m",
+        ])
+        .unwrap();
+        assert_eq!(
+            t.rotate.rotation(),
+            Some(Rotation {
+                max_bytes: Some(256 << 20),
+                every: Some(Duration::from_secs(5400)),
+                keep: 10,
+                compress: None,
+            })
+        );
+        let t = parse(&[
+            "-o",
+            "x",
+            "--rotate-interval",
+            "30s",
+            "--rotate-keep",
+            "3",
+            "--compress",
+            "gzip",
+        ])
+        .unwrap();
+        let r = t.rotate.rotation().unwrap();
+        assert_eq!((r.keep, r.compress), (3, Some(Compression::Gzip)));
+        assert_eq!(parse(&["-f", "csv"]).unwrap().format, Format::Csv);
+        // Rotation needs --output; keep and compress need a rotation.
+        assert!(
+            parse(&["--rotate-size", "8K"])
+                .unwrap_err()
+                .contains("--output")
+        );
+        for args in [
+            &["-o", "x", "--rotate-keep", "3"][..],
+            &["-o", "x", "--compress", "zstd"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains("--rotate-size"), "{e}");
+        }
+        assert!(
+            parse(&["-o", "x", "--rotate-size", "1K"])
+                .unwrap_err()
+                .contains("rotation size must be at least 4K")
+        );
+        assert!(
+            parse(&["-o", "x", "--rotate-size", "3X"])
+                .unwrap_err()
+                .contains("unit")
+        );
+        assert!(
+            parse(&["-o", "x", "--rotate-interval", "500ms"])
+                .unwrap_err()
+                .contains("at least 1s")
+        );
+        assert!(
+            parse(&["-o", "x", "--rotate-interval", "soon"])
+                .unwrap_err()
+                .contains("is not a duration")
+        );
+        assert!(parse(&["-o", "x", "--rotate-size", "8K", "--rotate-keep", "0"]).is_err());
+        assert!(parse(&["-o", "x", "--rotate-size", "8K", "--compress", "xz"]).is_err());
+        // top records too.
+        let cli =
+            Cli::try_parse_from(["sockwatch", "top", "-o", "x", "--rotate-size", "1M"]).unwrap();
+        let Some(Command::Top(t)) = cli.command else {
+            panic!("top")
+        };
+        assert_eq!(t.rotate.rotation().unwrap().max_bytes, Some(1 << 20));
+        assert!(Cli::try_parse_from(["sockwatch", "-o", "x", "--rotate-interval", "1m"]).is_ok());
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("256M"), Ok(256 << 20));
+        assert_eq!(parse_bytes("3k"), Ok(3072));
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert!(
+            parse_bytes("99999999999G")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]

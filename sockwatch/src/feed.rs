@@ -10,6 +10,7 @@ use crate::{
     decode::{self, Direction, Event, EventKind, Family},
     filter::Filter,
     loss::{Loss, Quiet},
+    sink::header::SCHEMA,
 };
 
 /// Host state recorded alongside the events.
@@ -113,6 +114,8 @@ struct Line<'a> {
     listen_drops: Option<u64>,
     open: Option<u64>,
     limit: Option<u64>,
+    /// The header record's.
+    schema: Option<u64>,
 }
 
 /// What one exported line was.
@@ -123,6 +126,8 @@ pub enum Fed {
     Sample,
     Stats(Quiet),
     Lost(Loss),
+    /// A file's header record (its schema is one this sockwatch reads).
+    Header,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -135,6 +140,43 @@ pub enum LineError {
     Kind(String),
     #[error("record {kind} lacks {field}")]
     Missing { kind: String, field: &'static str },
+    #[error(
+        "the file follows schema {0}, newer than this sockwatch reads ({SCHEMA}): read it with \
+         the sockwatch that wrote it, or a newer one"
+    )]
+    NewerSchema(u64),
+}
+
+impl LineError {
+    /// Whether the whole file is unreadable, rather than this line.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::NewerSchema(_))
+    }
+}
+
+/// Where a file starts: the time of its first record and, from a header record, its part
+/// number in the run. Files are read in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FileStart {
+    pub time_ns: i64,
+    pub part: Option<u64>,
+}
+
+/// The start of a file whose first line is `text`, if that line is a record.
+pub fn file_start(text: &str) -> Option<FileStart> {
+    #[derive(Deserialize)]
+    struct First<'a> {
+        #[serde(borrow)]
+        time: Cow<'a, str>,
+        #[serde(borrow)]
+        event: Cow<'a, str>,
+        part: Option<u64>,
+    }
+    let first: First = serde_json::from_str(text).ok()?;
+    Some(FileStart {
+        time_ns: parse_time(&first.time).ok()?,
+        part: first.part.filter(|_| first.event == "header"),
+    })
 }
 
 fn kind_of(name: &str) -> Option<EventKind> {
@@ -184,6 +226,13 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
         _ => Family::Ipv4,
     };
     match kind {
+        "header" => {
+            let schema = need(line.schema, kind, "schema")?;
+            if schema > SCHEMA {
+                return Err(LineError::NewerSchema(schema));
+            }
+            Ok(Fed::Header)
+        }
         "stats" => {
             let q: Quiet =
                 serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
@@ -465,6 +514,58 @@ mod tests {
         assert_eq!(s.lost.unwrap().total, m);
         assert!(s.seconds >= 0.0);
         assert!(s.processes.iter().all(|p| p.pid != 2 || !p.fd_warning));
+    }
+
+    #[test]
+    fn header_records_are_checked_not_counted() {
+        let mut out = Vec::new();
+        crate::sink::header::write_jsonl(&mut out, 2_000_000_000, 1_000_000_000, 2).unwrap();
+        let written = String::from_utf8(out).unwrap();
+        let mut a = Aggregator::new();
+        let f = Filter::default();
+        assert_eq!(
+            exported_line(&mut a, &f, written.trim_end()),
+            Ok(Fed::Header)
+        );
+        assert_eq!(a.summary(), Aggregator::new().summary());
+        assert_eq!(
+            file_start(written.trim_end()),
+            Some(FileStart {
+                time_ns: 2_000_000_000,
+                part: Some(2)
+            })
+        );
+        let newer = r#"{"time":"2026-01-01T00:00:00Z","event":"header","schema":2,"future":true}"#;
+        let e = exported_line(&mut a, &f, newer).unwrap_err();
+        assert_eq!(e, LineError::NewerSchema(2));
+        assert!(e.is_fatal());
+        assert!(
+            e.to_string()
+                .starts_with("the file follows schema 2, newer than this sockwatch reads (1)"),
+            "{e}"
+        );
+        assert_eq!(
+            exported_line(
+                &mut a,
+                &f,
+                r#"{"time":"2026-01-01T00:00:00Z","event":"header"}"#
+            ),
+            Err(LineError::Missing {
+                kind: "header".into(),
+                field: "schema"
+            })
+        );
+        // A file without a header (from before schemas) starts at its first record.
+        let accept = r#"{"time":"1970-01-01T00:00:01Z","event":"accept","part":9}"#;
+        assert_eq!(
+            file_start(accept),
+            Some(FileStart {
+                time_ns: 1_000_000_000,
+                part: None
+            })
+        );
+        assert_eq!(file_start("12345"), None);
+        assert_eq!(file_start("time,event,family"), None);
     }
 
     #[test]

@@ -135,7 +135,7 @@ proptest! {
 
         let clock = WallClock::with_offset(1_700_000_000_000_000_000);
         let mut text = Vec::new();
-        TextSink::new(&mut text, clock).unwrap().event(&ev).unwrap();
+        TextSink::new(&mut text, clock).event(&ev).unwrap();
         let mut jsonl = Vec::new();
         JsonlSink::new(&mut jsonl, clock).event(&ev).unwrap();
         let line = std::str::from_utf8(&jsonl).unwrap();

@@ -26,6 +26,12 @@ pub enum CreateError {
         dir.display()
     )]
     NoDirectory { path: PathBuf, dir: PathBuf },
+    #[error(
+        "cannot rotate output file {}: it is not a regular file (leave out --rotate-size and \
+         --rotate-interval for a device or a pipe)",
+        path.display()
+    )]
+    NotRotatable { path: PathBuf },
     // `err` is not a `source`: the message already includes it, and anyhow's `{:#}` would print
     // it a second time.
     #[error("cannot create output file {}: {err}", path.display())]

@@ -1,11 +1,11 @@
-//! `sockwatch report FILE...`: the summary of recorded JSON Lines, with the very aggregation the
-//! live view uses.
+//! `sockwatch report FILE|DIR...`: the summary of recorded JSON Lines (plain, rotated or
+//! compressed; files in time order: see [`recordings`]), with the very aggregation the live
+//! view uses.
 //!
 //! Any input is survivable: a file cut short, empty, binary or edited by hand gives at worst
 //! lines skipped with the reason on stderr (or, with `--strict`, an error at the first of them).
 use std::{
-    fs::File,
-    io::{self, BufRead, BufReader, Read as _},
+    io::{self, BufRead, Read as _},
     path::Path,
 };
 
@@ -16,6 +16,7 @@ use crate::{
     cli::{ReportArgs, SummaryFormat},
     feed,
     filter::Filter,
+    recordings::{self, display_name, one_line},
     view,
 };
 
@@ -60,36 +61,43 @@ fn next_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<L
     Ok(Some(Line::Text { ended: false }))
 }
 
-/// Writes `s` on one line: control characters (a newline in a path or a record) are escaped.
-fn one_line(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// A line that cannot be used: why, and whether the whole file is unreadable.
+struct Unusable {
+    why: String,
+    fatal: bool,
+    /// Nothing after it can be read.
+    ends_file: bool,
 }
 
 /// Why a line cannot be used, if it cannot.
-fn feed_line(agg: &mut Aggregator, filter: &Filter, line: &Line, bytes: &[u8]) -> Option<String> {
+fn feed_line(agg: &mut Aggregator, filter: &Filter, line: &Line, bytes: &[u8]) -> Option<Unusable> {
     let ended = match line {
         Line::TooLong => {
-            return Some(format!("line longer than {MAX_LINE_BYTES} bytes"));
+            return Some(Unusable {
+                why: format!("line longer than {MAX_LINE_BYTES} bytes"),
+                fatal: false,
+                ends_file: false,
+            });
         }
         Line::Text { ended } => *ended,
     };
-    let why = match std::str::from_utf8(bytes) {
+    let (why, fatal) = match std::str::from_utf8(bytes) {
         Ok(text) if text.trim().is_empty() => return None,
-        Ok(text) => feed::exported_line(agg, filter, text).err()?.to_string(),
-        Err(_) => "not UTF-8 text".to_string(),
+        Ok(text) => {
+            let e = feed::exported_line(agg, filter, text).err()?;
+            (e.to_string(), e.is_fatal())
+        }
+        Err(_) => ("not UTF-8 text".to_string(), false),
     };
-    Some(if ended {
+    let why = if ended {
         why
     } else {
         format!("{why} (the last line has no newline: was the file cut short?)")
+    };
+    Some(Unusable {
+        why,
+        fatal,
+        ends_file: false,
     })
 }
 
@@ -100,26 +108,36 @@ fn read_file(
     filter: &Filter,
     bad_lines: &mut u64,
 ) -> anyhow::Result<()> {
-    let name = one_line(&path.display().to_string());
-    let file = File::open(path).with_context(|| format!("cannot open {name}"))?;
-    let mut input = BufReader::new(file);
+    let name = display_name(path);
+    let (mut input, compressed) =
+        recordings::open(path).with_context(|| format!("cannot open {name}"))?;
     let mut buf = Vec::new();
     for n in 1u64.. {
-        let Some(line) =
-            next_line(&mut input, &mut buf).with_context(|| format!("cannot read {name}"))?
-        else {
-            break;
+        let unusable = match next_line(&mut input, &mut buf) {
+            Ok(None) => break,
+            Ok(Some(line)) => match feed_line(agg, filter, &line, &buf) {
+                Some(u) => u,
+                None => continue,
+            },
+            // Damaged compressed data ends the file, as a cut-short plain file would: the
+            // lines before it count.
+            Err(e) if compressed.is_some() => Unusable {
+                why: format!("compressed data damaged or cut short ({e}); the rest is skipped"),
+                fatal: false,
+                ends_file: true,
+            },
+            Err(e) => return Err(e).with_context(|| format!("cannot read {name}")),
         };
-        let Some(why) = feed_line(agg, filter, &line, &buf) else {
-            continue;
-        };
-        let why = one_line(&why);
-        if args.strict {
+        let why = one_line(&unusable.why);
+        if args.strict || unusable.fatal {
             anyhow::bail!("{name}:{n}: {why}");
         }
         *bad_lines += 1;
         if *bad_lines <= MAX_LINE_ERRORS_SHOWN {
             eprintln!("sockwatch: {name}:{n}: skipped: {why}");
+        }
+        if unusable.ends_file {
+            break;
         }
     }
     Ok(())
@@ -129,8 +147,9 @@ pub fn read(args: &ReportArgs) -> anyhow::Result<Read> {
     let filter = args.filter.filter();
     let mut agg = Aggregator::new();
     let mut bad_lines = 0u64;
-    for path in &args.files {
-        read_file(path, args, &mut agg, &filter, &mut bad_lines)?;
+    let files = recordings::collect(&args.files, |note| eprintln!("sockwatch: {note}"))?;
+    for file in &files {
+        read_file(&file.path, args, &mut agg, &filter, &mut bad_lines)?;
     }
     if bad_lines > MAX_LINE_ERRORS_SHOWN {
         eprintln!("sockwatch: {bad_lines} lines skipped in all");

@@ -9,10 +9,9 @@ use anyhow::Context as _;
 use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
-    committed::CommittedFile,
-    metrics_server, output,
+    metrics_server, rotate,
     session::{self, Export, Outcome, SessionOptions},
-    sink::JsonlSink,
+    sink::{FileHeader, Format, JsonlSink},
     view,
 };
 
@@ -22,14 +21,19 @@ const MAX_ROWS: usize = 20;
 pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     // First: a taken port must not cost an existing --output file its contents.
     let mut metrics = metrics_server::start(args.run.metrics).await?;
+    let mut worker = None;
     let export = match &args.output {
         Some(path) => {
-            let file = output::create(path, args.follow_symlinks)?;
+            let clock = WallClock::new();
+            let header = FileHeader {
+                format: Format::Jsonl,
+                started_unix_ns: clock.unix_ns(WallClock::monotonic_now()),
+            };
+            let (file, w) =
+                rotate::open(path, args.follow_symlinks, header, args.rotate.rotation())?;
+            worker = w;
             Some(Export {
-                sink: Box::new(JsonlSink::new(
-                    CommittedFile::new(file, path.clone()),
-                    WallClock::new(),
-                )),
+                sink: Box::new(JsonlSink::new(file, clock)),
                 flush_each_batch: false,
                 samples: true,
             })
@@ -91,7 +95,14 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
             let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
         },
     )
-    .await?;
+    .await;
+    // The output file is closed by now: let pending compressions finish, error or not.
+    if let Some(worker) = worker {
+        for warning in worker.finish(rotate::FINISH_WAIT).warnings() {
+            eprintln!("sockwatch: {warning}");
+        }
+    }
+    let outcome = outcome?;
     if let Some(summary) = &outcome.summary {
         match args.format {
             SummaryFormat::Json => println!(

@@ -1,4 +1,4 @@
-//! `sockwatch trace`: every event, as text or JSON Lines.
+//! `sockwatch trace`: every event, as text, JSON Lines or CSV.
 use std::io::{self, BufWriter, IsTerminal, Write};
 
 use anyhow::Context as _;
@@ -6,34 +6,42 @@ use anyhow::Context as _;
 use crate::{
     cli::TraceArgs,
     clock::WallClock,
-    committed::CommittedFile,
-    metrics_server, output,
+    metrics_server, rotate,
     session::{self, Export, Outcome, SessionOptions},
-    sink::{self, Format},
+    sink::{self, FileHeader, Format},
 };
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     // First: a taken port must not cost an existing --output file its contents.
     let mut metrics = metrics_server::start(args.run.metrics).await?;
-    // Open the output before touching the kernel, so a bad path fails fast.
-    let (out, interactive): (Box<dyn Write>, bool) = match &args.output {
-        Some(path) => {
-            let file = output::create(path, args.follow_symlinks)?;
-            (Box::new(CommittedFile::new(file, path.clone())), false)
-        }
-        None => (
-            Box::new(BufWriter::new(io::stdout())),
-            io::stdout().is_terminal(),
-        ),
+    let clock = WallClock::new();
+    let header = FileHeader {
+        format: args.format,
+        started_unix_ns: clock.unix_ns(WallClock::monotonic_now()),
     };
-    let sink = sink::make(args.format, out, WallClock::new()).context("cannot write output")?;
+    // Open the output before touching the kernel, so a bad path fails fast.
+    let (out, worker, interactive): (Box<dyn Write>, _, bool) = match &args.output {
+        Some(path) => {
+            let (file, worker) =
+                rotate::open(path, args.follow_symlinks, header, args.rotate.rotation())?;
+            (Box::new(file), worker, false)
+        }
+        None => {
+            let mut out = BufWriter::new(io::stdout());
+            header
+                .write(&mut out, header.started_unix_ns, 1)
+                .context("cannot write output")?;
+            (Box::new(out), None, io::stdout().is_terminal())
+        }
+    };
+    let sink = sink::make(args.format, out, clock);
     if let Some(m) = &metrics {
         m.announce();
     }
     if interactive || args.output.is_some() {
         eprintln!("sockwatch: tracing TCP connections; Ctrl-C to stop");
     }
-    session::run(
+    let outcome = session::run(
         SessionOptions {
             load: args.run.kernel.load_options(),
             duration: args.run.duration.map(std::time::Duration::from_secs),
@@ -54,5 +62,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
             }
         },
     )
-    .await
+    .await;
+    // The output file is closed by now: let pending compressions finish, error or not.
+    if let Some(worker) = worker {
+        for warning in worker.finish(rotate::FINISH_WAIT).warnings() {
+            eprintln!("sockwatch: {warning}");
+        }
+    }
+    outcome
 }

@@ -304,14 +304,97 @@ fn unreadable_files_are_named() {
         )]
     );
 
-    // A directory opens, but cannot be read.
+    // A directory is read for the recordings in it: here there are none.
     let out = report(&[], &[&dir.0]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr_lines(&out),
         vec![format!(
-            "sockwatch: error: cannot read {}: Is a directory (os error 21)",
+            "sockwatch: error: {} holds no sockwatch JSON Lines file",
             dir.0.display()
         )]
     );
+}
+
+const HEADER: &str = r#"{"time":"2026-11-21T09:45:27.000000000Z","event":"header","schema":1,"sockwatch":"0.1.0","started":"2026-11-21T09:45:27.000000000Z","part":1}"#;
+
+#[test]
+fn the_header_is_checked_and_a_newer_schema_refused() {
+    let dir = TempDir::new("schema");
+    let f = dir.file("run.jsonl", lines(&[HEADER, LISTEN, ACCEPT, LOST]));
+    let out = report(&["--format", "json", "--strict"], &[&f]);
+    let s = summary(&out);
+    assert_eq!((s["events"].as_u64(), accepted_on_8080(&s)), (Some(2), 1));
+
+    let newer = HEADER.replace(r#""schema":1"#, r#""schema":2"#);
+    let f = dir.file("newer.jsonl", lines(&[&newer, LISTEN, ACCEPT, LOST]));
+    // Refused even without --strict: none of its lines can be trusted.
+    let out = report(&[], &[&f]);
+    assert_strict_error(
+        &out,
+        &f,
+        1,
+        "the file follows schema 2, newer than this sockwatch reads (1)",
+    );
+}
+
+#[test]
+fn csv_and_text_recordings_are_refused_with_the_reason() {
+    let dir = TempDir::new("formats");
+    let csv = dir.file("run.csv", "time,event,family,local_addr\n");
+    let out = report(&[], &[&csv]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_lines(&out),
+        vec![format!(
+            "sockwatch: error: {} is CSV (from `trace --format csv`): report reads JSON Lines \
+             only (record with `--format jsonl`)",
+            csv.display()
+        )]
+    );
+    let text = dir.file("run.txt", "TIME(UTC)        EVENT          PID\n");
+    let out = report(&[], &[&text]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_lines(&out)[0].contains("is text (from `trace` without --format)"),
+        "{:?}",
+        stderr_lines(&out)
+    );
+}
+
+#[test]
+fn compressed_files_are_read_and_a_cut_one_keeps_its_first_lines() {
+    use std::io::Write as _;
+    let dir = TempDir::new("compressed");
+    // Varied lines (peer ports), so the compressed data has many blocks.
+    let accepts: Vec<String> = (0..2000)
+        .map(|i| ACCEPT.replace("43060", &(10000 + i * 7).to_string()))
+        .collect();
+    let mut many = vec![HEADER, LISTEN];
+    many.extend(accepts.iter().map(String::as_str));
+    let text = lines(&many);
+    let zst = zstd::encode_all(text.as_bytes(), 3).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    for (name, bytes) in [("a.jsonl.zst", &zst), ("b.jsonl", &gz)] {
+        let f = dir.file(name, bytes);
+        let s = summary(&report(&["--format", "json", "--strict"], &[&f]));
+        assert_eq!(accepted_on_8080(&s), 2000, "{name}");
+        // Cut short, as by a crash in the middle of writing it.
+        let cut = dir.file(&format!("cut-{name}"), &bytes[..bytes.len() / 2]);
+        let out = report(&["--format", "json"], &[&cut]);
+        let s = summary(&out);
+        let accepted = accepted_on_8080(&s);
+        assert!(accepted > 100 && accepted < 2000, "{name}: {accepted}");
+        let err = stderr_lines(&out);
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(
+            err[0].starts_with(&format!("sockwatch: {}:", cut.display()))
+                && err[0].contains("compressed data damaged or cut short"),
+            "{err:?}"
+        );
+        let out = report(&["--strict"], &[&cut]);
+        assert_eq!(out.status.code(), Some(1));
+    }
 }

@@ -1,10 +1,13 @@
-//! Where decoded events go: human-readable text or JSON Lines, on stdout or in a file.
+//! Where decoded events go: human-readable text, JSON Lines or CSV, on stdout or in a file.
+mod csv;
+pub mod header;
 mod json_line;
 mod jsonl;
 mod text;
 
 use std::io::{self, Write};
 
+pub use csv::{COLUMNS as CSV_COLUMNS, CsvSink};
 pub use jsonl::JsonlSink;
 #[cfg(test)]
 pub(crate) use jsonl::serde_event_line;
@@ -22,8 +25,31 @@ use crate::{
 pub enum Format {
     /// One aligned line per event, for people.
     Text,
-    /// One JSON object per line, for programs.
+    /// One JSON object per line, for programs (and `report`).
     Jsonl,
+    /// One row per event with a header row, for spreadsheets and data frames.
+    Csv,
+}
+
+/// What each output file (or stream) starts with: the column line of text, the header row of
+/// CSV, or the JSON Lines header record (see [`header`]). Rotation writes it again at the top
+/// of every new file, so each file stands on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct FileHeader {
+    pub format: Format,
+    /// When the run started (the same in every file of the run).
+    pub started_unix_ns: i128,
+}
+
+impl FileHeader {
+    /// Writes the header of the run's `part`th file (from 1), begun at `at_unix_ns`.
+    pub fn write(&self, out: &mut impl Write, at_unix_ns: i128, part: u64) -> io::Result<()> {
+        match self.format {
+            Format::Text => text::write_header(out),
+            Format::Jsonl => header::write_jsonl(out, at_unix_ns, self.started_unix_ns, part),
+            Format::Csv => csv::write_header(out),
+        }
+    }
 }
 
 /// A destination for the event stream. Each record is written whole or not at all by the
@@ -39,10 +65,11 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// Builds the sink for `format` over `out`.
-pub fn make(format: Format, out: Box<dyn Write>, clock: WallClock) -> io::Result<Box<dyn Sink>> {
-    Ok(match format {
-        Format::Text => Box::new(TextSink::new(out, clock)?),
+/// Builds the sink for `format` over `out` (which already has its [`FileHeader`]).
+pub fn make(format: Format, out: Box<dyn Write>, clock: WallClock) -> Box<dyn Sink> {
+    match format {
+        Format::Text => Box::new(TextSink::new(out, clock)),
         Format::Jsonl => Box::new(JsonlSink::new(out, clock)),
-    })
+        Format::Csv => Box::new(CsvSink::new(out, clock)),
+    }
 }

@@ -17,14 +17,18 @@ pub struct TextSink<W: Write> {
 
 const HEADER: &str = "TIME(UTC)        EVENT          PID     COMM             LOCAL                                          PEER                                           DETAILS";
 
+/// Writes the column line (each output starts with it: see `FileHeader`).
+pub fn write_header(out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "{HEADER}")
+}
+
 impl<W: Write> TextSink<W> {
-    pub fn new(mut out: W, clock: WallClock) -> io::Result<Self> {
-        writeln!(out, "{HEADER}")?;
-        Ok(Self {
+    pub fn new(out: W, clock: WallClock) -> Self {
+        Self {
             out,
             clock,
             line: Vec::with_capacity(256),
-        })
+        }
     }
 }
 
@@ -111,8 +115,8 @@ mod tests {
     #[test]
     fn a_close_line_has_all_columns() {
         let mut out = Vec::new();
-        let mut s =
-            TextSink::new(&mut out, WallClock::with_offset(1_795_254_062_000_000_000)).unwrap();
+        write_header(&mut out).unwrap();
+        let mut s = TextSink::new(&mut out, WallClock::with_offset(1_795_254_062_000_000_000));
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
         s.event(&Event {

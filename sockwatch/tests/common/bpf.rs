@@ -20,6 +20,14 @@ fn bpf(cmd: i64, attr: &mut [u8; 128]) -> io::Result<i64> {
 
 /// Names of every loaded object of one kind (`name_offset`: where the name is in its info).
 fn names(next_cmd: i64, fd_cmd: i64, name_offset: usize) -> Vec<String> {
+    ids_and_names(next_cmd, fd_cmd, name_offset)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect()
+}
+
+/// Ids and names of every loaded object of one kind.
+fn ids_and_names(next_cmd: i64, fd_cmd: i64, name_offset: usize) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     let mut id = 0u32;
     loop {
@@ -45,22 +53,23 @@ fn names(next_cmd: i64, fd_cmd: i64, name_offset: usize) -> Vec<String> {
         if ok {
             let raw = &info[name_offset..name_offset + 16];
             let len = raw.iter().position(|&b| b == 0).unwrap_or(16);
-            out.push(String::from_utf8_lossy(&raw[..len]).into_owned());
+            out.push((id, String::from_utf8_lossy(&raw[..len]).into_owned()));
         }
     }
 }
 
+const PROGS: &[&str] = &[
+    "inet_sock_set_s",
+    "sys_exit_connec",
+    "sys_enter_conne",
+    "sys_exit_accept",
+    "sys_enter_accep",
+    "kfree_skb",
+];
+
 /// sockwatch's programs and maps (names as the kernel keeps them: 15 bytes at most) that are
 /// loaded right now.
 pub fn sockwatch_objects() -> Vec<String> {
-    const PROGS: &[&str] = &[
-        "inet_sock_set_s",
-        "sys_exit_connec",
-        "sys_enter_conne",
-        "sys_exit_accept",
-        "sys_enter_accep",
-        "kfree_skb",
-    ];
     const MAPS: &[&str] = &["SOCKS", "PENDING_CONNECT", "CONNECTING_THRE", "ACCEPT_ARGS"];
     // struct bpf_prog_info: name at byte 64; struct bpf_map_info: name at byte 24.
     let progs = names(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, 64);
@@ -69,5 +78,15 @@ pub fn sockwatch_objects() -> Vec<String> {
         .into_iter()
         .filter(|n| PROGS.contains(&n.as_str()))
         .chain(maps.into_iter().filter(|n| MAPS.contains(&n.as_str())))
+        .collect()
+}
+
+/// Ids of the sockwatch programs loaded right now. Ids are not reused while the system runs,
+/// so a test tells its own instance's programs from others' by comparing before and after.
+pub fn sockwatch_program_ids() -> Vec<u32> {
+    ids_and_names(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, 64)
+        .into_iter()
+        .filter(|(_, n)| PROGS.contains(&n.as_str()))
+        .map(|(id, _)| id)
         .collect()
 }
