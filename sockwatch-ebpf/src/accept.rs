@@ -7,8 +7,9 @@ use aya_ebpf::{
 use sockwatch_common::{counter, flags, kind, tcp_state};
 
 use crate::{
+    filter::{self, Verdict},
     maps::{ACCEPT_ARGS, SOCKS, bump, offsets, record_field},
-    sock::{current_owner, emit, emit_patched, is_tcp, netns_of, remember, sock_of_fd},
+    sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_of_fd},
     syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted, take},
 };
 
@@ -53,7 +54,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let owner = current_owner(0, netns_of(listener, &off), 0);
-    emit_patched(
+    let _ = emit_patched(
         listener,
         kind::ACCEPT_FAILED,
         tcp_state::LISTEN,
@@ -80,22 +81,33 @@ fn accepted(fd: u64) {
         return;
     }
     let mut owner = current_owner(0, 0, flags::PASSIVE);
+    // Without owner filters every owner matches.
+    let kept = owner.flags & flags::OWNER_MATCH != 0;
     match SOCKS.get_ptr_mut(sk) {
-        Some(p) => unsafe {
+        Some(p) if kept => unsafe {
             (*p).pid = owner.pid;
             (*p).cgroup_id = owner.cgroup_id;
             (*p).comm = owner.comm;
-            (*p).flags |= flags::OWNER_KNOWN;
+            (*p).flags |= flags::OWNER_KNOWN | flags::OWNER_MATCH;
             owner.netns = (*p).netns;
         },
-        None => {
+        Some(_) => {
+            // Its owner fails the filters: none of its events is kept from now on.
+            forget(sk);
+            return;
+        }
+        None if kept => {
             // Born before we started (or pushed out): track it from now, birth unknown.
             owner.netns = netns_of(sk, &off);
+            if !filter::birth_ok(owner.netns, None) {
+                return;
+            }
             owner.flags &= !flags::BIRTH_KNOWN;
             remember(sk, &owner);
         }
+        None => return,
     }
-    emit(
+    let verdict = emit(
         sk,
         kind::ACCEPT,
         tcp_state::ESTABLISHED,
@@ -103,4 +115,7 @@ fn accepted(fd: u64) {
         Some(&owner),
         0,
     );
+    if verdict == Verdict::DropSocket {
+        forget(sk);
+    }
 }

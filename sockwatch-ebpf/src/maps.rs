@@ -2,7 +2,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use sockwatch_common::{KernelOffsets, SockInfo, counter};
+use sockwatch_common::{ConnEvent, KernelOffsets, SockInfo, counter};
 
 /// Events to userspace. Userspace sets the size at load time.
 #[map]
@@ -40,6 +40,19 @@ pub struct ConnectArgs {
     /// Host byte order.
     pub port: u16,
     pub _pad: [u8; 4],
+}
+
+/// Where the filtered path builds an event before deciding to send it (the BPF stack is too
+/// small for a copy per call site).
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct Scratch {
+    /// Set while a program fills `event`.
+    pub busy: u64,
+    pub event: ConnEvent,
+    pub common: crate::sock::SockCommon,
 }
 
 #[map]

@@ -11,13 +11,17 @@ use sockwatch_common::{
     flags,
 };
 
-use crate::maps::{EVENTS, SOCKS, bump, offsets};
+use crate::{
+    filter::{self, Verdict},
+    maps::{EVENTS, SCRATCH, SOCKS, bump, offsets},
+};
 
 const IPPROTO_TCP: u16 = 6;
 const EEXIST: i32 = 17;
 
+/// The head of `struct sock`, read at once.
 #[repr(C, align(8))]
-struct SockCommon([u8; SOCK_COMMON_READ]);
+pub struct SockCommon(pub [u8; SOCK_COMMON_READ]);
 
 impl SockCommon {
     #[inline(always)]
@@ -39,16 +43,24 @@ pub fn is_tcp(sk: u64, off: &KernelOffsets) -> bool {
     matches!(proto, Ok(IPPROTO_TCP))
 }
 
-/// Owner fields of the current task; only meaningful in process context.
+/// Owner fields of the current task, with OWNER_MATCH when it passes the owner filters; only
+/// meaningful in process context.
 #[inline(always)]
 pub fn current_owner(now: u64, netns: u32, extra_flags: u8) -> SockInfo {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let matched = if filter::current_task_matches(pid, &comm) {
+        flags::OWNER_MATCH
+    } else {
+        0
+    };
     SockInfo {
         birth_ns: now,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid,
         netns,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        flags: flags::BIRTH_KNOWN | flags::OWNER_KNOWN | extra_flags,
+        comm,
+        flags: flags::BIRTH_KNOWN | flags::OWNER_KNOWN | matched | extra_flags,
         _pad: [0; 7],
     }
 }
@@ -79,28 +91,87 @@ pub fn remember(sk: u64, info: &SockInfo) {
     }
 }
 
-/// Take a socket's record out of the map (at its close).
-#[inline(always)]
-pub fn forget(sk: u64) -> Option<SockInfo> {
-    // Copy before delete: after a delete the element may be reused by another CPU.
-    let info = SOCKS.get_ptr(sk).map(|p| unsafe { *p })?;
-    match SOCKS.remove(sk) {
-        Ok(()) => {
-            bump(counter::SOCK_REMOVED);
-            Some(info)
+/// A copy of a socket's record, or its absence. The copy is always fully written (zeros when
+/// absent): an `Option<SockInfo>` leaves an undefined payload that LLVM may compute with or
+/// spill on the `None` path, which the verifier refuses.
+#[derive(Clone, Copy)]
+pub struct Record {
+    info: SockInfo,
+    found: bool,
+}
+
+impl Record {
+    pub const ABSENT: Self = Self {
+        info: SockInfo {
+            birth_ns: 0,
+            cgroup_id: 0,
+            pid: 0,
+            netns: 0,
+            comm: [0; COMM_LEN],
+            flags: 0,
+            _pad: [0; 7],
+        },
+        found: false,
+    };
+
+    /// The record of `sk` in the socket map.
+    #[inline(always)]
+    pub fn lookup(sk: u64) -> Self {
+        let mut r = Self::ABSENT;
+        if let Some(p) = SOCKS.get_ptr(sk) {
+            r.info = unsafe { *p };
+            r.found = true;
         }
-        Err(_) => None,
+        r
+    }
+
+    #[inline(always)]
+    pub fn of(info: SockInfo) -> Self {
+        Self { info, found: true }
+    }
+
+    #[inline(always)]
+    pub fn get(&self) -> Option<&SockInfo> {
+        if self.found { Some(&self.info) } else { None }
+    }
+
+    #[inline(always)]
+    pub fn found(&self) -> bool {
+        self.found
     }
 }
 
-/// Emit one event for `sk`: the 5-tuple is read from the socket now, the owner and birth from
-/// `info` when known.
+/// Take a socket's record out of the map (at its close).
 #[inline(always)]
-pub fn emit(sk: u64, kind: u8, old: u8, new: u8, info: Option<&SockInfo>, extra_flags: u8) {
-    emit_patched(sk, kind, old, new, info, extra_flags, |_| {});
+pub fn forget(sk: u64) -> Record {
+    // Copy before delete: after a delete the element may be reused by another CPU.
+    let r = Record::lookup(sk);
+    if !r.found || SOCKS.remove(sk).is_err() {
+        return Record::ABSENT;
+    }
+    bump(counter::SOCK_REMOVED);
+    r
+}
+
+/// Emit one event for `sk`: the 5-tuple is read from the socket now, the owner and birth from
+/// `info` when known. Says whether the filters kept it.
+#[inline(always)]
+pub fn emit(
+    sk: u64,
+    kind: u8,
+    old: u8,
+    new: u8,
+    info: Option<&SockInfo>,
+    extra_flags: u8,
+) -> Verdict {
+    emit_patched(sk, kind, old, new, info, extra_flags, |_| {})
 }
 
 /// As [`emit`], letting the caller set fields the socket does not hold (errno, a destination).
+///
+/// With filters set, the event is built in a per-CPU scratch buffer and reaches the ring only
+/// if kept, so a filtered-out event never takes ring space. Without filters (the verifier drops
+/// every `filter::any()` branch then) it is built in the ring directly, as always.
 #[inline(always)]
 pub fn emit_patched(
     sk: u64,
@@ -110,34 +181,114 @@ pub fn emit_patched(
     info: Option<&SockInfo>,
     extra_flags: u8,
     patch: impl FnOnce(&mut ConnEvent),
-) {
+) -> Verdict {
     let off = offsets();
+    if filter::any() {
+        let owner_flags = match info {
+            Some(i) => i.flags,
+            None => 0,
+        };
+        let early = filter::before_read(kind, owner_flags);
+        if early != Verdict::Keep {
+            return early;
+        }
+    }
     let now = unsafe { bpf_ktime_get_ns() };
+    if filter::any()
+        && let Some(scratch) = SCRATCH.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU; only another program of ours interrupting this one on this CPU (a
+        // softirq) can use it meanwhile, and `busy` sends that one down the ring path.
+        let scratch = unsafe { &mut *scratch };
+        if scratch.busy == 0 {
+            scratch.busy = 1;
+            let ev = &mut scratch.event;
+            let verdict = match fill(
+                ev,
+                &mut scratch.common,
+                sk,
+                &off,
+                kind,
+                old,
+                new,
+                now,
+                info,
+                extra_flags,
+            ) {
+                Ok(()) => {
+                    patch(ev);
+                    let verdict = filter::after_read(ev);
+                    if verdict == Verdict::Keep
+                        && EVENTS.output::<ConnEvent>(ev, wakeup_flags(&off)).is_err()
+                    {
+                        bump(counter::RINGBUF_FULL);
+                    }
+                    verdict
+                }
+                Err(_) => {
+                    bump(counter::READ_FAILED);
+                    Verdict::DropEvent
+                }
+            };
+            scratch.busy = 0;
+            return verdict;
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         bump(counter::RINGBUF_FULL);
-        return;
+        return Verdict::DropEvent;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    if fill(ev, sk, &off, kind, old, new, now, info, extra_flags).is_err() {
+    let mut common = SockCommon([0; SOCK_COMMON_READ]);
+    if fill(
+        ev,
+        &mut common,
+        sk,
+        &off,
+        kind,
+        old,
+        new,
+        now,
+        info,
+        extra_flags,
+    )
+    .is_err()
+    {
         entry.discard(0);
         bump(counter::READ_FAILED);
-        return;
+        return Verdict::DropEvent;
     }
     patch(ev);
-    // Batch wake-ups: each one is an irq_work on this CPU, which also makes it likelier that a
-    // softirq interrupts one of our programs (a recursion miss, i.e. a lost run).
+    let verdict = if filter::any() {
+        filter::after_read(ev)
+    } else {
+        Verdict::Keep
+    };
+    if verdict == Verdict::Keep {
+        entry.submit(wakeup_flags(&off));
+    } else {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+    }
+    verdict
+}
+
+/// Batch wake-ups: each one is an irq_work on this CPU, which also makes it likelier that a
+/// softirq interrupts one of our programs (a recursion miss, i.e. a lost run).
+#[inline(always)]
+fn wakeup_flags(off: &KernelOffsets) -> u64 {
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(off.wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
+    flags as u64
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn fill(
     ev: &mut ConnEvent,
+    common: &mut SockCommon,
     sk: u64,
     off: &KernelOffsets,
     kind: u8,
@@ -147,7 +298,6 @@ fn fill(
     info: Option<&SockInfo>,
     extra_flags: u8,
 ) -> Result<(), i64> {
-    let mut common = SockCommon([0; SOCK_COMMON_READ]);
     unsafe { bpf_probe_read_kernel_buf(sk as *const u8, &mut common.0)? };
     let sport: [u8; 2] =
         unsafe { bpf_probe_read_kernel((sk + off.inet_sport as u64) as *const [u8; 2])? };

@@ -10,8 +10,11 @@ use sockwatch_common::{counter, flags, kind, tcp_state as st};
 
 use crate::{
     connect::emit_pending_connect,
+    filter::{self, Verdict},
     maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, bump, offsets},
-    sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_error},
+    sock::{
+        Record, current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_error,
+    },
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -42,7 +45,13 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         (st::CLOSE, st::SYN_SENT) => {
             // Process context: the connecting task is current.
             let now = unsafe { bpf_ktime_get_ns() };
-            remember(sk, &current_owner(now, netns_of(sk, &off), flags::ACTIVE));
+            let netns = netns_of(sk, &off);
+            let owner = current_owner(now, netns, flags::ACTIVE);
+            if !filter::birth_ok(netns, Some(&owner)) {
+                // Filtered out: not tracked, so none of its events is emitted.
+                return 0;
+            }
+            remember(sk, &owner);
             let thread = bpf_get_current_pid_tgid();
             if PENDING_CONNECTS.insert(sk, thread, BPF_ANY as u64).is_ok() {
                 bump(counter::PENDING_INSERTED);
@@ -53,22 +62,33 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         }
         (st::CLOSE, st::LISTEN) => {
             let now = unsafe { bpf_ktime_get_ns() };
-            let owner = current_owner(now, netns_of(sk, &off), 0);
+            let netns = netns_of(sk, &off);
+            let owner = current_owner(now, netns, 0);
+            if !filter::birth_ok(netns, Some(&owner)) {
+                return 0;
+            }
             remember(sk, &owner);
-            emit(sk, kind::LISTEN, old, new, Some(&owner), 0);
+            if emit(sk, kind::LISTEN, old, new, Some(&owner), 0) == Verdict::DropSocket {
+                forget(sk);
+            }
         }
         (st::LISTEN, st::CLOSE) => {
             let info = forget(sk);
-            emit(sk, kind::LISTEN_STOP, old, new, info.as_ref(), 0);
+            emit(sk, kind::LISTEN_STOP, old, new, info.get(), 0);
         }
         (st::LISTEN, st::SYN_RECV) => {
             // A child socket is born in softirq: current is unrelated, so no owner.
             let now = unsafe { bpf_ktime_get_ns() };
+            let netns = netns_of(sk, &off);
+            // The owner is decided at accept.
+            if !filter::birth_ok(netns, None) {
+                return 0;
+            }
             let info = sockwatch_common::SockInfo {
                 birth_ns: now,
                 cgroup_id: 0,
                 pid: 0,
-                netns: netns_of(sk, &off),
+                netns,
                 comm: [0; sockwatch_common::COMM_LEN],
                 flags: flags::BIRTH_KNOWN | flags::PASSIVE,
                 _pad: [0; 7],
@@ -83,16 +103,20 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
                 Some(p) => unsafe {
                     // Transitions of one socket are serialised by its lock.
                     (*p).flags |= flags::ESTABLISHED;
-                    Some(*p)
+                    Record::of(*p)
                 },
-                None => None,
+                None => Record::ABSENT,
             };
             let passive = if old == st::SYN_RECV {
                 flags::PASSIVE
             } else {
                 0
             };
-            emit(sk, kind::ESTABLISHED, old, new, info.as_ref(), passive);
+            let verdict = emit(sk, kind::ESTABLISHED, old, new, info.get(), passive);
+            if verdict == Verdict::DropSocket && info.found() {
+                // Its ports or family fail: stop tracking it (a normal removal, not a loss).
+                forget(sk);
+            }
         }
         (_, st::CLOSE) => {
             if old == st::SYN_SENT {
@@ -103,11 +127,11 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
                 // Never established: refused (RST), timed out, unreachable, or closed by the
                 // application while connecting (sk_err 0).
                 let errno = sock_error(sk, &off);
-                emit_patched(sk, kind::CONNECT_FAILED, old, new, info.as_ref(), 0, |ev| {
+                emit_patched(sk, kind::CONNECT_FAILED, old, new, info.get(), 0, |ev| {
                     ev.errno = errno;
                 });
             }
-            emit(sk, kind::CLOSE, old, new, info.as_ref(), 0);
+            emit(sk, kind::CLOSE, old, new, info.get(), 0);
         }
         _ => {}
     }

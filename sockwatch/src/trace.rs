@@ -7,6 +7,7 @@ use crate::{
     cli::TraceArgs,
     clock::WallClock,
     committed::CommittedFile,
+    loader::LoadOptions,
     output,
     session::{self, Export, Outcome, SessionOptions},
     sink::{self, Format},
@@ -30,7 +31,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     }
     session::run(
         SessionOptions {
-            load: args.run.kernel.load_options(),
+            load: LoadOptions {
+                states: args.states,
+                ..args.run.kernel.load_options()
+            },
             duration: args.run.duration.map(std::time::Duration::from_secs),
             ready_file: args.run.ready_file,
             interval: std::time::Duration::from_secs_f64(args.run.interval),
