@@ -60,6 +60,7 @@ pub fn sockwatch_objects() -> Vec<String> {
         "sys_exit_accept",
         "sys_enter_accep",
         "kfree_skb",
+        "tcp_states",
     ];
     const MAPS: &[&str] = &["SOCKS", "PENDING_CONNECT", "CONNECTING_THRE", "ACCEPT_ARGS"];
     // struct bpf_prog_info: name at byte 64; struct bpf_map_info: name at byte 24.
