@@ -9,8 +9,9 @@ use aya_ebpf::{
 use sockwatch_common::{counter, flags, kind, tcp_state};
 
 use crate::{
+    filter::{self, Verdict},
     maps::{ACCEPT_ARGS, SOCKS, bump, offsets, record_field},
-    sock::{current_owner, emit, emit_patched, is_tcp, netns_of, remember, sock_of_fd},
+    sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_of_fd},
     store::copy16,
     syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted, take},
 };
@@ -57,7 +58,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     }
     let mut slot = MaybeUninit::uninit();
     let owner = current_owner(&mut slot, 0, netns_of(listener, &off), 0);
-    emit_patched(
+    let _ = emit_patched(
         listener,
         kind::ACCEPT_FAILED,
         tcp_state::LISTEN,
@@ -85,22 +86,33 @@ fn accepted(fd: u64) {
     }
     let mut slot = MaybeUninit::uninit();
     let owner = current_owner(&mut slot, 0, 0, flags::PASSIVE);
+    // Without owner filters every owner matches.
+    let kept = owner.flags & flags::OWNER_MATCH != 0;
     match SOCKS.get_ptr_mut(sk) {
-        Some(p) => unsafe {
+        Some(p) if kept => unsafe {
             (*p).pid = owner.pid;
             (*p).cgroup_id = owner.cgroup_id;
             copy16(&mut (*p).comm, &owner.comm);
-            (*p).flags |= flags::OWNER_KNOWN;
+            (*p).flags |= flags::OWNER_KNOWN | flags::OWNER_MATCH;
             owner.netns = (*p).netns;
         },
-        None => {
+        Some(_) => {
+            // Its owner fails the filters: none of its events is kept from now on.
+            let _ = forget(sk, &mut MaybeUninit::uninit());
+            return;
+        }
+        None if kept => {
             // Born before we started (or pushed out): track it from now, birth unknown.
             owner.netns = netns_of(sk, &off);
+            if !filter::birth_ok(owner.netns, None) {
+                return;
+            }
             owner.flags &= !flags::BIRTH_KNOWN;
             remember(sk, owner);
         }
+        None => return,
     }
-    emit(
+    let verdict = emit(
         sk,
         kind::ACCEPT,
         tcp_state::ESTABLISHED,
@@ -108,4 +120,7 @@ fn accepted(fd: u64) {
         Some(&*owner),
         0,
     );
+    if verdict == Verdict::DropSocket {
+        let _ = forget(sk, &mut MaybeUninit::uninit());
+    }
 }

@@ -15,11 +15,12 @@ use aya_ebpf::{
 use sockwatch_common::{AF_INET, AF_INET6, counter, flags, kind, tcp_state};
 
 use crate::{
+    filter::Verdict,
     maps::{
-        CONNECT_ARGS, CONNECTING_THREADS, ConnectArgs, PENDING_CONNECTS, SOCKS, bump, offsets,
+        CONNECT_ARGS, CONNECTING_THREADS, ConnectArgs, PENDING_CONNECTS, bump, offsets,
         record_field,
     },
-    sock::{current_owner, emit, emit_patched, is_tcp, netns_of, sock_of_fd},
+    sock::{current_owner, emit, emit_patched, forget, is_tcp, lookup, netns_of, sock_of_fd},
     store::{put, put16, zero_bytes},
     syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, take},
 };
@@ -95,7 +96,7 @@ fn connect_failed_early(args: &ConnectArgs, errno: u16) {
     }
     let mut slot = MaybeUninit::uninit();
     let owner = current_owner(&mut slot, 0, netns_of(sk, &off), flags::ACTIVE);
-    emit_patched(
+    let _ = emit_patched(
         sk,
         kind::CONNECT_FAILED,
         tcp_state::CLOSE,
@@ -120,6 +121,11 @@ pub fn emit_pending_connect(sk: u64, state: u8) {
         return;
     }
     bump(counter::PENDING_REMOVED);
-    let info = SOCKS.get_ptr(sk).map(|p| unsafe { *p });
-    emit(sk, kind::CONNECT, tcp_state::CLOSE, state, info.as_ref(), 0);
+    let mut slot = MaybeUninit::uninit();
+    let info = lookup(sk, &mut slot);
+    let verdict = emit(sk, kind::CONNECT, tcp_state::CLOSE, state, info, 0);
+    if verdict == Verdict::DropSocket && info.is_some() {
+        // Its local port (known only now) or family fails: stop tracking it.
+        let _ = forget(sk, &mut MaybeUninit::uninit());
+    }
 }

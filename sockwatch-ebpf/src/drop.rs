@@ -20,13 +20,15 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     if sk == 0 || !is_tcp(sk, &off) {
         return 0;
     }
-    let info = SOCKS.get_ptr(sk).map(|p| unsafe { *p });
-    emit(
+    // A reference into the map, not a copy: an absent record is then a null pointer rather
+    // than an undefined copy, which LLVM may spill and the verifier refuses.
+    let info = SOCKS.get_ptr(sk).map(|p| unsafe { &*p });
+    let _ = emit(
         sk,
         kind::OVERFLOW,
         tcp_state::LISTEN,
         tcp_state::LISTEN,
-        info.as_ref(),
+        info,
         0,
     );
     0

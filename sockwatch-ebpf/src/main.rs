@@ -1,10 +1,12 @@
 //! sockwatch's kernel side: one module per hook family.
 //!
 //! - `state`: `sock:inet_sock_set_state` (raw tracepoint): connection lifecycle.
+//! - `states`: the same tracepoint, every raw transition (`trace --states` only).
 //! - `connect`: `syscalls:sys_{enter,exit}_connect`: connect once its local port is bound, and
 //!   connect() errors.
 //! - `accept`: `syscalls:sys_{enter,exit}_accept{,4}`: accepts and accept() failures.
 //! - `drop`: `skb:kfree_skb` (raw tracepoint): accept-queue overflow drops.
+//! - `filter`: in-kernel filters (a load-time global).
 //! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
 //! - `maps`: maps, load-time globals and loss counters.
 //! - `store`: stores that LLVM cannot turn into a (slow, looping) memset.
@@ -18,11 +20,15 @@ mod connect;
 #[cfg(target_arch = "bpf")]
 mod drop;
 #[cfg(target_arch = "bpf")]
+mod filter;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod state;
+#[cfg(target_arch = "bpf")]
+mod states;
 #[cfg(target_arch = "bpf")]
 mod store;
 #[cfg(target_arch = "bpf")]

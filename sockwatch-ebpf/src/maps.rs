@@ -2,7 +2,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sockwatch_common::{KernelOffsets, SockInfo, counter};
+use sockwatch_common::{ConnEvent, KernelOffsets, SockInfo, counter};
 
 /// Events to userspace. Userspace sets the size at load time.
 #[map]
@@ -48,6 +48,19 @@ pub struct ConnectArgs {
 
 // Written with 8-byte stores (see `store`).
 const _: () = assert!(core::mem::offset_of!(ConnectArgs, addr) % 8 == 0);
+
+/// Where the filtered path builds an event before deciding to send it (the BPF stack is too
+/// small for a copy per call site).
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct Scratch {
+    /// Set while a program fills `event`.
+    pub busy: u64,
+    pub event: ConnEvent,
+    pub common: crate::sock::SockCommon,
+}
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

@@ -14,7 +14,8 @@ use sockwatch_common::{
 };
 
 use crate::{
-    maps::{EVENTS, SOCKS, bump, offsets},
+    filter::{self, Verdict},
+    maps::{EVENTS, SCRATCH, SOCKS, bump, offsets},
     store::{copy16, put, put16, zero_bytes, zero16},
 };
 
@@ -24,17 +25,22 @@ const EEXIST: i32 = 17;
 /// events).
 const WAKEUP_WINDOW: u64 = 8192;
 
+/// The head of `struct sock`, read at once.
 #[repr(C, align(8))]
-struct SockCommon([u8; SOCK_COMMON_READ]);
+pub struct SockCommon(pub [u8; SOCK_COMMON_READ]);
 
 impl SockCommon {
-    /// The head of `struct sock`, in one read into `buf` (not zeroed first: the read fills
+    /// The head of `struct sock`, in one read into `dst` (not zeroed first: the read fills
     /// all of it, and zeroing would cost a memset).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of a `SockCommon` and not otherwise borrowed while the
+    /// result lives.
     #[inline(always)]
-    fn read(buf: &mut MaybeUninit<Self>, sk: u64) -> Result<&Self, i64> {
+    unsafe fn read<'a>(dst: *mut Self, sk: u64) -> Result<&'a Self, i64> {
         let rc = unsafe {
             generated::bpf_probe_read_kernel(
-                buf.as_mut_ptr().cast(),
+                dst.cast(),
                 SOCK_COMMON_READ as u32,
                 sk as *const c_void,
             )
@@ -43,7 +49,7 @@ impl SockCommon {
             return Err(rc);
         }
         // SAFETY: the helper wrote every byte.
-        Ok(unsafe { buf.assume_init_ref() })
+        Ok(unsafe { &*dst })
     }
 
     /// `N` bytes at `off`; zeros if the offset is out of range (never, given the start-up
@@ -67,7 +73,8 @@ pub fn is_tcp(sk: u64, off: &KernelOffsets) -> bool {
     matches!(proto, Ok(IPPROTO_TCP))
 }
 
-/// Owner fields of the current task, written into `slot`; only meaningful in process context.
+/// Owner fields of the current task, written into `slot`, with OWNER_MATCH when it passes the
+/// owner filters; only meaningful in process context.
 #[inline(always)]
 pub fn current_owner(
     slot: &mut MaybeUninit<SockInfo>,
@@ -79,15 +86,25 @@ pub fn current_owner(
     // Not through aya's wrapper, which zeroes the buffer first (a memset, see `store`).
     let rc = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
     // SAFETY: on success the helper filled the buffer.
-    let comm = (rc == 0).then(|| unsafe { comm.assume_init_ref() });
+    if rc != 0 {
+        zero16(unsafe { comm.assume_init_mut() });
+    }
+    // SAFETY: written by the helper, or zeroed just above.
+    let comm = unsafe { comm.assume_init_ref() };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let matched = if filter::current_task_matches(pid, comm) {
+        flags::OWNER_MATCH
+    } else {
+        0
+    };
     sock_info(
         slot,
         now,
         unsafe { bpf_get_current_cgroup_id() },
-        (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid,
         netns,
-        comm,
-        flags::BIRTH_KNOWN | flags::OWNER_KNOWN | extra_flags,
+        Some(comm),
+        flags::BIRTH_KNOWN | flags::OWNER_KNOWN | matched | extra_flags,
     )
 }
 
@@ -146,28 +163,54 @@ pub fn remember(sk: u64, info: &SockInfo) {
     }
 }
 
-/// Take a socket's record out of the map (at its close).
+/// A copy of the record of `sk` in the socket map, into `slot`. Copied, not borrowed: after a
+/// delete the element may be reused by another CPU.
 #[inline(always)]
-pub fn forget(sk: u64) -> Option<SockInfo> {
-    // Copy before delete: after a delete the element may be reused by another CPU.
-    let info = SOCKS.get_ptr(sk).map(|p| unsafe { *p })?;
-    match SOCKS.remove(sk) {
-        Ok(()) => {
-            bump(counter::SOCK_REMOVED);
-            Some(info)
-        }
-        Err(_) => None,
+pub fn lookup(sk: u64, slot: &mut MaybeUninit<SockInfo>) -> Option<&SockInfo> {
+    let p = SOCKS.get_ptr(sk)?;
+    Some(copy_info(slot, p))
+}
+
+/// `*p` into `slot`, as an inline copy (a plain `*p` read may become a memmove call).
+#[inline(always)]
+pub fn copy_info(slot: &mut MaybeUninit<SockInfo>, p: *const SockInfo) -> &SockInfo {
+    // SAFETY: `p` points to a live map value, `slot` is ours; they cannot overlap.
+    unsafe {
+        core::ptr::copy_nonoverlapping(p, slot.as_mut_ptr(), 1);
+        slot.assume_init_ref()
     }
 }
 
-/// Emit one event for `sk`: the 5-tuple is read from the socket now, the owner and birth from
-/// `info` when known.
+/// Take a socket's record out of the map (at its close), copied into `slot`.
 #[inline(always)]
-pub fn emit(sk: u64, kind: u8, old: u8, new: u8, info: Option<&SockInfo>, extra_flags: u8) {
-    emit_patched(sk, kind, old, new, info, extra_flags, |_| {});
+pub fn forget(sk: u64, slot: &mut MaybeUninit<SockInfo>) -> Option<&SockInfo> {
+    let info = lookup(sk, slot)?;
+    if SOCKS.remove(sk).is_err() {
+        return None;
+    }
+    bump(counter::SOCK_REMOVED);
+    Some(info)
+}
+
+/// Emit one event for `sk`: the 5-tuple is read from the socket now, the owner and birth from
+/// `info` when known. Says whether the filters kept it.
+#[inline(always)]
+pub fn emit(
+    sk: u64,
+    kind: u8,
+    old: u8,
+    new: u8,
+    info: Option<&SockInfo>,
+    extra_flags: u8,
+) -> Verdict {
+    emit_patched(sk, kind, old, new, info, extra_flags, |_| {})
 }
 
 /// As [`emit`], letting the caller set fields the socket does not hold (errno, a destination).
+///
+/// With filters set, the event is built in a per-CPU scratch buffer and reaches the ring only
+/// if kept, so a filtered-out event never takes ring space. Without filters (the verifier drops
+/// every `filter::any()` branch then) it is built in the ring directly, as always.
 #[inline(always)]
 pub fn emit_patched(
     sk: u64,
@@ -177,26 +220,105 @@ pub fn emit_patched(
     info: Option<&SockInfo>,
     extra_flags: u8,
     patch: impl FnOnce(&mut ConnEvent),
-) {
+) -> Verdict {
     let off = offsets();
+    if filter::any() {
+        let owner_flags = match info {
+            Some(i) => i.flags,
+            None => 0,
+        };
+        let early = filter::before_read(kind, owner_flags);
+        if early != Verdict::Keep {
+            return early;
+        }
+    }
     let now = unsafe { bpf_ktime_get_ns() };
+    if filter::any()
+        && let Some(scratch) = SCRATCH.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU; only another program of ours interrupting this one on this CPU (a
+        // softirq) can use it meanwhile, and `busy` sends that one down the ring path.
+        let scratch = unsafe { &mut *scratch };
+        if scratch.busy == 0 {
+            scratch.busy = 1;
+            let ev = &mut scratch.event;
+            let verdict = match fill(
+                ev,
+                &raw mut scratch.common,
+                sk,
+                &off,
+                kind,
+                old,
+                new,
+                now,
+                info,
+                extra_flags,
+            ) {
+                Ok(()) => {
+                    patch(ev);
+                    let verdict = filter::after_read(ev);
+                    if verdict == Verdict::Keep
+                        && EVENTS.output::<ConnEvent>(ev, wakeup_flags(&off)).is_err()
+                    {
+                        bump(counter::RINGBUF_FULL);
+                    }
+                    verdict
+                }
+                Err(_) => {
+                    bump(counter::READ_FAILED);
+                    Verdict::DropEvent
+                }
+            };
+            scratch.busy = 0;
+            return verdict;
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         bump(counter::RINGBUF_FULL);
-        return;
+        return Verdict::DropEvent;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    if fill(ev, sk, &off, kind, old, new, now, info, extra_flags).is_err() {
+    let mut common = MaybeUninit::<SockCommon>::uninit();
+    if fill(
+        ev,
+        common.as_mut_ptr(),
+        sk,
+        &off,
+        kind,
+        old,
+        new,
+        now,
+        info,
+        extra_flags,
+    )
+    .is_err()
+    {
         entry.discard(0);
         bump(counter::READ_FAILED);
-        return;
+        return Verdict::DropEvent;
     }
     patch(ev);
-    // Batch wake-ups: each one is an irq_work (a self-IPI: a VM exit on a virtual machine) on
-    // this CPU, which also makes it likelier that a softirq interrupts one of our programs (a
-    // recursion miss, i.e. a lost run). So wake the reader only as the backlog crosses the
-    // threshold, not on every event above it: a reader that is behind has been woken already,
-    // and it also polls on a short timer. The window is wider than one record so that
-    // concurrent submits on other CPUs cannot step over it.
+    let verdict = if filter::any() {
+        filter::after_read(ev)
+    } else {
+        Verdict::Keep
+    };
+    if verdict == Verdict::Keep {
+        entry.submit(wakeup_flags(&off));
+    } else {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+    }
+    verdict
+}
+
+/// Batch wake-ups: each one is an irq_work (a self-IPI: a VM exit on a virtual machine) on this
+/// CPU, which also makes it likelier that a softirq interrupts one of our programs (a recursion
+/// miss, i.e. a lost run). So wake the reader only as the backlog crosses the threshold, not on
+/// every event above it: a reader that is behind has been woken already, and it also polls on a
+/// short timer. The window is wider than one record so that concurrent submits on other CPUs
+/// cannot step over it.
+#[inline(always)]
+fn wakeup_flags(off: &KernelOffsets) -> u64 {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let threshold = u64::from(off.wakeup_bytes);
     let flags = if avail >= threshold && avail < threshold + WAKEUP_WINDOW {
@@ -204,13 +326,14 @@ pub fn emit_patched(
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
+    flags as u64
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn fill(
     ev: &mut ConnEvent,
+    common: *mut SockCommon,
     sk: u64,
     off: &KernelOffsets,
     kind: u8,
@@ -220,8 +343,8 @@ fn fill(
     info: Option<&SockInfo>,
     extra_flags: u8,
 ) -> Result<(), i64> {
-    let mut buf = MaybeUninit::uninit();
-    let common = SockCommon::read(&mut buf, sk)?;
+    // SAFETY: `common` is scratch space of the caller's, used by nothing else meanwhile.
+    let common = unsafe { SockCommon::read(common, sk)? };
     let sport: [u8; 2] =
         unsafe { bpf_probe_read_kernel((sk + off.inet_sport as u64) as *const [u8; 2])? };
 

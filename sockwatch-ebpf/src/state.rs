@@ -12,10 +12,11 @@ use sockwatch_common::{counter, flags, kind, tcp_state as st};
 
 use crate::{
     connect::emit_pending_connect,
+    filter::{self, Verdict},
     maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, bump, offsets},
     sock::{
-        current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_error,
-        sock_info,
+        copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember,
+        sock_error, sock_info,
     },
 };
 
@@ -47,11 +48,14 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         (st::CLOSE, st::SYN_SENT) => {
             // Process context: the connecting task is current.
             let now = unsafe { bpf_ktime_get_ns() };
+            let netns = netns_of(sk, &off);
             let mut slot = MaybeUninit::uninit();
-            remember(
-                sk,
-                current_owner(&mut slot, now, netns_of(sk, &off), flags::ACTIVE),
-            );
+            let owner = current_owner(&mut slot, now, netns, flags::ACTIVE);
+            if !filter::birth_ok(netns, Some(&*owner)) {
+                // Filtered out: not tracked, so none of its events is emitted.
+                return 0;
+            }
+            remember(sk, owner);
             let thread = bpf_get_current_pid_tgid();
             if PENDING_CONNECTS.insert(sk, thread, BPF_ANY as u64).is_ok() {
                 bump(counter::PENDING_INSERTED);
@@ -62,25 +66,37 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         }
         (st::CLOSE, st::LISTEN) => {
             let now = unsafe { bpf_ktime_get_ns() };
+            let netns = netns_of(sk, &off);
             let mut slot = MaybeUninit::uninit();
-            let owner = current_owner(&mut slot, now, netns_of(sk, &off), 0);
+            let owner = current_owner(&mut slot, now, netns, 0);
+            if !filter::birth_ok(netns, Some(&*owner)) {
+                return 0;
+            }
             remember(sk, owner);
-            emit(sk, kind::LISTEN, old, new, Some(&*owner), 0);
+            if emit(sk, kind::LISTEN, old, new, Some(&*owner), 0) == Verdict::DropSocket {
+                let _ = forget(sk, &mut MaybeUninit::uninit());
+            }
         }
         (st::LISTEN, st::CLOSE) => {
-            let info = forget(sk);
-            emit(sk, kind::LISTEN_STOP, old, new, info.as_ref(), 0);
+            let mut slot = MaybeUninit::uninit();
+            let info = forget(sk, &mut slot);
+            emit(sk, kind::LISTEN_STOP, old, new, info, 0);
         }
         (st::LISTEN, st::SYN_RECV) => {
             // A child socket is born in softirq: current is unrelated, so no owner.
             let now = unsafe { bpf_ktime_get_ns() };
+            let netns = netns_of(sk, &off);
+            // The owner is decided at accept.
+            if !filter::birth_ok(netns, None) {
+                return 0;
+            }
             let mut slot = MaybeUninit::uninit();
             let info = sock_info(
                 &mut slot,
                 now,
                 0,
                 0,
-                netns_of(sk, &off),
+                netns,
                 None,
                 flags::BIRTH_KNOWN | flags::PASSIVE,
             );
@@ -90,11 +106,12 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
             if old == st::SYN_SENT {
                 emit_pending_connect(sk, old);
             }
+            let mut slot = MaybeUninit::uninit();
             let info = match SOCKS.get_ptr_mut(sk) {
                 Some(p) => unsafe {
                     // Transitions of one socket are serialised by its lock.
                     (*p).flags |= flags::ESTABLISHED;
-                    Some(*p)
+                    Some(copy_info(&mut slot, p))
                 },
                 None => None,
             };
@@ -103,22 +120,27 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
             } else {
                 0
             };
-            emit(sk, kind::ESTABLISHED, old, new, info.as_ref(), passive);
+            let verdict = emit(sk, kind::ESTABLISHED, old, new, info, passive);
+            if verdict == Verdict::DropSocket && info.is_some() {
+                // Its ports or family fail: stop tracking it (a normal removal, not a loss).
+                let _ = forget(sk, &mut MaybeUninit::uninit());
+            }
         }
         (_, st::CLOSE) => {
             if old == st::SYN_SENT {
                 emit_pending_connect(sk, old);
             }
-            let info = forget(sk);
+            let mut slot = MaybeUninit::uninit();
+            let info = forget(sk, &mut slot);
             if old == st::SYN_SENT {
                 // Never established: refused (RST), timed out, unreachable, or closed by the
                 // application while connecting (sk_err 0).
                 let errno = sock_error(sk, &off);
-                emit_patched(sk, kind::CONNECT_FAILED, old, new, info.as_ref(), 0, |ev| {
+                emit_patched(sk, kind::CONNECT_FAILED, old, new, info, 0, |ev| {
                     ev.errno = errno;
                 });
             }
-            emit(sk, kind::CLOSE, old, new, info.as_ref(), 0);
+            emit(sk, kind::CLOSE, old, new, info, 0);
         }
         _ => {}
     }

@@ -4,7 +4,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::{
-    compress::Compression, decode::Family, filter::Filter, loader::LoadOptions, rotate::Rotation,
+    compress::Compression,
+    decode::Family,
+    filter::{self, Filter},
+    loader::LoadOptions,
+    rotate::Rotation,
     sink::Format,
 };
 
@@ -103,6 +107,11 @@ pub struct TraceArgs {
     /// samples `report` needs), or CSV (one row per event, with a header row).
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    /// Also report every TCP state transition (old and new state, like tcpstates) as `state`
+    /// events. Off by default: it costs an event per transition, about ten per connection.
+    #[arg(long)]
+    pub states: bool,
 
     #[command(flatten)]
     pub run: RunArgs,
@@ -219,20 +228,37 @@ pub struct RunArgs {
     pub kernel: KernelArgs,
 }
 
-/// Filters, shared by every subcommand.
+/// Filters, shared by every subcommand. Live, the kernel applies them: filtered-out events
+/// never reach sockwatch.
 #[derive(Debug, Args)]
 pub struct FilterArgs {
-    /// Only connections with this local or remote port (repeatable).
+    /// Only connections with this local or remote port (repeatable, at most 16).
     #[arg(short, long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
-    /// Only sockets owned by this process id.
+    /// Only sockets owned by this process id (the process that connected, listened or
+    /// accepted).
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
 
     /// Only sockets owned by processes with this command name (as in /proc/PID/comm).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = filter::parse_comm)]
     pub comm: Option<String>,
+
+    /// Only sockets owned by processes in this cgroup v2 directory or below it (e.g.
+    /// /sys/fs/cgroup/system.slice/nginx.service).
+    #[arg(long, value_name = "PATH", value_parser = filter::parse_cgroup)]
+    pub cgroup: Option<filter::Cgroup>,
+
+    /// Only sockets in this network namespace: its inode, or a namespace file such as
+    /// /proc/PID/ns/net.
+    #[arg(long, value_name = "INODE|PATH", value_parser = filter::parse_netns)]
+    pub netns: Option<u32>,
+
+    /// Only these events, comma-separated: connect, connect_failed, established, accept,
+    /// accept_failed, close, listen, listen_stop, overflow, state.
+    #[arg(long = "event", value_name = "KINDS", value_delimiter = ',', value_parser = filter::parse_kind)]
+    pub events: Vec<u8>,
 
     /// Only IPv4 (including IPv4 on IPv6 sockets).
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -256,6 +282,10 @@ impl FilterArgs {
             } else {
                 None
             },
+            cgroup: self.cgroup.clone(),
+            netns: self.netns,
+            kinds: (!self.events.is_empty())
+                .then(|| self.events.iter().fold(0, |k, &code| k | (1 << code))),
         }
     }
 }
@@ -293,6 +323,7 @@ impl KernelArgs {
         LoadOptions {
             max_sockets: self.max_sockets,
             ring_bytes: self.ring_size,
+            states: false,
         }
     }
 }
@@ -484,5 +515,57 @@ mod tests {
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--duration", "0"]).is_err());
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--format", "xml"]).is_err());
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--max-sockets", "10"]).is_err());
+    }
+
+    fn trace_filter(args: &[&str]) -> Result<Filter, String> {
+        let mut argv = vec!["sockwatch", "trace"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Some(Command::Trace(t)),
+                ..
+            }) => Ok(t.filter.filter()),
+            Ok(_) => Err("not trace".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn filter_options() {
+        let f = trace_filter(&["--event", "connect,close", "--event", "state"]).unwrap();
+        use sockwatch_common::kind;
+        assert_eq!(
+            f.kinds,
+            Some((1 << kind::CONNECT) | (1 << kind::CLOSE) | (1 << kind::STATE))
+        );
+        assert_eq!(trace_filter(&[]).unwrap().kinds, None);
+        let f = trace_filter(&["--netns", "4026531840", "--comm", "nginx", "--pid", "9"]).unwrap();
+        assert_eq!(
+            (f.netns, f.comm.as_deref(), f.pid),
+            (Some(4026531840), Some("nginx"), Some(9))
+        );
+
+        let e = trace_filter(&["--event", "connect,bogus"]).unwrap_err();
+        assert!(
+            e.contains("invalid value 'bogus' for '--event <KINDS>': unknown event kind 'bogus' (valid: connect, connect_failed, established, accept, accept_failed, close, listen, listen_stop, overflow, state)"),
+            "{e}"
+        );
+        let e = trace_filter(&["--netns", "/tmp"]).unwrap_err();
+        assert!(
+            e.contains("for '--netns <INODE|PATH>'") && e.contains("not a network namespace"),
+            "{e}"
+        );
+        let e = trace_filter(&["--cgroup", "/nonexistent/cg"]).unwrap_err();
+        assert!(
+            e.contains("for '--cgroup <PATH>': cannot open /nonexistent/cg: "),
+            "{e}"
+        );
+        let e = trace_filter(&["--comm", "a-name-too-long-for-comm"]).unwrap_err();
+        assert!(e.contains("1 to 15 bytes"), "{e}");
+        let cli = Cli::try_parse_from(["sockwatch", "trace", "--states"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Trace(t)) if t.states));
+        // Filters apply to report too; --states is trace's alone.
+        assert!(Cli::try_parse_from(["sockwatch", "report", "f", "--event", "close"]).is_ok());
+        assert!(Cli::try_parse_from(["sockwatch", "top", "--states"]).is_err());
     }
 }

@@ -15,7 +15,23 @@ pub enum EventKind {
     AcceptFailed,
     ConnectFailed,
     Overflow,
+    /// A raw TCP state transition (`trace --states`), to this state (`from_state` is the old).
+    State(TcpState),
 }
+
+/// Every event kind's name, with its kernel code; in `--event` order of mention in the docs.
+pub const KIND_NAMES: [(&str, u8); 10] = [
+    ("connect", kind::CONNECT),
+    ("connect_failed", kind::CONNECT_FAILED),
+    ("established", kind::ESTABLISHED),
+    ("accept", kind::ACCEPT),
+    ("accept_failed", kind::ACCEPT_FAILED),
+    ("close", kind::CLOSE),
+    ("listen", kind::LISTEN),
+    ("listen_stop", kind::LISTEN_STOP),
+    ("overflow", kind::OVERFLOW),
+    ("state", kind::STATE),
+];
 
 impl EventKind {
     pub fn as_str(self) -> &'static str {
@@ -29,6 +45,23 @@ impl EventKind {
             Self::AcceptFailed => "accept_failed",
             Self::ConnectFailed => "connect_failed",
             Self::Overflow => "overflow",
+            Self::State(_) => "state",
+        }
+    }
+
+    /// The kernel's code for this kind (`sockwatch_common::kind`).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Connect => kind::CONNECT,
+            Self::Established => kind::ESTABLISHED,
+            Self::Close => kind::CLOSE,
+            Self::Listen => kind::LISTEN,
+            Self::ListenStop => kind::LISTEN_STOP,
+            Self::Accept => kind::ACCEPT,
+            Self::AcceptFailed => kind::ACCEPT_FAILED,
+            Self::ConnectFailed => kind::CONNECT_FAILED,
+            Self::Overflow => kind::OVERFLOW,
+            Self::State(_) => kind::STATE,
         }
     }
 
@@ -208,6 +241,9 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
         kind::ACCEPT_FAILED => EventKind::AcceptFailed,
         kind::CONNECT_FAILED => EventKind::ConnectFailed,
         kind::OVERFLOW => EventKind::Overflow,
+        kind::STATE => {
+            EventKind::State(TcpState::new(raw.new_state).ok_or(DecodeError::State(raw.new_state))?)
+        }
         other => return Err(DecodeError::Kind(other)),
     };
     let (family, local_addr, peer_addr) = addresses(raw)?;
@@ -434,6 +470,34 @@ mod tests {
         assert_eq!(connect_failure_reason(99), "no_local_address");
         assert_eq!(connect_failure_reason(0), "aborted");
         assert_eq!(connect_failure_reason(1), "error");
+    }
+
+    #[test]
+    fn raw_state_transitions_carry_both_states() {
+        let mut raw = raw_v4();
+        raw.kind = kind::STATE;
+        raw.old_state = tcp_state::ESTABLISHED;
+        raw.new_state = tcp_state::FIN_WAIT1;
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::State(TcpState::new(tcp_state::FIN_WAIT1).unwrap())
+        );
+        assert_eq!(ev.kind.as_str(), "state");
+        assert_eq!(ev.from_state.as_str(), "ESTABLISHED");
+        assert_eq!((ev.duration_ns, ev.errno), (None, None));
+        raw.new_state = 0;
+        assert_eq!(decode(&bytes(&raw)), Err(DecodeError::State(0)));
+    }
+
+    #[test]
+    fn kind_names_and_codes_agree() {
+        for (name, code) in KIND_NAMES {
+            let mut raw = raw_v4();
+            raw.kind = code;
+            let ev = decode(&bytes(&raw)).unwrap();
+            assert_eq!((ev.kind.as_str(), ev.kind.code()), (name, code));
+        }
     }
 
     #[test]

@@ -40,14 +40,18 @@ pub fn sample(agg: &mut Aggregator, filter: &Filter, s: &Sample) -> bool {
 pub fn keeps_sample(filter: &Filter, s: &Sample) -> bool {
     match s {
         Sample::Existing(e) => filter.keeps_existing(e),
-        Sample::Queue(q) => filter.keeps_port(q.local_port),
-        Sample::Netstat(_) => true,
+        Sample::Queue(q) => filter.keeps_port(q.local_port) && filter.keeps_netns(q.netns),
+        Sample::Netstat(n) => filter.keeps_netns(n.netns),
         Sample::Fds(f) => filter.keeps_owner(Some(f.pid), f.comm),
     }
 }
 
-/// Feeds a live kernel event (if the filter keeps it); returns whether it was kept.
+/// Feeds a live kernel event (if the filter keeps it); returns whether it was kept. Raw state
+/// transitions are kept but not part of the summary.
 pub fn live_event(agg: &mut Aggregator, filter: &Filter, ev: &Event, clock: &WallClock) -> bool {
+    if let EventKind::State(_) = ev.kind {
+        return filter.keeps_kind(ev.kind.code());
+    }
     let comm = ev.comm.as_ref().map(|c| c.as_str());
     let errno = ev.errno.filter(|&e| e != 0).map(decode::errno_name);
     let obs = Obs {
@@ -74,17 +78,6 @@ pub fn live_event(agg: &mut Aggregator, filter: &Filter, ev: &Event, clock: &Wal
     true
 }
 
-/// Whether the filter keeps a live event (when nothing is aggregated).
-pub fn keeps_event(filter: &Filter, ev: &Event) -> bool {
-    let comm = ev.comm.as_ref().map(|c| c.as_str());
-    filter.keeps_socket(
-        (ev.local_port, ev.peer_port),
-        ev.pid,
-        comm.as_deref(),
-        ev.family,
-    )
-}
-
 /// One exported line, any record type; unknown keys are ignored.
 #[derive(Debug, Deserialize)]
 struct Line<'a> {
@@ -100,6 +93,7 @@ struct Line<'a> {
     pid: Option<u32>,
     #[serde(borrow)]
     comm: Option<Cow<'a, str>>,
+    cgroup_id: Option<u64>,
     netns: Option<u32>,
     direction: Option<Cow<'a, str>>,
     duration_ns: Option<u64>,
@@ -122,6 +116,8 @@ struct Line<'a> {
 #[derive(Debug, PartialEq)]
 pub enum Fed {
     Event,
+    /// A raw state transition (`trace --states`): not part of the summary.
+    State,
     Filtered,
     Sample,
     Stats(Quiet),
@@ -288,6 +284,7 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
             };
             Ok(fed_sample(agg, filter, &Sample::Fds(f)))
         }
+        "state" => Ok(Fed::State),
         other => {
             let event_kind = kind_of(other).ok_or_else(|| LineError::Kind(other.to_string()))?;
             let obs = Obs {
@@ -310,7 +307,7 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
                 errno: line.errno.as_deref(),
                 reason: line.reason.as_deref(),
             };
-            if !filter.keeps(&obs) {
+            if !filter.keeps(&obs) || !filter.keeps_cgroup(line.cgroup_id) {
                 return Ok(Fed::Filtered);
             }
             agg.event(&obs);
@@ -566,6 +563,55 @@ mod tests {
         );
         assert_eq!(file_start("12345"), None);
         assert_eq!(file_start("time,event,family"), None);
+    }
+
+    #[test]
+    fn state_lines_are_read_but_not_summarised() {
+        let mut a = Aggregator::new();
+        let line = r#"{"time":"2026-01-01T00:00:00Z","event":"state","netns":1,"family":"ipv4","local_addr":"1.1.1.1","local_port":80,"peer_addr":"2.2.2.2","peer_port":5000,"from_state":"ESTABLISHED","to_state":"FIN_WAIT1"}"#;
+        assert_eq!(
+            exported_line(&mut a, &Filter::default(), line),
+            Ok(Fed::State)
+        );
+        assert_eq!(a.summary().events, 0);
+    }
+
+    #[test]
+    fn netns_kind_and_cgroup_filters_apply_to_exported_lines() {
+        let line = |event: &str, netns: u32, cgroup: &str| {
+            format!(
+                r#"{{"time":"2026-01-01T00:00:00Z","event":"{event}","netns":{netns},"family":"ipv4","local_addr":"1.1.1.1","local_port":80,"peer_addr":"2.2.2.2","peer_port":5000,"pid":3,"comm":"srv","cgroup_id":{cgroup}}}"#
+            )
+        };
+        let f = Filter {
+            netns: Some(1),
+            kinds: Some(1 << sockwatch_common::kind::ACCEPT),
+            cgroup: Some(crate::filter::Cgroup {
+                path: "/sys/fs/cgroup/unified/a".into(),
+                id: 7,
+                level: 1,
+                ids: [7, 8].into(),
+            }),
+            ..Default::default()
+        };
+        let mut a = Aggregator::new();
+        assert_eq!(
+            exported_line(&mut a, &f, &line("accept", 1, "8")),
+            Ok(Fed::Event)
+        );
+        for other in [
+            line("accept", 2, "8"),
+            line("close", 1, "8"),
+            line("accept", 1, "9"),
+            line("accept", 1, "null"),
+        ] {
+            assert_eq!(
+                exported_line(&mut a, &f, &other),
+                Ok(Fed::Filtered),
+                "{other}"
+            );
+        }
+        assert_eq!(a.summary().listeners[0].accepted, 1);
     }
 
     #[test]

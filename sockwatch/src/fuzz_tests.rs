@@ -374,6 +374,7 @@ fn filter() -> impl Strategy<Value = Filter> {
             pid,
             comm: comm.map(str::to_string),
             family,
+            ..Default::default()
         })
 }
 

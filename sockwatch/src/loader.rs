@@ -16,6 +16,7 @@ use aya::{
 use sockwatch_common::{SockInfo, counter};
 
 use crate::{
+    filter::{Filter, FilterError},
     kernel_btf::{self, BtfError, VMLINUX_BTF},
     loss::KernelCounters,
     tp_format, tracefs,
@@ -56,8 +57,20 @@ const PROGRAMS: &[(&str, &[Hook])] = &[
         ],
     ),
     ("kfree_skb", &[Hook::Raw("kfree_skb")]),
+    // `--states` only; before the lifecycle program, so that it sees a socket's owner at its
+    // last transition, before the lifecycle program forgets it.
+    (STATES_PROGRAM, &[Hook::Raw("inet_sock_set_state")]),
     ("inet_sock_set_state", &[Hook::Raw("inet_sock_set_state")]),
 ];
+
+const STATES_PROGRAM: &str = "tcp_states";
+
+/// The programs this run loads, in attach order.
+fn programs(states: bool) -> impl Iterator<Item = &'static (&'static str, &'static [Hook])> {
+    PROGRAMS
+        .iter()
+        .filter(move |(name, _)| states || *name != STATES_PROGRAM)
+}
 
 enum Link {
     Tracepoint(&'static str, TracePointLinkId),
@@ -74,6 +87,8 @@ pub struct LoadOptions {
     pub max_sockets: u32,
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
+    /// Also report every raw TCP state transition (`trace --states`).
+    pub states: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +101,8 @@ pub enum LoadError {
     Btf(#[from] BtfError),
     #[error(transparent)]
     Format(#[from] tp_format::FormatError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("loading the eBPF object failed: {0}")]
     Object(String),
     #[error("eBPF program {name} is missing from the object (build problem)")]
@@ -122,12 +139,15 @@ pub struct Tracer {
     links: Vec<Link>,
     /// Recursion misses read at detach, when the programs stop running.
     final_recursion_misses: Option<u64>,
+    states: bool,
 }
 
 impl Tracer {
-    /// Reads offsets from BTF, then loads (but does not attach) the programs.
-    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+    /// Reads offsets from BTF, then loads (but does not attach) the programs, with `filter`
+    /// applied in the kernel.
+    pub fn load(opts: &LoadOptions, filter: &Filter) -> Result<Self, LoadError> {
         require_root()?;
+        let filter = filter.kernel_config()?;
         let mut offsets = kernel_btf::kernel_offsets(Path::new(VMLINUX_BTF))?;
         if offsets.drop_reason_listen_overflow == sockwatch_common::NO_DROP_REASON {
             eprintln!(
@@ -154,12 +174,13 @@ impl Tracer {
         let pending = (opts.max_sockets / 4).max(1024);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("FILTER", &filter, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("SOCKS", opts.max_sockets)
             .map_max_entries("PENDING_CONNECTS", pending)
             .load(OBJECT)
             .map_err(|e| LoadError::Object(with_causes(&e)))?;
-        for &(name, _) in PROGRAMS {
+        for &(name, _) in programs(opts.states) {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingProgram { name })?;
@@ -177,12 +198,13 @@ impl Tracer {
             ebpf,
             links: Vec::new(),
             final_recursion_misses: None,
+            states: opts.states,
         })
     }
 
     /// Attaches every program to its hooks.
     pub fn attach(&mut self) -> Result<(), LoadError> {
-        for &(name, hooks) in PROGRAMS {
+        for &(name, hooks) in programs(self.states) {
             for &hook in hooks {
                 let link = match hook {
                     Hook::Tracepoint(category, event) => {
@@ -310,8 +332,7 @@ impl Tracer {
     /// Runs of our programs the kernel skipped because one was already running on that CPU
     /// (a softirq interrupting a program); visible only in the program info.
     fn recursion_misses(&self) -> u64 {
-        PROGRAMS
-            .iter()
+        programs(self.states)
             .filter_map(|(name, _)| self.ebpf.program(name))
             .filter_map(|p| p.fd().ok())
             .filter_map(|fd| prog_recursion_misses(fd.as_fd().as_raw_fd()).ok())

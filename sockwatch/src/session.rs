@@ -70,12 +70,9 @@ impl Pipeline {
             self.decode_errors += 1;
             return Ok(());
         };
-        let kept = match &mut self.agg {
-            Some(agg) => feed::live_event(agg, &self.filter, &ev, &self.clock),
-            None => feed::keeps_event(&self.filter, &ev),
-        };
-        if !kept {
-            return Ok(());
+        // The kernel applied the filter: whatever arrives is kept.
+        if let Some(agg) = &mut self.agg {
+            feed::live_event(agg, &Filter::default(), &ev, &self.clock);
         }
         self.events += 1;
         match &mut self.export {
@@ -134,7 +131,7 @@ pub async fn run(
     };
     let mut sampler = Sampler::default();
 
-    let mut tracer = Tracer::load(&opts.load)?;
+    let mut tracer = Tracer::load(&opts.load, &pipe.filter)?;
     let mut source = Source::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use crate::{
     cli::TraceArgs,
     clock::WallClock,
+    loader::LoadOptions,
     metrics_server, rotate,
     session::{self, Export, Outcome, SessionOptions},
     sink::{self, FileHeader, Format},
@@ -43,7 +44,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     }
     let outcome = session::run(
         SessionOptions {
-            load: args.run.kernel.load_options(),
+            load: LoadOptions {
+                states: args.states,
+                ..args.run.kernel.load_options()
+            },
             duration: args.run.duration.map(std::time::Duration::from_secs),
             ready_file: args.run.ready_file,
             interval: std::time::Duration::from_secs_f64(args.run.interval),

@@ -243,6 +243,8 @@ impl Aggregator {
                 self.listener(o.netns, o.local_port).overflows += 1;
                 self.namespaces.entry(o.netns).or_default().overflow_events += 1;
             }
+            // Raw transitions (`trace --states`) are not summarised.
+            EventKind::State(_) => {}
         }
     }
 

@@ -111,6 +111,14 @@ pub fn write_event(
         out.extend_from_slice(ev.from_state.as_str().as_bytes());
         out.push(b'"');
     }
+    if let EventKind::State(to) = ev.kind {
+        // Raw transitions (--states) only.
+        out.extend_from_slice(b",\"from_state\":\"");
+        out.extend_from_slice(ev.from_state.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"to_state\":\"");
+        out.extend_from_slice(to.as_str().as_bytes());
+        out.push(b'"');
+    }
     // errno 0 on connect_failed means "closed while connecting": no error to name.
     if let Some(errno) = ev.errno.filter(|&e| e != 0) {
         out.extend_from_slice(b",\"errno\":");

@@ -77,6 +77,9 @@ struct EventRecord<'a> {
     duration_ns: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     from_state: Option<&'static str>,
+    /// state events only (with from_state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_state: Option<&'static str>,
     /// Failure events only.
     #[serde(skip_serializing_if = "Option::is_none")]
     errno: Option<std::borrow::Cow<'static, str>>,
@@ -103,7 +106,12 @@ pub(crate) fn serde_event_line(ev: &Event, clock: &WallClock) -> Vec<u8> {
         netns: ev.netns,
         direction: ev.direction.map(|d| d.as_str()),
         duration_ns: ends.then_some(ev.duration_ns),
-        from_state: ends.then(|| ev.from_state.as_str()),
+        from_state: (ends || matches!(ev.kind, EventKind::State(_)))
+            .then(|| ev.from_state.as_str()),
+        to_state: match ev.kind {
+            EventKind::State(to) => Some(to.as_str()),
+            _ => None,
+        },
         errno: ev.errno.filter(|&e| e != 0).map(decode::errno_name),
         reason: (ev.kind == EventKind::ConnectFailed)
             .then(|| decode::connect_failure_reason(ev.errno.unwrap_or(0))),
@@ -401,6 +409,19 @@ mod tests {
             json!({"time": "1970-01-01T00:00:00.000000000Z", "event": "stats",
                    "accept_would_block": 4, "accept_interrupted": 1})
         );
+    }
+
+    #[test]
+    fn state_record_has_both_states() {
+        let v = lines(|s| {
+            let mut e = event(EventKind::State(TcpState::new(4).unwrap()));
+            e.from_state = TcpState::new(1).unwrap();
+            s.event(&e).unwrap();
+        });
+        assert_eq!(v[0]["event"], "state");
+        assert_eq!(v[0]["from_state"], "ESTABLISHED");
+        assert_eq!(v[0]["to_state"], "FIN_WAIT1");
+        assert!(v[0].get("duration_ns").is_none());
     }
 
     #[test]

@@ -79,6 +79,9 @@ impl<W: Write> Sink for TextSink<W> {
                 write!(l, " errno={}", decode::errno_name(errno))?;
             }
         }
+        if let EventKind::State(to) = ev.kind {
+            write!(l, " from={} to={}", ev.from_state.as_str(), to.as_str())?;
+        }
         if ev.kind.ends_life() {
             write!(l, " from={}", ev.from_state.as_str())?;
             match ev.duration_ns {
@@ -150,6 +153,38 @@ mod tests {
         assert_eq!(
             lines[2],
             "# lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0"
+        );
+    }
+
+    #[test]
+    fn a_state_line_shows_both_states() {
+        let mut out = Vec::new();
+        let mut s = TextSink::new(&mut out, WallClock::with_offset(0));
+        s.event(&Event {
+            ts_ns: 0,
+            kind: EventKind::State(TcpState::new(4).unwrap()),
+            family: Family::Ipv4,
+            local_addr: "127.0.0.1".parse().unwrap(),
+            local_port: 40000,
+            peer_addr: "127.0.0.1".parse().unwrap(),
+            peer_port: 8080,
+            pid: None,
+            comm: None,
+            cgroup_id: None,
+            netns: 1,
+            direction: Some(Direction::Active),
+            duration_ns: None,
+            from_state: TcpState::new(1).unwrap(),
+            errno: None,
+        })
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // The column header is written by the file header step, not by the sink.
+        let line = text.lines().next().unwrap();
+        assert!(line.contains("  state          -       -  "), "{line}");
+        assert!(
+            line.ends_with(" active from=ESTABLISHED to=FIN_WAIT1"),
+            "{line}"
         );
     }
 }

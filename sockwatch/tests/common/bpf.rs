@@ -65,6 +65,7 @@ const PROGS: &[&str] = &[
     "sys_exit_accept",
     "sys_enter_accep",
     "kfree_skb",
+    "tcp_states",
 ];
 
 /// sockwatch's programs and maps (names as the kernel keeps them: 15 bytes at most) that are
