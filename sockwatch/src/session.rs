@@ -58,7 +58,10 @@ pub struct Outcome {
 struct Pipeline {
     export: Option<Export>,
     agg: Option<Aggregator>,
+    /// For host samples; events were filtered in the kernel.
     filter: Filter,
+    /// What events go through: the kernel applied the filter, whatever arrives is kept.
+    keep_all: Filter,
     clock: WallClock,
     decode_errors: u64,
     events: u64,
@@ -70,9 +73,8 @@ impl Pipeline {
             self.decode_errors += 1;
             return Ok(());
         };
-        // The kernel applied the filter: whatever arrives is kept.
         if let Some(agg) = &mut self.agg {
-            feed::live_event(agg, &Filter::default(), &ev, &self.clock);
+            feed::live_event(agg, &self.keep_all, &ev, &self.clock);
         }
         self.events += 1;
         match &mut self.export {
@@ -125,6 +127,7 @@ pub async fn run(
         export: opts.export,
         agg: opts.aggregate.then(Aggregator::new),
         filter: opts.filter,
+        keep_all: Filter::default(),
         clock,
         decode_errors: 0,
         events: 0,
