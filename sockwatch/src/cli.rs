@@ -206,6 +206,16 @@ pub struct KernelArgs {
     // burst; 16M overflowed there, 32M did not (see README, Performance).
     #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = parse_ring_size)]
     pub ring_size: u32,
+
+    /// Read the kernel's type information (BTF) from PATH: a BTF file of this very kernel, for
+    /// kernels without /sys/kernel/btf/vmlinux (e.g. from the distribution's debug package).
+    #[arg(long, value_name = "PATH", default_value = crate::kernel_btf::VMLINUX_BTF)]
+    pub btf: PathBuf,
+
+    /// Where tracefs is mounted, for the syscall tracepoints' record formats (default: found,
+    /// or mounted automatically).
+    #[arg(long, value_name = "PATH")]
+    pub tracefs: Option<PathBuf>,
 }
 
 impl KernelArgs {
@@ -213,6 +223,8 @@ impl KernelArgs {
         LoadOptions {
             max_sockets: self.max_sockets,
             ring_bytes: self.ring_size,
+            btf: self.btf.clone(),
+            tracefs: self.tracefs.clone(),
         }
     }
 }
