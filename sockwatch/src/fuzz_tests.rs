@@ -186,6 +186,7 @@ const KEYS: &[&str] = &[
     "connect_lost",
     "read_failed",
     "decode_errors",
+    "expired",
     "accept_would_block",
     "accept_interrupted",
 ];
@@ -204,6 +205,7 @@ const RECORD_TYPES: &[&str] = &[
     "queue",
     "netstat",
     "fds",
+    "expired",
     "stats",
     "lost",
     "",
