@@ -16,7 +16,7 @@ use std::{
 
 use crate::{
     net,
-    opts::{CloseMode, Opts},
+    opts::{CloseMode, Opts, start_offset},
 };
 
 /// Longest a single connect() or read() may block.
@@ -43,7 +43,9 @@ impl Shared {
 
 pub fn run(o: &Opts) -> anyhow::Result<std::process::ExitCode> {
     net::raise_nofile();
-    let deadline = Instant::now() + Duration::from_millis(o.budget_ms.max(1));
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(o.budget_ms.max(1));
+    let pace = o.rate.map(|r| (start, r));
     let shared = Arc::new(Shared::default());
     let threads = u64::from(o.in_flight).min(o.connections);
     let mut handles = Vec::new();
@@ -51,12 +53,20 @@ pub fn run(o: &Opts) -> anyhow::Result<std::process::ExitCode> {
         let shared = Arc::clone(&shared);
         let (share, first, sources, port, close, hold) =
             (o.connections, o.first, o.sources, o.port, o.close, o.hold);
+        let job = Job {
+            share,
+            first,
+            sources,
+            port,
+            close,
+            hold,
+            deadline,
+            pace,
+        };
         handles.push(
             thread::Builder::new()
                 .stack_size(128 << 10)
-                .spawn(move || {
-                    worker(&shared, share, first, sources, port, close, hold, deadline)
-                })?,
+                .spawn(move || worker(&shared, &job))?,
         );
     }
     for h in handles {
@@ -86,9 +96,9 @@ pub fn run(o: &Opts) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn worker(
-    shared: &Shared,
+/// What every worker thread of a client does.
+#[derive(Clone, Copy)]
+struct Job {
     share: u64,
     first: u64,
     sources: u32,
@@ -96,11 +106,33 @@ fn worker(
     close: CloseMode,
     hold: bool,
     deadline: Instant,
-) {
+    /// With --rate: the client's start and its connections per second.
+    pace: Option<(Instant, u64)>,
+}
+
+fn worker(shared: &Shared, job: &Job) {
+    let Job {
+        share,
+        first,
+        sources,
+        port,
+        close,
+        hold,
+        deadline,
+        pace,
+    } = *job;
     loop {
         let i = shared.next.fetch_add(1, Relaxed);
         if i >= share {
             return;
+        }
+        if let Some((start, rate)) = pace {
+            let at = start + start_offset(i, rate);
+            if at >= deadline {
+                shared.timed_out.store(true, Relaxed);
+                return;
+            }
+            thread::sleep(at.saturating_duration_since(Instant::now()));
         }
         let now = Instant::now();
         if now >= deadline {

@@ -266,6 +266,8 @@ pub fn run(o: &Opts) -> anyhow::Result<ExitCode> {
         }
         v
     };
+    // Each client gets its share of --rate; the first ones take the remainder.
+    let rate_of = |j: u32| o.rate.map(|r| share(r, plan.clients, j).0.max(1));
 
     for _ in 0..plan.servers {
         run.spawn(&exe, Role::Server, 0, &common("server"), true)?;
@@ -291,6 +293,9 @@ pub fn run(o: &Opts) -> anyhow::Result<ExitCode> {
             "--first".to_string(),
             first.to_string(),
         ]);
+        if let Some(r) = rate_of(j) {
+            args.extend(["--rate".to_string(), r.to_string()]);
+        }
         run.spawn(&exe, Role::Client, count, &args, o.hold)?;
     }
 

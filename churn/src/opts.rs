@@ -80,6 +80,11 @@ pub struct Opts {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub max_seconds: u64,
 
+    /// At most R new connections per second in all (spread evenly over the clients); without
+    /// it, as fast as possible. For steady, long runs (soak tests).
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub rate: Option<u64>,
+
     /// Open --connections connections and keep them all open until standard input is closed;
     /// prints `held N` once they are all established (and accepted).
     #[arg(long)]
@@ -172,6 +177,14 @@ impl Plan {
     }
 }
 
+/// When a client's `i`th connection may start, at `rate` per second (its share of --rate):
+/// evenly spaced from the client's start, so a late one is not followed by a burst.
+pub fn start_offset(i: u64, rate: u64) -> std::time::Duration {
+    std::time::Duration::from_nanos(
+        (u128::from(i) * 1_000_000_000 / u128::from(rate.max(1))).min(u128::from(u64::MAX)) as u64,
+    )
+}
+
 /// Client `j`'s share of `n` connections over `clients`, and the global index of its first.
 pub fn share(n: u64, clients: u32, j: u32) -> (u64, u64) {
     let (base, extra) = (n / u64::from(clients), n % u64::from(clients));
@@ -238,6 +251,8 @@ mod tests {
         assert_eq!(o.port, 9000);
         assert_eq!(o.max_seconds, 30);
         assert!(o.hold && o.new_netns);
+        assert_eq!(parse(&["--rate", "500"]).unwrap().rate, Some(500));
+        assert_eq!(o.rate, None);
         for (arg, mode) in [
             ("server-first", CloseMode::ServerFirst),
             ("client-first", CloseMode::ClientFirst),
@@ -260,6 +275,7 @@ mod tests {
             &["--sources", "255"],
             &["--port", "65536"],
             &["--max-seconds", "0"],
+            &["--rate", "0"],
             &["--close", "later"],
             &["--role", "driver"],
             &["--bogus"],
@@ -288,6 +304,15 @@ mod tests {
             }
             assert_eq!(next, n);
         }
+    }
+
+    #[test]
+    fn rate_spaces_starts_evenly() {
+        use std::time::Duration;
+        assert_eq!(start_offset(0, 100), Duration::ZERO);
+        assert_eq!(start_offset(1, 100), Duration::from_millis(10));
+        assert_eq!(start_offset(250, 100), Duration::from_millis(2500));
+        assert_eq!(start_offset(3, 0), Duration::from_secs(3));
     }
 
     #[test]

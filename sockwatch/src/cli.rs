@@ -212,6 +212,13 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_interval)]
     pub interval: f64,
 
+    /// How often, in seconds, `top` checks the connections it counts as open against the
+    /// kernel's socket table. One missing at two checks in a row had its close missed (events
+    /// lost): it is expired, and counted as lost (expired).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub expire_interval: u64,
+
     /// Create PATH, holding sockwatch's pid, once every program is attached: from then on no
     /// event is missed. For scripts and tests.
     #[arg(long, value_name = "PATH")]
@@ -316,6 +323,16 @@ pub struct KernelArgs {
     // burst; 16M overflowed there, 32M did not (see README, Performance).
     #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = parse_ring_size)]
     pub ring_size: u32,
+
+    /// Read the kernel's type information (BTF) from PATH: a BTF file of this very kernel, for
+    /// kernels without /sys/kernel/btf/vmlinux (e.g. from the distribution's debug package).
+    #[arg(long, value_name = "PATH", default_value = crate::kernel_btf::VMLINUX_BTF)]
+    pub btf: PathBuf,
+
+    /// Where tracefs is mounted, for the syscall tracepoints' record formats (default: found,
+    /// or mounted automatically).
+    #[arg(long, value_name = "PATH")]
+    pub tracefs: Option<PathBuf>,
 }
 
 impl KernelArgs {
@@ -324,6 +341,8 @@ impl KernelArgs {
             max_sockets: self.max_sockets,
             ring_bytes: self.ring_size,
             states: false,
+            btf: self.btf.clone(),
+            tracefs: self.tracefs.clone(),
         }
     }
 }

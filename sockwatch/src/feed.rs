@@ -5,7 +5,7 @@ use std::{borrow::Cow, net::IpAddr};
 use serde::Deserialize;
 
 use crate::{
-    aggregate::{Aggregator, Existing, FdSample, NetstatSample, Obs, QueueSample},
+    aggregate::{Aggregator, Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample},
     clock::WallClock,
     decode::{self, Direction, Event, EventKind, Family},
     filter::Filter,
@@ -20,6 +20,9 @@ pub enum Sample<'a> {
     Queue(QueueSample),
     Netstat(NetstatSample),
     Fds(FdSample<'a>),
+    /// Not host state but a decision made from it: an open connection the kernel no longer
+    /// has. Recorded with the samples so that `report` replays it.
+    Expired(Expired),
 }
 
 /// Feeds a host sample if the filter keeps it (live and from a file alike); returns whether it
@@ -32,6 +35,7 @@ pub fn sample(agg: &mut Aggregator, filter: &Filter, s: &Sample) -> bool {
             Sample::Queue(q) => agg.queue(q),
             Sample::Netstat(n) => agg.netstat(n),
             Sample::Fds(f) => agg.fds(f),
+            Sample::Expired(e) => agg.expire(e),
         }
     }
     kept
@@ -43,6 +47,8 @@ pub fn keeps_sample(filter: &Filter, s: &Sample) -> bool {
         Sample::Queue(q) => filter.keeps_port(q.local_port) && filter.keeps_netns(q.netns),
         Sample::Netstat(n) => filter.keeps_netns(n.netns),
         Sample::Fds(f) => filter.keeps_owner(Some(f.pid), f.comm),
+        // Only connections the (filtered) aggregator holds are ever expired.
+        Sample::Expired(_) => true,
     }
 }
 
@@ -274,6 +280,19 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
             };
             Ok(fed_sample(agg, filter, &Sample::Netstat(n)))
         }
+        "expired" => {
+            let e = Expired {
+                time_ns,
+                conn: Conn {
+                    netns: need(line.netns, kind, "netns")?,
+                    local_addr: need(line.local_addr, kind, "local_addr")?,
+                    local_port: need(line.local_port, kind, "local_port")?,
+                    peer_addr: need(line.peer_addr, kind, "peer_addr")?,
+                    peer_port: need(line.peer_port, kind, "peer_port")?,
+                },
+            };
+            Ok(fed_sample(agg, filter, &Sample::Expired(e)))
+        }
         "fds" => {
             let f = FdSample {
                 time_ns,
@@ -421,12 +440,29 @@ mod tests {
                     assert!(live_event(&mut live, &filter, &ev, &clock));
                 }
             }
+            // A connection whose close was missed, expired by the live run.
+            let ev = event(EventKind::Established, ts + 1, 41000, Direction::Passive);
+            sink.event(&ev).unwrap();
+            assert!(live_event(&mut live, &filter, &ev, &clock));
+            let expired = Sample::Expired(Expired {
+                time_ns: 1_700_000_100_000_000_000,
+                conn: Conn {
+                    netns: 5,
+                    local_addr: ev.local_addr,
+                    local_port: ev.local_port,
+                    peer_addr: ev.peer_addr,
+                    peer_port: ev.peer_port,
+                },
+            });
+            sink.sample(&expired).unwrap();
+            assert!(sample(&mut live, &filter, &expired));
             let quiet = Quiet {
                 accept_would_block: 2,
                 accept_interrupted: 0,
             };
             let loss = Loss {
                 ringbuf_full: 1,
+                expired: live.expired(),
                 ..Default::default()
             };
             sink.stats(&quiet, 0).unwrap();
@@ -444,6 +480,9 @@ mod tests {
         assert_eq!(a.listeners[0].accept_failures.get("EMFILE"), Some(&20));
         assert_eq!(a.outbound[0].failed.get("refused"), Some(&20));
         assert_eq!(a.lost.unwrap().by_cause.ringbuf_full, 1);
+        assert_eq!(a.lost.unwrap().by_cause.expired, 1);
+        assert_eq!((live.expired(), report.expired()), (1, 1));
+        assert_eq!(a.listeners[0].established_now, 0);
     }
 
     #[test]

@@ -15,7 +15,11 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
-        "cannot read kernel BTF at {path}: {reason} (sockwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)"
+        "kernel BTF not found at {path}: this kernel needs CONFIG_DEBUG_INFO_BTF=y, or pass --btf PATH (a BTF file of this kernel)"
+    )]
+    NotFound { path: String },
+    #[error(
+        "cannot read kernel BTF at {path}: {reason} (sockwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y, or --btf PATH to a BTF file of this kernel)"
     )]
     Unreadable { path: String, reason: String },
     #[error(
@@ -36,9 +40,16 @@ pub enum BtfError {
 
 /// Loads BTF from `path` (normally [`VMLINUX_BTF`]) and resolves every offset the programs use.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
+    let shown = || path.display().to_string();
+    if let Err(e) = std::fs::metadata(path)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Err(BtfError::NotFound { path: shown() });
+    }
     let btf = Btf::from_file(path).map_err(|e| BtfError::Unreadable {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+        path: shown(),
+        // btf-rs reports a truncated or foreign file in several lines: keep one.
+        reason: format!("{e:#}").replace('\n', " "),
     })?;
     resolve(&btf)
 }
@@ -353,8 +364,18 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_file_is_a_clear_error() {
+    fn missing_or_unreadable_file_is_a_clear_error() {
         let e = kernel_offsets(Path::new("/nonexistent/btf")).unwrap_err();
-        assert!(e.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "kernel BTF not found at /nonexistent/btf: this kernel needs CONFIG_DEBUG_INFO_BTF=y, or pass --btf PATH (a BTF file of this kernel)"
+        );
+        let e = kernel_offsets(Path::new("/proc/self/cmdline")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read kernel BTF at /proc/self/cmdline: "),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'), "{e}");
     }
 }

@@ -2,7 +2,7 @@
 use std::{
     io,
     os::fd::{AsFd, AsRawFd},
-    path::Path,
+    path::PathBuf,
 };
 
 use aya::{
@@ -17,7 +17,7 @@ use sockwatch_common::{SockInfo, counter};
 
 use crate::{
     filter::{Filter, FilterError},
-    kernel_btf::{self, BtfError, VMLINUX_BTF},
+    kernel_btf::{self, BtfError},
     loss::KernelCounters,
     tp_format, tracefs,
 };
@@ -81,7 +81,7 @@ enum Link {
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Sizes chosen by the user.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Live sockets tracked at once (socket map entries).
     pub max_sockets: u32,
@@ -89,6 +89,10 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Also report every raw TCP state transition (`trace --states`).
     pub states: bool,
+    /// Kernel BTF file (normally [`kernel_btf::VMLINUX_BTF`]).
+    pub btf: PathBuf,
+    /// tracefs root for the record formats; `None`: where [`tracefs::root`] finds it.
+    pub tracefs: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,11 @@ pub enum LoadError {
         name: &'static str,
         tracepoint: String,
         cause: aya::programs::ProgramError,
+    },
+    #[error("tracepoint {tracepoint} does not exist in this kernel: {why}")]
+    NoTracepoint {
+        tracepoint: String,
+        why: &'static str,
     },
     #[error("eBPF map {name}: {cause}")]
     Map {
@@ -148,7 +157,7 @@ impl Tracer {
     pub fn load(opts: &LoadOptions, filter: &Filter) -> Result<Self, LoadError> {
         require_root()?;
         let filter = filter.kernel_config()?;
-        let mut offsets = kernel_btf::kernel_offsets(Path::new(VMLINUX_BTF))?;
+        let mut offsets = kernel_btf::kernel_offsets(&opts.btf)?;
         if offsets.drop_reason_listen_overflow == sockwatch_common::NO_DROP_REASON {
             eprintln!(
                 "sockwatch: warning: this kernel does not report listen-overflow drops with a \
@@ -157,7 +166,7 @@ impl Tracer {
         }
         // A quarter full wakes the reader; below that it drains on its timer (POLL_INTERVAL).
         offsets.wakeup_bytes = opts.ring_bytes / 4;
-        let tracefs = tracefs::root();
+        let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
         offsets.sys_enter_fd = tp_format::common_offset(
             tracefs,
             &["sys_enter_connect", "sys_enter_accept", "sys_enter_accept4"],
@@ -211,21 +220,15 @@ impl Tracer {
                         let tp: &mut TracePoint = self.typed(name)?;
                         tp.attach(category, event)
                             .map(|id| Link::Tracepoint(name, id))
-                            .map_err(|cause| LoadError::Attach {
-                                name,
-                                tracepoint: format!("{category}:{event}"),
-                                cause,
+                            .map_err(|cause| {
+                                attach_error(name, format!("{category}:{event}"), cause)
                             })?
                     }
                     Hook::Raw(event) => {
                         let raw: &mut RawTracePoint = self.typed(name)?;
                         raw.attach(event)
                             .map(|id| Link::Raw(name, id))
-                            .map_err(|cause| LoadError::Attach {
-                                name,
-                                tracepoint: event.to_string(),
-                                cause,
-                            })?
+                            .map_err(|cause| attach_error(name, event.to_string(), cause))?
                     }
                 };
                 self.links.push(link);
@@ -363,6 +366,37 @@ fn prog_recursion_misses(fd: i32) -> io::Result<u64> {
     Ok(info.recursion_misses)
 }
 
+/// An attach failure; a tracepoint the kernel does not have (ENOENT) gets its own message.
+fn attach_error(
+    name: &'static str,
+    tracepoint: String,
+    cause: aya::programs::ProgramError,
+) -> LoadError {
+    use aya::programs::{ProgramError, trace_point::TracePointError};
+    let absent = match &cause {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        ProgramError::TracePointError(TracePointError::FileError { io_error, .. }) => {
+            io_error.kind() == io::ErrorKind::NotFound
+        }
+        _ => false,
+    };
+    if !absent {
+        return LoadError::Attach {
+            name,
+            tracepoint,
+            cause,
+        };
+    }
+    let why = if tracepoint.starts_with("syscalls:") {
+        "syscall tracepoints need a kernel built with CONFIG_FTRACE_SYSCALLS=y"
+    } else if tracepoint.contains("inet_sock_set_state") {
+        "sockwatch needs it to see TCP state changes (Linux 4.16 or later)"
+    } else {
+        "sockwatch needs it (see /sys/kernel/tracing/available_events)"
+    };
+    LoadError::NoTracepoint { tracepoint, why }
+}
+
 const BPF_REFUSED: &str = "the kernel refused bpf() (needs CAP_BPF and CAP_PERFMON in the host's \
                             user namespace; unprivileged containers, seccomp profiles and kernel \
                             lockdown prevent it)";
@@ -429,4 +463,65 @@ fn raise_memlock_limit() {
     };
     // SAFETY: valid pointer to a valid rlimit.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aya::programs::{ProgramError, trace_point::TracePointError};
+
+    fn syscall_error(errno: i32) -> ProgramError {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_raw_tracepoint_open",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn absent_raw_tracepoint_is_named_with_why() {
+        let e = attach_error(
+            "inet_sock_set_state",
+            "inet_sock_set_state".into(),
+            syscall_error(libc::ENOENT),
+        );
+        assert_eq!(
+            e.to_string(),
+            "tracepoint inet_sock_set_state does not exist in this kernel: sockwatch needs it to \
+             see TCP state changes (Linux 4.16 or later)"
+        );
+        let e = attach_error("kfree_skb", "kfree_skb".into(), syscall_error(libc::ENOENT));
+        assert!(
+            e.to_string()
+                .starts_with("tracepoint kfree_skb does not exist in this kernel: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn absent_syscall_tracepoint_names_the_config() {
+        let cause = ProgramError::TracePointError(TracePointError::FileError {
+            filename: "/sys/kernel/tracing/events/syscalls/sys_enter_connect/id".into(),
+            io_error: io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        let e = attach_error(
+            "sys_enter_connect",
+            "syscalls:sys_enter_connect".into(),
+            cause,
+        );
+        assert_eq!(
+            e.to_string(),
+            "tracepoint syscalls:sys_enter_connect does not exist in this kernel: syscall \
+             tracepoints need a kernel built with CONFIG_FTRACE_SYSCALLS=y"
+        );
+    }
+
+    #[test]
+    fn other_attach_failures_keep_their_cause() {
+        let e = attach_error("kfree_skb", "kfree_skb".into(), syscall_error(libc::EPERM));
+        assert!(matches!(e, LoadError::Attach { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("attaching kfree_skb to tracepoint kfree_skb failed: ")
+        );
+    }
 }

@@ -63,6 +63,10 @@ pub struct Loss {
     pub read_failed: u64,
     /// Records from the kernel that userspace could not decode.
     pub decode_errors: u64,
+    /// Open connections found gone from the kernel's socket table: their close was missed
+    /// (set from the aggregator; absent from files written before it existed).
+    #[serde(default)]
+    pub expired: u64,
 }
 
 impl Loss {
@@ -87,6 +91,7 @@ impl Loss {
             )),
             read_failed: c.read_failed,
             decode_errors,
+            expired: 0,
         }
     }
 
@@ -106,7 +111,7 @@ impl Loss {
     }
 
     /// `name=value` pairs for humans, in the order of the JSON record.
-    pub fn fields(&self) -> [(&'static str, u64); 7] {
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
         [
             ("ringbuf_full", self.ringbuf_full),
             ("recursion_misses", self.recursion_misses),
@@ -115,6 +120,7 @@ impl Loss {
             ("connect_lost", self.connect_lost),
             ("read_failed", self.read_failed),
             ("decode_errors", self.decode_errors),
+            ("expired", self.expired),
         ]
     }
 }
@@ -160,7 +166,7 @@ mod tests {
         assert_eq!(l.total(), 0);
         assert_eq!(
             l.to_string(),
-            "lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0"
+            "lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0 expired=0"
         );
     }
 

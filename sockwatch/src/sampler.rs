@@ -1,12 +1,16 @@
 //! Turns host state into the samples the summary needs: the sockets that existed at start-up,
 //! then at each interval every listener's accept queue, each namespace's TcpExt listen
 //! counters, and the descriptor pressure of the processes owning watched sockets.
-use std::{collections::BTreeSet, fs};
+use std::{
+    collections::{BTreeSet, HashSet, hash_map::RandomState},
+    fs,
+    hash::BuildHasher,
+};
 
 use sockwatch_common::tcp_state;
 
 use crate::{
-    aggregate::{Existing, FdSample, NetstatSample, QueueSample},
+    aggregate::{Conn, Existing, Expired, FdSample, NetstatSample, QueueSample, expiry},
     decode::Family,
     feed::Sample,
     host::{self, DiagSocket, Netns},
@@ -19,6 +23,7 @@ pub enum Owned {
     Queue(QueueSample),
     Netstat(NetstatSample),
     Fds(FdSample<'static>, Option<String>),
+    Expired(Expired),
 }
 
 impl Owned {
@@ -34,6 +39,7 @@ impl Owned {
                 comm: comm.as_deref(),
                 ..*f
             }),
+            Owned::Expired(e) => Sample::Expired(*e),
         }
     }
 }
@@ -49,6 +55,28 @@ fn family(s: &DiagSocket) -> Family {
         Family::Ipv4
     } else {
         Family::Ipv6
+    }
+}
+
+/// The kernel's connections that are not closed yet (any state from ESTABLISHED to the end of
+/// the close handshake; TIME_WAIT ones are closed for sockwatch), in the namespaces read.
+pub struct KernelConns {
+    /// Hashes, not addresses: a million connections take 8 MB, not 50. A collision only
+    /// delays an expiry.
+    hashes: HashSet<u64>,
+    hasher: RandomState,
+    read: HashSet<u32>,
+}
+
+impl KernelConns {
+    pub fn has(&self, c: &Conn) -> bool {
+        self.hashes
+            .contains(&self.hasher.hash_one(expiry::canonical(c)))
+    }
+
+    /// Whether namespace `netns` was read (its absences mean something).
+    pub fn read(&self, netns: u32) -> bool {
+        self.read.contains(&netns)
     }
 }
 
@@ -114,6 +142,42 @@ impl Sampler {
         // Listeners first, so connections to them are known to be passive.
         out.sort_by_key(|o| !matches!(o, Owned::Existing(e, _) if e.listening));
         out
+    }
+
+    /// Every namespace's connections that are not closed yet (for expiry).
+    pub fn open_connections(&mut self) -> KernelConns {
+        use tcp_state::*;
+        let mask = host::state_mask(&[
+            ESTABLISHED,
+            SYN_SENT,
+            FIN_WAIT1,
+            FIN_WAIT2,
+            CLOSE_WAIT,
+            LAST_ACK,
+            CLOSING,
+        ]);
+        let mut kc = KernelConns {
+            hashes: HashSet::new(),
+            hasher: RandomState::new(),
+            read: HashSet::new(),
+        };
+        for ns in self.namespaces() {
+            let dumped = host::dump_tcp(&ns, mask);
+            let Some(sockets) = self.note(dumped) else {
+                continue;
+            };
+            kc.read.insert(ns.inode);
+            kc.hashes.extend(sockets.iter().map(|s| {
+                kc.hasher.hash_one(expiry::canonical(&Conn {
+                    netns: s.netns,
+                    local_addr: s.local.ip(),
+                    local_port: s.local.port(),
+                    peer_addr: s.peer.ip(),
+                    peer_port: s.peer.port(),
+                }))
+            }));
+        }
+        kc
     }
 
     /// Queue depth of every listener, listen counters of every namespace, and descriptor

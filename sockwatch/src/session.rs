@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{Aggregator, Summary},
+    aggregate::{Aggregator, Expiry, Summary},
     clock::WallClock,
     decode, feed,
     filter::Filter,
@@ -45,6 +45,8 @@ pub struct SessionOptions {
     pub export: Option<Export>,
     /// Aggregate; `on_tick` is called with the summary after each interval.
     pub aggregate: bool,
+    /// How often open connections are checked against the kernel's table (when aggregating).
+    pub expire_interval: Duration,
 }
 
 pub struct Outcome {
@@ -133,6 +135,7 @@ pub async fn run(
         events: 0,
     };
     let mut sampler = Sampler::default();
+    let mut expiry = Expiry::new();
 
     let mut tracer = Tracer::load(&opts.load, &pipe.filter)?;
     let mut source = Source::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
@@ -161,6 +164,9 @@ pub async fn run(
     let mut sample_tick = interval(opts.interval);
     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     sample_tick.reset();
+    let mut expire_tick = interval(opts.expire_interval);
+    expire_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    expire_tick.reset();
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -186,9 +192,26 @@ pub async fn run(
                     pipe.samples(&samples).context("writing samples")?;
                     if let Some(agg) = &pipe.agg {
                         let counters = tracer.counters()?;
-                        let loss = Loss::so_far(&counters, pipe.decode_errors);
+                        let mut loss = Loss::so_far(&counters, pipe.decode_errors);
+                        loss.expired = agg.expired();
                         on_tick(&agg.summary(), pipe.events, &loss);
                     }
+                }
+                _ = expire_tick.tick(), if pipe.agg.is_some() => {
+                    // Closes already in the ring first: fewer connections look absent.
+                    source.drain(|b| pipe.record(b)).context("writing events")?;
+                    let kernel = sampler.open_connections();
+                    let expired = match &pipe.agg {
+                        Some(agg) => expiry.check(
+                            agg.open_connections(),
+                            |c| kernel.has(c),
+                            |netns| kernel.read(netns),
+                            now_ns(&clock),
+                        ),
+                        None => Vec::new(),
+                    };
+                    let expired: Vec<Owned> = expired.into_iter().map(Owned::Expired).collect();
+                    pipe.samples(&expired).context("writing samples")?;
                 }
             }
         }
@@ -203,7 +226,8 @@ pub async fn run(
     drained?;
     let counters = tracer.counters()?;
     let (live_socks, live_pending) = tracer.live_entries()?;
-    let loss = Loss::from_counters(&counters, live_socks, live_pending, pipe.decode_errors);
+    let mut loss = Loss::from_counters(&counters, live_socks, live_pending, pipe.decode_errors);
+    loss.expired = pipe.agg.as_ref().map_or(0, Aggregator::expired);
     let quiet = Quiet::from_counters(&counters);
     let now = clock.unix_ns(WallClock::monotonic_now());
     if let Some(e) = &mut pipe.export {

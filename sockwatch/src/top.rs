@@ -53,6 +53,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
             load: args.run.kernel.load_options(),
             duration: args.run.duration.map(Duration::from_secs),
             ready_file: args.run.ready_file,
+            expire_interval: Duration::from_secs(args.run.expire_interval),
             interval: Duration::from_secs_f64(interval),
             filter: args.filter.filter(),
             export,

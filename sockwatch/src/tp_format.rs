@@ -4,6 +4,10 @@ use std::{fs, path::Path};
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error(
+        "syscall tracepoint {event} not found (no {path}): the kernel needs CONFIG_FTRACE_SYSCALLS=y for syscall tracepoints, or --tracefs PATH is not where tracefs is mounted"
+    )]
+    Absent { event: String, path: String },
+    #[error(
         "cannot read tracepoint {event}: {reason} (the kernel needs CONFIG_FTRACE_SYSCALLS for syscall tracepoints)"
     )]
     Unreadable { event: String, reason: String },
@@ -44,9 +48,18 @@ pub fn field_offset(
         .join(category)
         .join(event)
         .join("format");
-    let text = fs::read_to_string(&path).map_err(|e| FormatError::Unreadable {
-        event: name.clone(),
-        reason: e.to_string(),
+    let text = fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            FormatError::Absent {
+                event: name.clone(),
+                path: path.display().to_string(),
+            }
+        } else {
+            FormatError::Unreadable {
+                event: name.clone(),
+                reason: e.to_string(),
+            }
+        }
     })?;
     field_offset_in(&text, field).ok_or_else(|| FormatError::NoField {
         event: name,
@@ -116,12 +129,16 @@ print fmt: \"fd: 0x%08lx\", ((unsigned long)(REC->fd))
             "fd",
         )
         .unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("cannot read tracepoint syscalls:sys_enter_nope"),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            "syscall tracepoint syscalls:sys_enter_nope not found (no /nonexistent/events/syscalls/sys_enter_nope/format): the kernel needs CONFIG_FTRACE_SYSCALLS=y for syscall tracepoints, or --tracefs PATH is not where tracefs is mounted"
         );
-        assert!(e.to_string().contains("CONFIG_FTRACE_SYSCALLS"), "{e}");
+        // A directory where the file should be: not absent, unreadable.
+        let dir = std::env::temp_dir().join(format!("sockwatch-fmtdir-{}", std::process::id()));
+        fs::create_dir_all(dir.join("events/syscalls/x/format")).unwrap();
+        let e = field_offset(&dir, "syscalls", "x", "fd").unwrap_err();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(e, FormatError::Unreadable { .. }), "{e}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
             duration: args.run.duration.map(std::time::Duration::from_secs),
             ready_file: args.run.ready_file,
             interval: std::time::Duration::from_secs_f64(args.run.interval),
+            // Nothing is aggregated, so nothing is expired.
+            expire_interval: std::time::Duration::from_secs(args.run.expire_interval),
             filter: args.filter.filter(),
             export: Some(Export {
                 sink,

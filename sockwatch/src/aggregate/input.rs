@@ -69,3 +69,21 @@ pub struct FdSample<'a> {
     pub open: u64,
     pub limit: u64,
 }
+
+/// One connection, as the kernel's socket table and the events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conn {
+    pub netns: u32,
+    pub local_addr: IpAddr,
+    pub local_port: u16,
+    pub peer_addr: IpAddr,
+    pub peer_port: u16,
+}
+
+/// A connection the live run expired: open for the aggregator, gone from the kernel's socket
+/// table, so its close event was missed (the `expired` record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub time_ns: i64,
+    pub conn: Conn,
+}

@@ -2,11 +2,13 @@
 //!
 //! The live view and `sockwatch report` feed the same records, in the same order, through this
 //! module, so their summaries agree exactly. Nothing here reads the clock or the host.
+pub mod expiry;
 mod hist;
 mod input;
 mod summary;
 
-pub use input::{Existing, FdSample, NetstatSample, Obs, QueueSample};
+pub use expiry::Expiry;
+pub use input::{Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample};
 pub use summary::{
     ListenerSummary, LossSummary, NamespaceSummary, OutboundProcess, OutboundSummary,
     ProcessSummary, Summary,
@@ -113,6 +115,8 @@ pub struct Aggregator {
     leak_second: Option<i64>,
     stats: Option<Quiet>,
     loss: Option<Loss>,
+    /// Open connections expired because the kernel no longer had them (missed closes).
+    expired: u64,
 }
 
 fn conn_key(o: &Obs) -> ConnKey {
@@ -248,22 +252,66 @@ impl Aggregator {
         }
     }
 
-    fn close(&mut self, o: &Obs, key: ConnKey) {
-        match self.live.remove(&key) {
-            Some(Side::Passive(port)) => {
+    /// Takes a connection out of the open counts; returns its side if it was open.
+    fn forget(&mut self, key: &ConnKey) -> Option<Side> {
+        let side = self.live.remove(key)?;
+        match side {
+            Side::Passive(port) => {
                 let l = self.listeners.entry(port).or_default();
                 l.established_now = l.established_now.saturating_sub(1);
-                l.closed += 1;
-                if let Some(d) = o.duration_ns {
-                    l.lifetimes.record(d);
-                }
             }
-            Some(Side::Active(port, pid)) => {
+            Side::Active(port, pid) => {
                 let out = self.outbound.entry(port).or_default();
                 out.open_now = out.open_now.saturating_sub(1);
                 let p = out.processes.entry(pid).or_default();
                 p.open_now = p.open_now.saturating_sub(1);
             }
+        }
+        Some(side)
+    }
+
+    /// A connection whose close was missed, found gone from the kernel (the `expired`
+    /// record): no longer open. Counted when it was open here (a file read with a narrower
+    /// filter may not have it).
+    pub fn expire(&mut self, e: &Expired) {
+        self.saw(e.time_ns);
+        let c = &e.conn;
+        let key = ConnKey {
+            netns: c.netns,
+            local: (c.local_addr, c.local_port),
+            peer: (c.peer_addr, c.peer_port),
+        };
+        if self.forget(&key).is_some() {
+            self.expired += 1;
+        }
+    }
+
+    /// Connections open now, as far as the events and the snapshot tell.
+    pub fn open_connections(&self) -> impl Iterator<Item = Conn> + '_ {
+        self.live.keys().map(|k| Conn {
+            netns: k.netns,
+            local_addr: k.local.0,
+            local_port: k.local.1,
+            peer_addr: k.peer.0,
+            peer_port: k.peer.1,
+        })
+    }
+
+    /// Connections expired so far (see [`Aggregator::expire`]).
+    pub fn expired(&self) -> u64 {
+        self.expired
+    }
+
+    fn close(&mut self, o: &Obs, key: ConnKey) {
+        match self.forget(&key) {
+            Some(Side::Passive(port)) => {
+                let l = self.listeners.entry(port).or_default();
+                l.closed += 1;
+                if let Some(d) = o.duration_ns {
+                    l.lifetimes.record(d);
+                }
+            }
+            Some(Side::Active(..)) => {}
             // Never seen established (failed, or older than sockwatch without a snapshot):
             // a passive one still counts as closed on its port.
             None => {

@@ -333,3 +333,95 @@ fn syn_time_overflows_go_to_the_one_full_listener() {
     assert_eq!(listener(&s, 80).overflows, 10);
     assert_eq!(s.namespaces[0].unattributed_overflows, 5);
 }
+
+fn conn_of(o: &Obs) -> Conn {
+    Conn {
+        netns: o.netns,
+        local_addr: o.local_addr,
+        local_port: o.local_port,
+        peer_addr: o.peer_addr,
+        peer_port: o.peer_port,
+    }
+}
+
+#[test]
+fn expiring_takes_a_connection_out_of_the_open_counts_once() {
+    let mut a = Aggregator::new();
+    let p = passive(EventKind::Established, 0, 40000);
+    let o = active(EventKind::Established, 0, 50000, 9);
+    a.event(&p);
+    a.event(&passive(EventKind::Established, 1, 40001));
+    a.event(&o);
+    let s = a.summary();
+    assert_eq!(listener(&s, 80).established_now, 2);
+    assert_eq!(s.outbound[0].open_now, 1);
+    for c in [conn_of(&p), conn_of(&o), conn_of(&p)] {
+        a.expire(&Expired {
+            time_ns: 2 * S,
+            conn: c,
+        });
+    }
+    let s = a.summary();
+    assert_eq!(a.expired(), 2, "the repeated one is not counted twice");
+    let l = listener(&s, 80);
+    // Expired is not closed: no close was seen, and no lifetime is known.
+    assert_eq!((l.established_now, l.closed), (1, 0));
+    assert_eq!(l.lifetime_p50_ns, None);
+    assert_eq!(s.outbound[0].open_now, 0);
+    assert_eq!(s.outbound[0].processes[0].open_now, 0);
+    assert_eq!(s.seconds, 2.0);
+    // Its close arriving late still counts it closed on its port, as for any unknown socket.
+    a.event(&passive(EventKind::Close, 3 * S, 40000));
+    assert_eq!(listener(&a.summary(), 80).closed, 1);
+    assert_eq!(a.open_connections().count(), 1);
+}
+
+#[test]
+fn expiry_needs_two_absences_in_a_row() {
+    let c = |port: u16, netns: u32| Conn {
+        netns,
+        local_addr: ip("10.0.0.1"),
+        local_port: 80,
+        peer_addr: ip("10.0.0.2"),
+        peer_port: port,
+    };
+    let mut e = Expiry::new();
+    let open = [c(1, NS), c(2, NS), c(3, NS), c(4, 7)];
+    // The kernel has 1 only; namespace 7 could not be read.
+    let kernel = |x: &Conn| x.peer_port == 1;
+    let read = |n: u32| n == NS;
+    assert!(e.check(open, kernel, read, 10).is_empty());
+    assert_eq!(e.suspects(), 2);
+    // 2 closed normally meanwhile (no longer open); 3 is still open and still absent.
+    let gone = e.check([c(1, NS), c(3, NS), c(4, 7)], kernel, read, 20);
+    assert_eq!(
+        gone,
+        [Expired {
+            time_ns: 20,
+            conn: c(3, NS)
+        }]
+    );
+    assert_eq!(e.suspects(), 0);
+    // Absent once, then back (a new connection on the same addresses): not expired.
+    assert!(e.check([c(5, NS)], |_| false, read, 30).is_empty());
+    assert!(e.check([c(5, NS)], |_| true, read, 40).is_empty());
+    assert!(e.check([c(5, NS)], |_| false, read, 50).is_empty());
+    assert_eq!(e.check([c(5, NS)], |_| false, read, 60).len(), 1);
+}
+
+#[test]
+fn expiry_compares_ipv4_mapped_addresses_as_ipv4() {
+    let mapped = Conn {
+        netns: NS,
+        local_addr: ip("::ffff:127.0.0.1"),
+        local_port: 80,
+        peer_addr: ip("::ffff:127.0.0.2"),
+        peer_port: 5,
+    };
+    let plain = expiry::canonical(&mapped);
+    assert_eq!(plain.local_addr, ip("127.0.0.1"));
+    let mut e = Expiry::new();
+    for t in 0..3 {
+        assert!(e.check([mapped], |c| *c == plain, |_| true, t).is_empty());
+    }
+}

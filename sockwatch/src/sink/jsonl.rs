@@ -166,6 +166,17 @@ struct FdsRecord<'a> {
 }
 
 #[derive(Serialize)]
+struct ExpiredRecord {
+    time: Rfc3339,
+    event: &'static str,
+    netns: u32,
+    local_addr: IpAddr,
+    local_port: u16,
+    peer_addr: IpAddr,
+    peer_port: u16,
+}
+
+#[derive(Serialize)]
 struct StatsRecord<'a> {
     time: Rfc3339,
     event: &'static str,
@@ -236,6 +247,15 @@ impl<W: Write> Sink for JsonlSink<W> {
                 comm: f.comm,
                 open: f.open,
                 limit: f.limit,
+            }),
+            Sample::Expired(e) => self.write_line(&ExpiredRecord {
+                time: Rfc3339(i128::from(e.time_ns)),
+                event: "expired",
+                netns: e.conn.netns,
+                local_addr: e.conn.local_addr,
+                local_port: e.conn.local_port,
+                peer_addr: e.conn.peer_addr,
+                peer_port: e.conn.peer_port,
             }),
         }
     }
@@ -364,6 +384,7 @@ mod tests {
                 "connect_lost": 0,
                 "read_failed": 0,
                 "decode_errors": 0,
+                "expired": 0,
             })
         );
     }

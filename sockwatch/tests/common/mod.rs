@@ -339,7 +339,7 @@ fn parse(out: &Path, netns: u64) -> Traced {
 pub fn is_sample(v: &Value) -> bool {
     matches!(
         v["event"].as_str(),
-        Some("existing" | "queue" | "netstat" | "fds")
+        Some("existing" | "queue" | "netstat" | "fds" | "expired")
     )
 }
 
@@ -361,6 +361,7 @@ pub fn assert_nothing_lost(lost: &Value) {
         "connect_lost",
         "read_failed",
         "decode_errors",
+        "expired",
     ] {
         assert_eq!(lost[key].as_u64(), Some(0), "{key} in {lost}");
     }

@@ -14,12 +14,15 @@
 //! `wait4`, whose rusage gives their CPU time and peak RSS. `--concurrency N` then holds N
 //! connections open under `sockwatch top` and checks that its count of established connections
 //! matches. Results: a table on stdout and `target/bench/results.json`; progress on stderr.
+//! `--soak SECONDS` instead runs a steady churn at `--soak-rate` under `sockwatch top` for that
+//! long, sampling sockwatch's RSS (`target/bench/soak.json`).
 //! Every process started here is stopped by its pid, also on errors (and dies with xtask through
 //! PR_SET_PDEATHSIG if xtask is killed).
 mod concurrency;
 mod count;
 mod report;
 mod run;
+mod soak;
 mod tracer;
 
 use std::{
@@ -83,6 +86,18 @@ pub struct BenchArgs {
     /// (e.g. 250000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=2_000_000))]
     concurrency: Option<u64>,
+
+    /// Instead of the side-by-side rounds: a steady churn at --soak-rate for SECONDS under
+    /// `sockwatch top`, sampling its RSS every 5 s; reports whether memory stayed flat, every
+    /// connection was counted and none is left open (target/bench/soak.json).
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    soak: Option<u64>,
+
+    /// Connections per second during --soak.
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    soak_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +157,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         dir: dir.clone(),
         args,
     };
+    if let Some(seconds) = args.soak {
+        let result = bench.soak(seconds, args.soak_rate)?;
+        print!("{}", soak::render(&result));
+        let path = dir.join("soak.json");
+        fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        progress(format!("wrote {}", path.display()));
+        return Ok(if result.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let bpftrace = find_on_path("bpftrace");
     let mut modes = vec![Mode::Untraced, Mode::Trace, Mode::Top];
     match &bpftrace {
