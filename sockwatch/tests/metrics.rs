@@ -250,7 +250,8 @@ fn top_serves_exact_per_port_metrics() {
                 "sock_map_evicted",
                 "connect_lost",
                 "read_failed",
-                "decode_errors"
+                "decode_errors",
+                "expired"
             ]
         );
         assert!(value(&s, "process_cpu_seconds_total", &[]).is_some_and(|v| v > 0.0));
