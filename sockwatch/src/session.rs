@@ -148,6 +148,8 @@ pub async fn run(
         pipe.samples(&snap)
             .context("writing the start-up snapshot")?;
     }
+    // The header and the snapshot reach the file now: from the start it is a valid recording.
+    pipe.flush().context("writing the start-up snapshot")?;
     if let Some(path) = &opts.ready_file {
         // Same rules as the output: private, and never through a planted symlink.
         let mut file = crate::output::create(path, false)
