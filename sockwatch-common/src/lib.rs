@@ -138,7 +138,10 @@ pub mod counter {
     pub const ACCEPT_WOULD_BLOCK: u32 = 8;
     /// accept() on a TCP listener was interrupted by a signal.
     pub const ACCEPT_INTERRUPTED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A run of the state-change program that the kernel skipped (nested on its CPU) was
+    /// handled by the backup program instead: not a loss.
+    pub const NESTED_HANDLED: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Kernel struct field offsets, read from the running kernel's BTF at start-up and handed to the

@@ -62,6 +62,10 @@ pub struct Scratch {
     pub common: crate::sock::SockCommon,
 }
 
+/// Per CPU: 1 while `inet_sock_set_state` runs (see `state`).
+#[map]
+pub static STATE_RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 

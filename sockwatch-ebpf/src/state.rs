@@ -1,5 +1,11 @@
 //! `sock:inet_sock_set_state` as a raw tracepoint: the arguments come straight from the
 //! tracepoint call (sk, oldstate, newstate) without building the classic trace record.
+//!
+//! Two programs share the tracepoint. When a softirq interrupts `inet_sock_set_state` on its
+//! CPU and fires the tracepoint again (a connection's packets arriving on loopback, say), the
+//! kernel skips the nested run of the busy program and only counts a recursion miss. So a
+//! second program, `state_nested`, attached after it, handles exactly those runs: it acts only
+//! while `inet_sock_set_state` is marked running on its CPU, and otherwise returns at once.
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
@@ -13,7 +19,7 @@ use sockwatch_common::{counter, flags, kind, tcp_state as st};
 use crate::{
     connect::emit_pending_connect,
     filter::{self, Verdict},
-    maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, bump, offsets},
+    maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, STATE_RUNNING, bump, offsets},
     sock::{
         copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember,
         sock_error, sock_info,
@@ -22,6 +28,34 @@ use crate::{
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let running = STATE_RUNNING.get_ptr_mut(0);
+    if let Some(r) = running {
+        // SAFETY: this CPU's slot; only this program writes it.
+        unsafe { *r = 1 };
+    }
+    let rc = state_changed(&ctx);
+    if let Some(r) = running {
+        unsafe { *r = 0 };
+    }
+    rc
+}
+
+/// The runs of `inet_sock_set_state` that the kernel skipped because they nested in one of its
+/// runs on the same CPU (see the module's doc).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn state_nested(ctx: RawTracePointContext) -> i32 {
+    match STATE_RUNNING.get(0) {
+        Some(&running) if running != 0 => {
+            bump(counter::NESTED_HANDLED);
+            state_changed(&ctx)
+        }
+        _ => 0,
+    }
+}
+
+// One copy shared by both programs (a BPF-to-BPF call), not one inlined into each.
+#[inline(never)]
+fn state_changed(ctx: &RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u8;
     let new = ctx.arg::<u64>(2) as u8;

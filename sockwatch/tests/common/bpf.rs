@@ -66,6 +66,7 @@ const PROGS: &[&str] = &[
     "sys_enter_accep",
     "kfree_skb",
     "tcp_states",
+    "state_nested",
 ];
 
 /// sockwatch's programs and maps (names as the kernel keeps them: 15 bytes at most) that are

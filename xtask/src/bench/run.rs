@@ -128,8 +128,23 @@ impl Bench<'_> {
         let out = File::create(&out_path)
             .with_context(|| format!("cannot create {}", out_path.display()))?;
         let log = self.dir.join("bpftrace.stderr");
-        let mut cmd = Command::new(bin);
-        cmd.args(["-e", BPFTRACE_PROGRAM]).stdout(out);
+        // bpftrace needs tracefs; where the host has none mounted, mount it in a mount
+        // namespace of bpftrace's own (as sockwatch does), so the host's mounts never change.
+        // unshare and sh exec, so the pid stays bpftrace's.
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; \
+             exec \"$0\" \"$@\"",
+        ])
+        .arg(bin)
+        .args(["-e", BPFTRACE_PROGRAM])
+        .stdout(out);
         let mut t = Tracer::spawn("bpftrace", cmd, &log, libc::SIGTERM)?;
         // Older releases print "Attaching N probes..." on stdout, newer ones on stderr.
         t.wait_ready(|| {
