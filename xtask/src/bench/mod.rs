@@ -51,6 +51,8 @@ const CHURN_MAX_SECONDS: u64 = 600;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Stopping includes draining the ring buffer and finishing the output file.
 const STOP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the tracer keeps running after the churn has exited (see its use).
+const CLOSE_GRACE: Duration = Duration::from_millis(1500);
 /// sockwatch's sampling interval in the `top` runs, in seconds.
 const INTERVAL: u64 = 1;
 
@@ -290,6 +292,10 @@ impl Bench<'_> {
                 let _ = fs::remove_file(&file);
                 let mut t = self.start_sockwatch(mode, mode == Mode::Top)?;
                 let churn = self.run_churn()?;
+                // The churn is done when its sockets are closed, not fully gone: a last FIN
+                // may still be retransmitted (RTO 200 ms+) and the close come after; give
+                // those closes time to happen before counting.
+                thread::sleep(CLOSE_GRACE);
                 let usage = t.stop()?;
                 let _ = fs::remove_file(self.ready_file());
                 let (seen, incomplete, lost) = if mode == Mode::Trace {
