@@ -329,6 +329,7 @@ impl Bench<'_> {
                 let bin = bpftrace.context("bpftrace is not on PATH")?;
                 let mut t = self.start_bpftrace(bin)?;
                 let churn = self.run_churn()?;
+                thread::sleep(CLOSE_GRACE);
                 let usage = t.stop()?;
                 let seen = count_bpftrace_closes(&self.bpftrace_file(), churn.port)?;
                 let _ = fs::remove_file(self.bpftrace_file());
