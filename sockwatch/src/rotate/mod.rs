@@ -1,6 +1,6 @@
 //! The `--output` file, rotated on request: once it holds `--rotate-size` bytes or is
 //! `--rotate-interval` old, it is renamed with the time of rotation (see [`names`]) and a new
-//! file takes its path. Rotation happens between records only, and every file starts with the
+//! file takes its path, just before the next record. Rotation happens between records only, and every file starts with the
 //! format's header, so each file is complete and valid on its own. Compression and deletion of
 //! old files run on a background thread ([`worker`]).
 mod names;
@@ -56,6 +56,8 @@ pub struct OutputFile {
     has_records: bool,
     /// The last byte written ends a line: a rotation may happen here.
     at_boundary: bool,
+    /// Written to since the last flush: the stream is not quiet.
+    written_since_flush: bool,
     opened: Instant,
     broken: bool,
 }
@@ -105,6 +107,7 @@ pub fn open(
         bytes: 0,
         has_records: false,
         at_boundary: true,
+        written_since_flush: false,
         opened: Instant::now(),
         broken: false,
     };
@@ -178,24 +181,32 @@ impl OutputFile {
 }
 
 impl Write for OutputFile {
+    // A due rotation happens before the next record, never right after one: the records written
+    // last (at exit, `stats` and `lost`) stay at the end of the live file, which never ends up
+    // holding only its header.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.check()?;
+        if self.at_boundary
+            && self.has_records
+            && (self.size_due() || self.time_due(Instant::now()))
+        {
+            self.rotate()?;
+        }
         self.file.write_all(data)?;
         self.bytes += data.len() as u64;
         if let Some(&last) = data.last() {
             self.at_boundary = last == b'\n';
             self.has_records = true;
-        }
-        if self.at_boundary && self.size_due() {
-            self.rotate()?;
+            self.written_since_flush = true;
         }
         Ok(data.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.check()?;
-        // Checked at each flush (every half second) too, so a quiet stream still rotates.
-        if self.at_boundary && self.has_records && self.time_due(Instant::now()) {
+        // A stream quiet for a whole flush period (half a second) still rotates on time.
+        let quiet = !std::mem::take(&mut self.written_since_flush);
+        if quiet && self.at_boundary && self.has_records && self.time_due(Instant::now()) {
             self.rotate()?;
         }
         self.file.flush()

@@ -142,6 +142,33 @@ fn size_rotation_cuts_between_records_and_each_file_has_its_header() {
     );
 }
 
+#[test]
+fn the_last_record_past_the_limit_stays_in_the_live_file() {
+    let d = Dir::new("last");
+    let live = d.0.join("conns.jsonl");
+    let (mut out, worker) =
+        open(&live, false, HEADER, Some(rotation(Some(4096), None, 100))).unwrap();
+    // As at exit: the record that crosses the limit is the last one written.
+    let mut i = 0;
+    while out.bytes < 4096 {
+        out.write_all(record(i).as_bytes()).unwrap();
+        i += 1;
+    }
+    out.flush().unwrap();
+    out.flush().unwrap();
+    drop(out);
+    worker.unwrap().finish(Duration::from_secs(10));
+    let files = run_files(&d, &live);
+    assert_eq!(
+        files.len(),
+        1,
+        "no new file of a header only: {:?}",
+        d.files()
+    );
+    assert_eq!(files[0].1.len(), i + 1);
+    assert!(files[0].1[i].contains(&format!("\"n\":{},", i - 1)));
+}
+
 use std::os::unix::fs::PermissionsExt as _;
 
 #[test]
@@ -156,14 +183,21 @@ fn interval_rotation_needs_records_and_waits_for_a_line_end() {
     assert_eq!(d.files().len(), 1, "not due yet");
 
     // Due, but in the middle of a record: not yet.
-    out.opened -= every;
     out.write_all(b"{\"time\":").unwrap();
+    out.opened -= every;
+    out.flush().unwrap();
     out.flush().unwrap();
     assert_eq!(d.files().len(), 1, "a record is half written");
     out.write_all(b"\"2026-11-21T10:15:00Z\",\"event\":\"accept\"}\n")
         .unwrap();
     out.flush().unwrap();
-    assert_eq!(d.files().len(), 2, "rotated at the record's end");
+    assert_eq!(
+        d.files().len(),
+        1,
+        "not right after a record (it may be the last)"
+    );
+    out.flush().unwrap();
+    assert_eq!(d.files().len(), 2, "rotated once the stream is quiet");
 
     // Due again, but the new file holds only its header: kept.
     out.opened -= every;

@@ -22,6 +22,8 @@ use super::{
 #[derive(Debug, Serialize)]
 pub(super) struct Concurrency {
     pub(super) requested: u64,
+    /// Connections opened per second during the ramp (--concurrency-rate).
+    pub(super) ramp_rate: u64,
     pub(super) held: u64,
     pub(super) established_now: Option<u64>,
     pub(super) matches: bool,
@@ -37,10 +39,11 @@ pub(super) struct Concurrency {
 }
 
 impl Bench<'_> {
-    /// Holds `n` connections under `sockwatch top` and compares its count with `n`.
-    pub(super) fn concurrency(&self, n: u64) -> anyhow::Result<Concurrency> {
+    /// Holds `n` connections, opened at `rate` per second, under `sockwatch top` and compares
+    /// its count with `n`.
+    pub(super) fn concurrency(&self, n: u64, rate: u64) -> anyhow::Result<Concurrency> {
         progress(format!(
-            "concurrency: starting sockwatch top, then holding {n} connections"
+            "concurrency: starting sockwatch top, then opening {n} connections at {rate}/s and holding them"
         ));
         let mut t = self.start_sockwatch(Mode::Top, true)?;
         let rss_ready = rss_kib(t.pid);
@@ -52,6 +55,8 @@ impl Bench<'_> {
                 &n.to_string(),
                 "--max-seconds",
                 &CHURN_MAX_SECONDS.to_string(),
+                "--rate",
+                &rate.to_string(),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
@@ -117,6 +122,7 @@ impl Bench<'_> {
         let per_conn = |kib: u64| (kib * 1024) as f64 / held.max(1) as f64;
         Ok(Concurrency {
             requested: n,
+            ramp_rate: rate,
             held,
             established_now,
             matches: established_now == Some(n) && held == n,

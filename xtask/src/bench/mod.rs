@@ -89,6 +89,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=2_000_000))]
     concurrency: Option<u64>,
 
+    /// Connections opened per second while --concurrency ramps up. A ramp as fast as the machine
+    /// allows is the churn rounds' test; this one is about holding them, so it opens them at a
+    /// rate sockwatch's reader keeps up with on a small machine.
+    #[arg(long, value_name = "N", default_value_t = 25_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    concurrency_rate: u64,
+
     /// Instead of the side-by-side rounds: a steady churn at --soak-rate for SECONDS under
     /// `sockwatch top`, sampling its RSS every 5 s; reports whether memory stayed flat, every
     /// connection was counted and none is left open (target/bench/soak.json).
@@ -224,7 +231,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         .collect();
 
     let concurrency = match args.concurrency {
-        Some(n) => Some(bench.concurrency(n)?),
+        Some(n) => Some(bench.concurrency(n, args.concurrency_rate)?),
         None => None,
     };
 

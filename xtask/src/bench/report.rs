@@ -246,8 +246,8 @@ pub(super) fn render(res: &Results) -> String {
     }
     if let Some(c) = &res.concurrency {
         out.push_str(&format!(
-            "\nCONCURRENCY: {} connections held under `sockwatch top` (asked {})\n",
-            c.held, c.requested
+            "\nCONCURRENCY: {} connections held under `sockwatch top` (asked {}, opened at {}/s)\n",
+            c.held, c.requested, c.ramp_rate
         ));
         out.push_str(&format!(
             "  established_now on the churn's port: {} of {} ({})\n",
