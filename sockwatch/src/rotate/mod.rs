@@ -1,8 +1,8 @@
 //! The `--output` file, rotated on request: once it holds `--rotate-size` bytes or is
 //! `--rotate-interval` old, it is renamed with the time of rotation (see [`names`]) and a new
-//! file takes its path, just before the next record. Rotation happens between records only, and every file starts with the
-//! format's header, so each file is complete and valid on its own. Compression and deletion of
-//! old files run on a background thread ([`worker`]).
+//! file takes its path, just before the next record. Rotation happens between records only,
+//! and every file starts with the format's header, so each file is complete and valid on its
+//! own. Compression and deletion of old files run on a background thread ([`worker`]).
 mod names;
 mod worker;
 
