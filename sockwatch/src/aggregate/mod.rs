@@ -5,6 +5,7 @@
 pub mod expiry;
 mod hist;
 mod input;
+mod live;
 mod summary;
 
 pub use expiry::Expiry;
@@ -15,7 +16,7 @@ pub use summary::{
 };
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     net::IpAddr,
 };
 
@@ -24,6 +25,7 @@ use crate::{
     loss::{Loss, Quiet},
 };
 use hist::Histogram;
+use live::{ConnKey, Live, Side};
 
 /// A process is warned about at this share of its descriptor limit.
 pub const FD_WARN_PERCENT: u64 = 80;
@@ -34,22 +36,6 @@ const LEAK_RISES: usize = 5;
 struct PortKey {
     netns: u32,
     port: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ConnKey {
-    netns: u32,
-    local: (IpAddr, u16),
-    peer: (IpAddr, u16),
-}
-
-/// Which table a live connection counts in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    /// Accepted on this listening port.
-    Passive(PortKey),
-    /// Outbound to this remote port, owned by this process (if known).
-    Active(PortKey, Option<u32>),
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +94,7 @@ pub struct Aggregator {
     events: u64,
     listeners: BTreeMap<PortKey, Listener>,
     outbound: BTreeMap<PortKey, Outbound>,
-    live: HashMap<ConnKey, Side>,
+    live: Live,
     namespaces: BTreeMap<u32, Namespace>,
     fds: BTreeMap<u32, (Option<String>, u64, u64)>,
     /// Second (unix) of the last leak-history sample.
@@ -117,6 +103,22 @@ pub struct Aggregator {
     loss: Option<Loss>,
     /// Open connections expired because the kernel no longer had them (missed closes).
     expired: u64,
+}
+
+/// The listening port an accepted connection counts on.
+fn passive_port(k: &ConnKey) -> PortKey {
+    PortKey {
+        netns: k.netns,
+        port: k.local.1,
+    }
+}
+
+/// The remote port an outbound connection counts on.
+fn active_port(k: &ConnKey) -> PortKey {
+    PortKey {
+        netns: k.netns,
+        port: k.peer.1,
+    }
 }
 
 fn conn_key(o: &Obs) -> ConnKey {
@@ -205,11 +207,7 @@ impl Aggregator {
             }
             EventKind::Established => match o.direction {
                 Some(Direction::Passive) => {
-                    let side = Side::Passive(PortKey {
-                        netns: o.netns,
-                        port: o.local_port,
-                    });
-                    if self.live.insert(key, side).is_none() {
+                    if self.live.insert(&key, Side::Passive) {
                         self.listener(o.netns, o.local_port).established_now += 1;
                     }
                 }
@@ -220,7 +218,7 @@ impl Aggregator {
                     };
                     let out = self.outbound.entry(port).or_default();
                     out.established += 1;
-                    if self.live.insert(key, Side::Active(port, o.pid)).is_none() {
+                    if self.live.insert(&key, Side::Active(o.pid)) {
                         out.open_now += 1;
                         out.processes.entry(o.pid).or_default().open_now += 1;
                     }
@@ -256,12 +254,12 @@ impl Aggregator {
     fn forget(&mut self, key: &ConnKey) -> Option<Side> {
         let side = self.live.remove(key)?;
         match side {
-            Side::Passive(port) => {
-                let l = self.listeners.entry(port).or_default();
+            Side::Passive => {
+                let l = self.listeners.entry(passive_port(key)).or_default();
                 l.established_now = l.established_now.saturating_sub(1);
             }
-            Side::Active(port, pid) => {
-                let out = self.outbound.entry(port).or_default();
+            Side::Active(pid) => {
+                let out = self.outbound.entry(active_port(key)).or_default();
                 out.open_now = out.open_now.saturating_sub(1);
                 let p = out.processes.entry(pid).or_default();
                 p.open_now = p.open_now.saturating_sub(1);
@@ -304,14 +302,14 @@ impl Aggregator {
 
     fn close(&mut self, o: &Obs, key: ConnKey) {
         match self.forget(&key) {
-            Some(Side::Passive(port)) => {
-                let l = self.listeners.entry(port).or_default();
+            Some(Side::Passive) => {
+                let l = self.listeners.entry(passive_port(&key)).or_default();
                 l.closed += 1;
                 if let Some(d) = o.duration_ns {
                     l.lifetimes.record(d);
                 }
             }
-            Some(Side::Active(..)) => {}
+            Some(Side::Active(_)) => {}
             // Never seen established (failed, or older than sockwatch without a snapshot):
             // a passive one still counts as closed on its port.
             None => {
@@ -343,11 +341,7 @@ impl Aggregator {
             port: e.local_port,
         });
         if local_listens {
-            let port = PortKey {
-                netns: e.netns,
-                port: e.local_port,
-            };
-            if self.live.insert(key, Side::Passive(port)).is_none() {
+            if self.live.insert(&key, Side::Passive) {
                 self.listener(e.netns, e.local_port).established_now += 1;
             }
         } else {
@@ -355,7 +349,7 @@ impl Aggregator {
                 netns: e.netns,
                 port: e.peer_port,
             };
-            if self.live.insert(key, Side::Active(port, e.pid)).is_none() {
+            if self.live.insert(&key, Side::Active(e.pid)) {
                 let out = self.outbound.entry(port).or_default();
                 out.open_now += 1;
                 let p = out.processes.entry(e.pid).or_default();
