@@ -89,6 +89,14 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// Takes over the problems another sampler met (one used on another thread).
+    pub fn absorb(&mut self, other: Sampler) {
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
     fn note<T, E: std::fmt::Display>(&mut self, r: Result<T, E>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
@@ -162,20 +170,22 @@ impl Sampler {
             read: HashSet::new(),
         };
         for ns in self.namespaces() {
-            let dumped = host::dump_tcp(&ns, mask);
-            let Some(sockets) = self.note(dumped) else {
-                continue;
-            };
-            kc.read.insert(ns.inode);
-            kc.hashes.extend(sockets.iter().map(|s| {
-                kc.hasher.hash_one(expiry::canonical(&Conn {
+            // Hashed as they are read: with hundreds of thousands of connections, a list of
+            // the sockets themselves would be the biggest thing sockwatch ever holds.
+            let mut hashes = Vec::new();
+            let dumped = host::dump_tcp_each(&ns, mask, |s| {
+                hashes.push(kc.hasher.hash_one(expiry::canonical(&Conn {
                     netns: s.netns,
                     local_addr: s.local.ip(),
                     local_port: s.local.port(),
                     peer_addr: s.peer.ip(),
                     peer_port: s.peer.port(),
-                }))
-            }));
+                })))
+            });
+            if self.note(dumped).is_some() {
+                kc.read.insert(ns.inode);
+                kc.hashes.extend(hashes);
+            }
         }
         kc
     }

@@ -11,6 +11,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
+    sync::oneshot,
     time::{Instant, MissedTickBehavior, interval, sleep_until},
 };
 
@@ -21,7 +22,7 @@ use crate::{
     filter::Filter,
     loader::{LoadOptions, Tracer},
     loss::{Loss, Quiet},
-    sampler::{Owned, Sampler},
+    sampler::{KernelConns, Owned, Sampler},
     sink::Sink,
     source::Source,
 };
@@ -169,6 +170,7 @@ pub async fn run(
     let mut expire_tick = interval(opts.expire_interval);
     expire_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     expire_tick.reset();
+    let mut kernel_dump: Option<oneshot::Receiver<(KernelConns, Sampler)>> = None;
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -199,10 +201,20 @@ pub async fn run(
                         on_tick(&agg.summary(), pipe.events, &loss);
                     }
                 }
-                _ = expire_tick.tick(), if pipe.agg.is_some() => {
+                _ = expire_tick.tick(), if pipe.agg.is_some() && kernel_dump.is_none() => {
+                    kernel_dump = Some(
+                        dump_connections().context("cannot start a thread to read the kernel's connections")?,
+                    );
+                }
+                dumped = async { kernel_dump.as_mut().expect("guarded by the condition").await },
+                    if kernel_dump.is_some() => {
+                    kernel_dump = None;
+                    let Ok((kernel, errors)) = dumped else {
+                        anyhow::bail!("the thread reading the kernel's connections died");
+                    };
+                    sampler.absorb(errors);
                     // Closes already in the ring first: fewer connections look absent.
                     source.drain(|b| pipe.record(b)).context("writing events")?;
-                    let kernel = sampler.open_connections();
                     let expired = match &pipe.agg {
                         Some(agg) => expiry.check(
                             agg.open_connections(),
@@ -250,4 +262,23 @@ pub async fn run(
         summary,
         sampler_errors: (sampler.errors, sampler.first_error),
     })
+}
+
+/// Reads every connection the kernel has, for expiry, on a thread of its own: with hundreds of
+/// thousands of them the dump takes long enough for the ring buffer to fill if the event loop
+/// waited for it. A thread, not a blocking task, so that exiting never waits for a dump; niced,
+/// so that it does not take CPU from the ring's reader.
+fn dump_connections() -> io::Result<oneshot::Receiver<(KernelConns, Sampler)>> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("sockwatch-dump".into())
+        .spawn(move || {
+            // Background work: the event path comes first when CPUs are short. Best effort.
+            // SAFETY: plain syscalls on the calling thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+            let mut sampler = Sampler::default();
+            let kernel = sampler.open_connections();
+            let _ = tx.send((kernel, sampler));
+        })?;
+    Ok(rx)
 }

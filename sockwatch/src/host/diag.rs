@@ -78,6 +78,18 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// socket is made in that namespace, on a short-lived thread, because sock_diag answers for the
 /// namespace its socket was created in.
 pub fn dump_tcp(ns: &Netns, states: u32) -> Result<Vec<DiagSocket>, HostError> {
+    let mut sockets = Vec::new();
+    dump_tcp_each(ns, states, |s| sockets.push(s))?;
+    Ok(sockets)
+}
+
+/// Like [`dump_tcp`], handing each socket to `each` as it is read instead of collecting them:
+/// a dump of hundreds of thousands of sockets then costs no memory of its own.
+pub fn dump_tcp_each(
+    ns: &Netns,
+    states: u32,
+    mut each: impl FnMut(DiagSocket),
+) -> Result<(), HostError> {
     let states = check_mask(states)?;
     let socket = super::netns::in_netns(ns, "creating a NETLINK_SOCK_DIAG socket", || {
         Socket::new(NETLINK_SOCK_DIAG)
@@ -86,12 +98,11 @@ pub fn dump_tcp(ns: &Netns, states: u32) -> Result<Vec<DiagSocket>, HostError> {
         step: "setting SO_RCVTIMEO",
         cause,
     })?;
-    let mut sockets = Vec::new();
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
         request(&socket, seq, family, states)?;
-        receive(&socket, seq, ns.inode, &mut sockets)?;
+        receive(&socket, seq, ns.inode, &mut each)?;
     }
-    Ok(sockets)
+    Ok(())
 }
 
 fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
@@ -151,7 +162,7 @@ fn receive(
     socket: &Socket,
     seq: u32,
     netns: u32,
-    out: &mut Vec<DiagSocket>,
+    each: &mut impl FnMut(DiagSocket),
 ) -> Result<(), HostError> {
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
@@ -185,7 +196,7 @@ fn receive(
             }
             match message.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    out.push(from_header(&r.header, netns));
+                    each(from_header(&r.header, netns));
                 }
                 NetlinkPayload::Done(done) if done.code == 0 => return Ok(()),
                 NetlinkPayload::Done(done) => {

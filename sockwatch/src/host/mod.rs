@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use diag::{ALL_STATES, DiagSocket, dump_tcp, state_mask};
+pub use diag::{ALL_STATES, DiagSocket, dump_tcp, dump_tcp_each, state_mask};
 pub use fds::{FdPressure, fd_pressure};
 pub use netns::{Netns, namespaces};
 pub use netstat::{ListenCounters, listen_counters};

@@ -19,6 +19,13 @@ use super::{
     tracer::{Reaped, lines_in_background, rss_kib, spawn_dying_with_us},
 };
 
+/// sockwatch's `--expire-interval` here: the first check (a sock_diag dump of every
+/// connection) comes once the ramp is over, while all are held, so that its memory is in the
+/// peak too.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(15);
+/// Time for that check to finish.
+const EXPIRE_CHECK_TIME: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Serialize)]
 pub(super) struct Concurrency {
     pub(super) requested: u64,
@@ -45,7 +52,9 @@ impl Bench<'_> {
         progress(format!(
             "concurrency: starting sockwatch top, then opening {n} connections at {rate}/s and holding them"
         ));
-        let mut t = self.start_sockwatch(Mode::Top, true)?;
+        let expire = EXPIRE_INTERVAL.as_secs().to_string();
+        let mut t = self.start_sockwatch(Mode::Top, true, &["--expire-interval", &expire])?;
+        let started = Instant::now();
         let rss_ready = rss_kib(t.pid);
         let mut cmd = Command::new(&self.churn);
         cmd.args(self.churn_args())
@@ -83,9 +92,14 @@ impl Bench<'_> {
             }
         };
         progress(format!(
-            "concurrency: {held} connections held; waiting two sampling intervals"
+            "concurrency: {held} connections held; waiting for two samples and an expiry check"
         ));
-        thread::sleep(Duration::from_millis(2 * INTERVAL * 1000 + 500));
+        let samples_done = Instant::now() + Duration::from_millis(2 * INTERVAL * 1000 + 500);
+        thread::sleep(
+            samples_done
+                .max(started + EXPIRE_INTERVAL + EXPIRE_CHECK_TIME)
+                .saturating_duration_since(Instant::now()),
+        );
         let usage = t.stop()?;
         let _ = fs::remove_file(self.ready_file());
         let summary_text = t.stdout();

@@ -297,7 +297,7 @@ impl Bench<'_> {
             Mode::Trace | Mode::Top => {
                 let file = self.trace_file();
                 let _ = fs::remove_file(&file);
-                let mut t = self.start_sockwatch(mode, mode == Mode::Top)?;
+                let mut t = self.start_sockwatch(mode, mode == Mode::Top, &[])?;
                 let churn = self.run_churn()?;
                 // The churn is done when its sockets are closed, not fully gone: a last FIN
                 // may still be retransmitted (RTO 200 ms+) and the close come after; give

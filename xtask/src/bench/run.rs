@@ -99,10 +99,12 @@ impl Bench<'_> {
         .collect()
     }
 
+    /// Starts sockwatch in `mode` (with `extra` options) and waits until it is ready.
     pub(super) fn start_sockwatch(
         &self,
         mode: Mode,
         capture_stdout: bool,
+        extra: &[&str],
     ) -> anyhow::Result<Tracer> {
         let ready = self.ready_file();
         match fs::remove_file(&ready) {
@@ -113,6 +115,7 @@ impl Bench<'_> {
         let log = self.dir.join(format!("sockwatch-{}.stderr", mode.name()));
         let mut cmd = Command::new(&self.sockwatch);
         cmd.args(self.sockwatch_args(mode))
+            .args(extra)
             .stdout(if capture_stdout {
                 Stdio::piped()
             } else {

@@ -91,7 +91,7 @@ impl Bench<'_> {
         progress(format!(
             "soak: {seconds} s at {rate} connections/s under sockwatch top"
         ));
-        let mut t = self.start_sockwatch(Mode::Top, true)?;
+        let mut t = self.start_sockwatch(Mode::Top, true, &[])?;
         let ready_at = Instant::now();
         let total = seconds * rate;
         let mut cmd = Command::new(&self.churn);
