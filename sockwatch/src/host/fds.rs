@@ -14,9 +14,30 @@ pub struct FdPressure {
     pub limit: u64,
 }
 
-/// Counts /proc/PID/fd and reads the soft "Max open files" of /proc/PID/limits. Both are read
-/// from the process's side, so they hold for processes in other namespaces and containers too.
+/// Counts the open descriptors of /proc/PID/fd and reads the soft "Max open files" of
+/// /proc/PID/limits. Both are read from the process's side, so they hold for processes in
+/// other namespaces and containers too.
 pub fn fd_pressure(pid: u32) -> Result<FdPressure, HostError> {
+    let open = open_fds(pid)?;
+    let path = proc_path(pid, "limits");
+    let text = fs::read_to_string(&path).map_err(HostError::read(&path))?;
+    let limit = nofile_soft_limit(&text).map_err(|what| HostError::Parse { path, what })?;
+    Ok(FdPressure { pid, open, limit })
+}
+
+/// Since Linux 6.2 the size of /proc/PID/fd is the number of open descriptors: a server holding
+/// hundreds of thousands of connections is not listed at every interval. 0 (an older kernel, or
+/// no descriptor at all) falls back to listing.
+fn open_fds(pid: u32) -> Result<u64, HostError> {
+    let dir = proc_path(pid, "fd");
+    let size = fs::metadata(&dir).map_err(HostError::read(&dir))?.len();
+    if size > 0 {
+        return Ok(size);
+    }
+    listed_fds(pid)
+}
+
+fn listed_fds(pid: u32) -> Result<u64, HostError> {
     let dir = proc_path(pid, "fd");
     let mut open = 0u64;
     for entry in fs::read_dir(&dir).map_err(HostError::read(&dir))? {
@@ -27,10 +48,7 @@ pub fn fd_pressure(pid: u32) -> Result<FdPressure, HostError> {
     if pid == std::process::id() {
         open = open.saturating_sub(1);
     }
-    let path = proc_path(pid, "limits");
-    let text = fs::read_to_string(&path).map_err(HostError::read(&path))?;
-    let limit = nofile_soft_limit(&text).map_err(|what| HostError::Parse { path, what })?;
-    Ok(FdPressure { pid, open, limit })
+    Ok(open)
 }
 
 /// The soft limit from the line `Max open files  SOFT  HARD  files`.
@@ -105,6 +123,31 @@ Max locked memory         8388608              8388608              bytes
         assert_eq!(p.limit, expected);
         // The test harness's output at least.
         assert!(p.open > 0, "{p:?}");
+    }
+
+    #[test]
+    fn open_descriptors_are_counted_exactly() {
+        use std::process::Stdio;
+        // A still process of our own: its standard descriptors, and whatever the test runner
+        // let it inherit.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let by_size = open_fds(pid);
+        let listed = listed_fds(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        let (by_size, listed) = (by_size.unwrap(), listed.unwrap());
+        assert!(listed >= 3, "{listed}");
+        assert_eq!(
+            by_size, listed,
+            "the size of /proc/PID/fd is its number of entries"
+        );
     }
 
     #[test]
