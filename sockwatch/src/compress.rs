@@ -200,23 +200,10 @@ pub fn has_suffix(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TestDir;
 
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Self {
-            let d = std::env::temp_dir()
-                .join(format!("sockwatch-compress-{}-{tag}", std::process::id()));
-            let _ = fs::remove_dir_all(&d);
-            fs::create_dir_all(&d).unwrap();
-            Self(d)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    fn dir(tag: &str) -> TestDir {
+        TestDir::new("compress", tag)
     }
 
     fn read_all(path: &Path) -> (Vec<u8>, Option<Compression>) {
@@ -228,7 +215,7 @@ mod tests {
 
     #[test]
     fn round_trip_replaces_the_file() {
-        let d = Dir::new("round");
+        let d = dir("round");
         let content: Vec<u8> = (0..20_000)
             .flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes())
             .collect();
@@ -256,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_missing_source_is_not_an_error_and_cancel_keeps_the_source() {
-        let d = Dir::new("cancel");
+        let d = dir("cancel");
         let src = d.0.join("gone.jsonl");
         assert!(
             compress_file(&src, Compression::Zstd, &AtomicBool::new(false))

@@ -37,3 +37,5 @@ pub mod view;
 mod fuzz_tests;
 #[cfg(test)]
 mod object_tests;
+#[cfg(test)]
+mod test_dir;

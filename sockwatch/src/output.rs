@@ -101,24 +101,11 @@ fn why(path: &Path, follow_symlinks: bool, err: io::Error) -> CreateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TestDir;
     use std::{fs, io::Write as _, os::unix::fs::symlink};
 
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Self {
-            let d =
-                std::env::temp_dir().join(format!("sockwatch-output-{}-{tag}", std::process::id()));
-            let _ = fs::remove_dir_all(&d);
-            fs::create_dir_all(&d).unwrap();
-            Self(d)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    fn dir(tag: &str) -> TestDir {
+        TestDir::new("output", tag)
     }
 
     fn mode(p: &Path) -> u32 {
@@ -127,7 +114,7 @@ mod tests {
 
     #[test]
     fn new_file_is_private() {
-        let d = Dir::new("new");
+        let d = dir("new");
         let p = d.0.join("out.jsonl");
         create(&p, false).unwrap().write_all(b"x\n").unwrap();
         assert_eq!(mode(&p), 0o600);
@@ -136,7 +123,7 @@ mod tests {
 
     #[test]
     fn existing_file_is_truncated_and_made_private() {
-        let d = Dir::new("existing");
+        let d = dir("existing");
         let p = d.0.join("out.jsonl");
         fs::write(&p, b"old content\n").unwrap();
         fs::set_permissions(&p, Permissions::from_mode(0o644)).unwrap();
@@ -147,7 +134,7 @@ mod tests {
 
     #[test]
     fn symlink_is_refused_unless_followed() {
-        let d = Dir::new("link");
+        let d = dir("link");
         let target = d.0.join("target");
         fs::write(&target, b"keep\n").unwrap();
         let link = d.0.join("link");
@@ -171,7 +158,7 @@ mod tests {
 
     #[test]
     fn dangling_symlink_is_refused_too() {
-        let d = Dir::new("dangling");
+        let d = dir("dangling");
         let link = d.0.join("link");
         symlink(d.0.join("nowhere"), &link).unwrap();
         assert!(matches!(
@@ -183,7 +170,7 @@ mod tests {
 
     #[test]
     fn missing_directory_is_named() {
-        let d = Dir::new("nodir");
+        let d = dir("nodir");
         let p = d.0.join("missing").join("out.jsonl");
         let err = create(&p, false).unwrap_err();
         assert_eq!(
@@ -198,7 +185,7 @@ mod tests {
 
     #[test]
     fn other_errors_keep_the_system_message() {
-        let d = Dir::new("isdir");
+        let d = dir("isdir");
         let err = create(&d.0, false).unwrap_err();
         assert!(matches!(err, CreateError::Io { .. }), "{err}");
         assert!(

@@ -168,30 +168,11 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TestDir;
     use std::io::Write as _;
 
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Self {
-            let d = std::env::temp_dir()
-                .join(format!("sockwatch-recordings-{}-{tag}", std::process::id()));
-            let _ = fs::remove_dir_all(&d);
-            fs::create_dir_all(&d).unwrap();
-            Self(d)
-        }
-
-        fn file(&self, name: &str, content: &[u8]) -> PathBuf {
-            let p = self.0.join(name);
-            fs::write(&p, content).unwrap();
-            p
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    fn dir(tag: &str) -> TestDir {
+        TestDir::new("recordings", tag)
     }
 
     fn header(secs: u64, part: u64) -> String {
@@ -209,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_directory_is_read_in_time_order_whatever_the_names() {
-        let d = Dir::new("order");
+        let d = dir("order");
         // Names sort the other way round from the times.
         let a = d.file("a.jsonl", header(30, 3).as_bytes());
         let b = d.file(
@@ -258,7 +239,7 @@ mod tests {
 
     #[test]
     fn named_files_say_what_they_are() {
-        let d = Dir::new("named");
+        let d = dir("named");
         let csv = d.file("x.csv", &gzip(b"time,event,family,local_addr\n"));
         let e = collect(&[csv], |_| {}).unwrap_err();
         assert!(matches!(e, InputError::Csv { .. }), "{e}");
@@ -283,7 +264,7 @@ mod tests {
                 start: None
             }
         );
-        let empty = Dir::new("emptydir");
+        let empty = dir("emptydir");
         empty.file("ready", b"1\n");
         let e = collect(std::slice::from_ref(&empty.0), |_| {}).unwrap_err();
         assert!(

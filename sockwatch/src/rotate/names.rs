@@ -164,6 +164,7 @@ impl Naming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TestDir;
 
     // 2026-11-21T10:15:00Z
     const T: i128 = 1_795_256_100_000_000_000;
@@ -221,27 +222,13 @@ mod tests {
         assert_eq!(bare.parse(b"conns.20261121T101500Z.1"), Some((s, 1)));
     }
 
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Self {
-            let d =
-                std::env::temp_dir().join(format!("sockwatch-names-{}-{tag}", std::process::id()));
-            let _ = fs::remove_dir_all(&d);
-            fs::create_dir_all(&d).unwrap();
-            Self(d)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    fn dir(tag: &str) -> TestDir {
+        TestDir::new("names", tag)
     }
 
     #[test]
     fn free_names_count_up_within_a_second_and_see_compressed_copies() {
-        let d = Dir::new("free");
+        let d = dir("free");
         let n = Naming::new(&d.0.join("conns.jsonl"));
         let first = n.free(T);
         assert_eq!(first, d.0.join("conns.20261121T101500Z.jsonl"));
@@ -259,7 +246,7 @@ mod tests {
 
     #[test]
     fn prune_keeps_the_newest_n() {
-        let d = Dir::new("prune");
+        let d = dir("prune");
         let n = Naming::new(&d.0.join("conns.jsonl"));
         let names = [
             "conns.20261121T101500Z.jsonl.zst",

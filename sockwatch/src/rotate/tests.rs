@@ -3,6 +3,7 @@ use std::{fs, path::Path};
 use serde_json::Value;
 
 use super::*;
+use crate::test_dir::TestDir;
 use crate::{
     cli::{FilterArgs, ReportArgs, SummaryFormat},
     decode::{Comm, Direction, Event, EventKind, Family, TcpState},
@@ -11,31 +12,8 @@ use crate::{
     sink::{Format, JsonlSink, Sink},
 };
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("sockwatch-rotate-{}-{tag}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-
-    /// Every file of the directory, sorted by name.
-    fn files(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+fn dir(tag: &str) -> TestDir {
+    TestDir::new("rotate", tag)
 }
 
 const HEADER: FileHeader = FileHeader {
@@ -62,7 +40,7 @@ fn record(i: usize) -> String {
 
 /// The files of a run, oldest first (rotated by their names' age, the live file last), with
 /// their lines.
-fn run_files(d: &Dir, live: &Path) -> Vec<(PathBuf, Vec<String>)> {
+fn run_files(d: &TestDir, live: &Path) -> Vec<(PathBuf, Vec<String>)> {
     let naming = Naming::new(live);
     let mut paths: Vec<PathBuf> = naming
         .rotated()
@@ -85,7 +63,7 @@ fn run_files(d: &Dir, live: &Path) -> Vec<(PathBuf, Vec<String>)> {
 
 #[test]
 fn size_rotation_cuts_between_records_and_each_file_has_its_header() {
-    let d = Dir::new("size");
+    let d = dir("size");
     let live = d.0.join("conns.jsonl");
     let (mut out, worker) =
         open(&live, false, HEADER, Some(rotation(Some(4096), None, 100))).unwrap();
@@ -144,7 +122,7 @@ fn size_rotation_cuts_between_records_and_each_file_has_its_header() {
 
 #[test]
 fn the_last_record_past_the_limit_stays_in_the_live_file() {
-    let d = Dir::new("last");
+    let d = dir("last");
     let live = d.0.join("conns.jsonl");
     let (mut out, worker) =
         open(&live, false, HEADER, Some(rotation(Some(4096), None, 100))).unwrap();
@@ -173,7 +151,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 #[test]
 fn interval_rotation_needs_records_and_waits_for_a_line_end() {
-    let d = Dir::new("interval");
+    let d = dir("interval");
     let live = d.0.join("conns.jsonl");
     let every = Duration::from_secs(60);
     let (mut out, worker) =
@@ -213,7 +191,7 @@ fn interval_rotation_needs_records_and_waits_for_a_line_end() {
 
 #[test]
 fn only_the_newest_n_rotated_files_are_kept() {
-    let d = Dir::new("keep");
+    let d = dir("keep");
     let live = d.0.join("conns.jsonl");
     // A rotated file of an earlier run counts too.
     fs::write(d.0.join("conns.20200101T000000Z.jsonl"), b"old\n").unwrap();
@@ -251,7 +229,7 @@ fn a_device_cannot_be_rotated() {
 
 #[test]
 fn a_followed_link_rotates_its_target() {
-    let d = Dir::new("link");
+    let d = dir("link");
     let target = d.0.join("real.jsonl");
     let link = d.0.join("link.jsonl");
     std::os::unix::fs::symlink(&target, &link).unwrap();
@@ -339,7 +317,7 @@ fn report_of(files: Vec<PathBuf>) -> report::Read {
 #[test]
 fn compressed_rotated_files_report_like_one_plain_file() {
     let clock = WallClock::with_offset(1_795_256_100_000_000_000);
-    let plain_dir = Dir::new("plain");
+    let plain_dir = dir("plain");
     let plain = plain_dir.0.join("conns.jsonl");
     {
         let (out, _) = open(&plain, false, HEADER, None).unwrap();
@@ -350,7 +328,7 @@ fn compressed_rotated_files_report_like_one_plain_file() {
     assert_eq!(expected.summary.listeners[0].accepted, 400);
 
     for codec in [Compression::Zstd, Compression::Gzip] {
-        let d = Dir::new("compressed");
+        let d = dir("compressed");
         let live = d.0.join("conns.jsonl");
         let r = Rotation {
             compress: Some(codec),
