@@ -212,11 +212,7 @@ impl Aggregator {
                     }
                 }
                 _ => {
-                    let port = PortKey {
-                        netns: o.netns,
-                        port: o.peer_port,
-                    };
-                    let out = self.outbound.entry(port).or_default();
+                    let out = self.outbound.entry(active_port(&key)).or_default();
                     out.established += 1;
                     if self.live.insert(&key, Side::Active(o.pid)) {
                         out.open_now += 1;
@@ -344,19 +340,13 @@ impl Aggregator {
             if self.live.insert(&key, Side::Passive) {
                 self.listener(e.netns, e.local_port).established_now += 1;
             }
-        } else {
-            let port = PortKey {
-                netns: e.netns,
-                port: e.peer_port,
-            };
-            if self.live.insert(&key, Side::Active(e.pid)) {
-                let out = self.outbound.entry(port).or_default();
-                out.open_now += 1;
-                let p = out.processes.entry(e.pid).or_default();
-                p.open_now += 1;
-                if p.comm.is_none() {
-                    p.comm = e.comm.map(str::to_string);
-                }
+        } else if self.live.insert(&key, Side::Active(e.pid)) {
+            let out = self.outbound.entry(active_port(&key)).or_default();
+            out.open_now += 1;
+            let p = out.processes.entry(e.pid).or_default();
+            p.open_now += 1;
+            if p.comm.is_none() {
+                p.comm = e.comm.map(str::to_string);
             }
         }
     }
