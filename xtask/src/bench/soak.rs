@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::{
-    Bench, Mode,
+    Bench, CLOSE_GRACE, Mode,
     count::{counters, listener},
     progress,
     run::{Churn, parse_churn},
@@ -58,10 +58,13 @@ pub(super) struct Soak {
 }
 
 impl Soak {
-    /// Everything a soak promises: memory flat, every connection counted, none left open.
+    /// Everything a soak promises: memory flat, every connection counted, none left open, and
+    /// every close seen or, where it was missed (a counted loss), expired.
     pub(super) fn passed(&self) -> bool {
+        let expired = self.lost.get("expired").copied().unwrap_or(0);
         self.rss_flat
             && self.counted == Some(self.made)
+            && self.closed.map(|c| c + expired) == Some(self.made)
             && self.established_now == Some(self.expected_established)
     }
 }
@@ -136,6 +139,8 @@ impl Bench<'_> {
         if let Some(kib) = rss_kib(t.pid) {
             samples.push((ready_at.elapsed().as_secs(), kib));
         }
+        // The last server-side closes follow the churn's exit (see CLOSE_GRACE).
+        thread::sleep(CLOSE_GRACE);
         let usage = t.stop()?;
         let _ = fs::remove_file(self.ready_file());
         let churn_out = stdout.join().unwrap_or_default();
