@@ -62,9 +62,26 @@ pub struct Scratch {
     pub common: crate::sock::SockCommon,
 }
 
-/// Per CPU: 1 while `inet_sock_set_state` runs (see `state`).
+/// Per CPU: the state changes `inet_sock_set_state` has taken on and `state_nested` has not yet
+/// seen (see `state`).
 #[map]
-pub static STATE_RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static TAKEN: PerCpuArray<Taken> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots in [`Taken`]: an entry is awaited only while its tracepoint call is in progress, so at
+/// most two at once (a task's, and a softirq's that interrupts it); the others hold leftovers
+/// until their stack position comes round again.
+pub const TAKEN_SLOTS: usize = 8;
+
+#[repr(C)]
+pub struct Taken {
+    /// State changes taken on this CPU so far: the age of the entries.
+    pub seq: u64,
+    /// Stack position of each entry's tracepoint call (see `state::frame`); 0 for a free slot.
+    pub frame: [u64; TAKEN_SLOTS],
+    pub sk: [u64; TAKEN_SLOTS],
+    /// `seq << 16 | old << 8 | new` of each entry.
+    pub tag: [u64; TAKEN_SLOTS],
+}
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

@@ -4,11 +4,21 @@
 //! Two programs share the tracepoint. When a softirq interrupts `inet_sock_set_state` on its
 //! CPU and fires the tracepoint again (a connection's packets arriving on loopback, say), the
 //! kernel skips the nested run of the busy program and only counts a recursion miss. So a
-//! second program, `state_nested`, attached after it, handles exactly those runs: it acts only
-//! while `inet_sock_set_state` is marked running on its CPU, and otherwise returns at once.
+//! second program, `state_nested`, attached after it, handles exactly the state changes the
+//! first one did not run for.
+//!
+//! A flag set while the first program runs does not tell that exactly: the kernel counts the
+//! program as busy from just before its first instruction to just after its last, so a softirq
+//! in those gaps found the flag clear and its state change was lost. Instead the first program
+//! records each state change it takes on in a per-CPU table ([`Taken`]), and the second one
+//! looks its own state change up there: found, it was handled; absent, the first program was
+//! skipped. Every run of the second one removes what it looked up, and what the runs that
+//! interrupted it left (their own run of it was skipped); what is still left after that ages
+//! out.
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::BPF_ANY,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::raw_tracepoint,
@@ -19,7 +29,7 @@ use sockwatch_common::{counter, flags, kind, tcp_state as st};
 use crate::{
     connect::emit_pending_connect,
     filter::{self, Verdict},
-    maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, STATE_RUNNING, bump, offsets},
+    maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
         copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember,
         sock_error, sock_info,
@@ -28,51 +38,133 @@ use crate::{
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    let running = STATE_RUNNING.get_ptr_mut(0);
-    if let Some(r) = running {
-        // SAFETY: this CPU's slot; only this program writes it.
-        unsafe { *r = 1 };
+    let (sk, old, new) = args(&ctx);
+    if sk == 0 {
+        return 0;
     }
-    let rc = state_changed(&ctx);
-    if let Some(r) = running {
-        unsafe { *r = 0 };
+    // Every state change is recorded, lifecycle step or not, so that `state_nested` can tell
+    // all the skipped ones apart: the kernel counts each as a recursion miss.
+    if let Some(t) = TAKEN.get_ptr_mut(0) {
+        // SAFETY: this CPU's table; see `state_nested`.
+        let t = unsafe { &mut *t };
+        take_on(t, frame(&ctx), sk, states(old, new));
     }
-    rc
+    if lifecycle_step(old, new) {
+        state_changed(sk, old, new);
+    }
+    0
 }
 
-/// The runs of `inet_sock_set_state` that the kernel skipped because they nested in one of its
-/// runs on the same CPU (see the module's doc).
+/// Records a state change taken on, at stack position `frame`.
+#[inline(always)]
+fn take_on(t: &mut Taken, frame: u64, sk: u64, states: u64) {
+    let seq = t.seq + 1;
+    t.seq = seq;
+    let mut free = TAKEN_SLOTS;
+    let mut oldest = 0;
+    let mut oldest_tag = u64::MAX;
+    for i in 0..TAKEN_SLOTS {
+        if t.frame[i] == frame {
+            // Left by an earlier state change at this very stack position: that run is over,
+            // and its `state_nested` run was skipped.
+            t.frame[i] = 0;
+        }
+        if t.frame[i] == 0 {
+            if free == TAKEN_SLOTS {
+                free = i;
+            }
+        } else if t.tag[i] < oldest_tag {
+            oldest_tag = t.tag[i];
+            oldest = i;
+        }
+    }
+    // Full (never seen): the oldest entry is a leftover, since an awaited one is at most a
+    // softirq old.
+    let slot = if free < TAKEN_SLOTS { free } else { oldest };
+    if let (Some(f), Some(s), Some(tg)) = (
+        t.frame.get_mut(slot),
+        t.sk.get_mut(slot),
+        t.tag.get_mut(slot),
+    ) {
+        *s = sk;
+        *tg = seq << 16 | states;
+        // Last: the frame marks the slot as used.
+        *f = frame;
+    }
+}
+
+/// The state changes `inet_sock_set_state` did not run for: the kernel skipped it because it
+/// was already running on this CPU (see the module's doc).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn state_nested(ctx: RawTracePointContext) -> i32 {
-    match STATE_RUNNING.get(0) {
-        Some(&running) if running != 0 => {
-            bump(counter::NESTED_HANDLED);
-            state_changed(&ctx)
-        }
-        _ => 0,
+    let (sk, old, new) = args(&ctx);
+    if sk == 0 {
+        return 0;
     }
+    let Some(t) = TAKEN.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's table. Only the two programs use it, and on one CPU they can only
+    // interrupt each other (a softirq interrupting a task), never run side by side.
+    let t = unsafe { &mut *t };
+    let frame = frame(&ctx);
+    let want = states(old, new);
+    let mut taken = false;
+    for i in 0..TAKEN_SLOTS {
+        if t.frame[i] == frame {
+            // This state change's entry, or one left by an earlier run at this stack position
+            // (see `take_on`): either way no longer awaited.
+            taken = t.sk[i] == sk && t.tag[i] & 0xffff == want;
+            t.frame[i] = 0;
+        }
+    }
+    if !taken {
+        // Counted either way: the kernel counted the skipped run as a recursion miss.
+        bump(counter::NESTED_HANDLED);
+        if lifecycle_step(old, new) {
+            state_changed(sk, old, new);
+        }
+    }
+    0
 }
 
-// One copy shared by both programs (a BPF-to-BPF call), not one inlined into each.
-#[inline(never)]
-fn state_changed(ctx: &RawTracePointContext) -> i32 {
-    let sk: u64 = ctx.arg(0);
-    let old = ctx.arg::<u64>(1) as u8;
-    let new = ctx.arg::<u64>(2) as u8;
+/// Where this run of the tracepoint's programs is on the kernel stack: the address of the
+/// argument array, which the kernel builds in the same frame for each program of one
+/// tracepoint call. Two calls in progress on one CPU (one interrupting the other) never share
+/// it.
+#[inline(always)]
+fn frame(ctx: &RawTracePointContext) -> u64 {
+    ctx.as_ptr() as u64
+}
 
-    // Decide on the states alone first: most transitions (FIN_WAIT1, CLOSE_WAIT, ...) are not
-    // lifecycle steps and must cost nothing more.
-    let relevant = matches!(
+#[inline(always)]
+fn states(old: u8, new: u8) -> u64 {
+    u64::from(old) << 8 | u64::from(new)
+}
+
+/// The tracepoint's arguments: the socket, the old state and the new one.
+#[inline(always)]
+fn args(ctx: &RawTracePointContext) -> (u64, u8, u8) {
+    (ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8)
+}
+
+/// Whether a state change is a lifecycle step; decided on the states alone, so that the others
+/// (FIN_WAIT1, CLOSE_WAIT, ...) cost nothing more.
+#[inline(always)]
+fn lifecycle_step(old: u8, new: u8) -> bool {
+    matches!(
         (old, new),
         (st::CLOSE, st::SYN_SENT)
             | (st::CLOSE, st::LISTEN)
             | (st::LISTEN, st::SYN_RECV)
             | (_, st::ESTABLISHED)
             | (_, st::CLOSE)
-    );
-    if !relevant || sk == 0 {
-        return 0;
-    }
+    )
+}
+
+// One copy shared by both programs (a BPF-to-BPF call), not one inlined into each.
+#[inline(never)]
+fn state_changed(sk: u64, old: u8, new: u8) -> i32 {
     let off = offsets();
     if !is_tcp(sk, &off) {
         return 0;

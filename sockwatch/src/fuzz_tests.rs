@@ -217,6 +217,7 @@ const KEYS: &[&str] = &[
     "expired",
     "accept_would_block",
     "accept_interrupted",
+    "recursion_recovered",
 ];
 
 const RECORD_TYPES: &[&str] = &[

@@ -300,6 +300,7 @@ impl Tracer {
             read_failed: get(counter::READ_FAILED)?,
             accept_would_block: get(counter::ACCEPT_WOULD_BLOCK)?,
             accept_interrupted: get(counter::ACCEPT_INTERRUPTED)?,
+            recursion_recovered: get(counter::NESTED_HANDLED)?,
             recursion_misses: self
                 .final_recursion_misses
                 .unwrap_or_else(|| self.recursion_misses()),

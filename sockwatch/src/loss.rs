@@ -16,6 +16,8 @@ pub struct KernelCounters {
     pub recursion_misses: u64,
     pub accept_would_block: u64,
     pub accept_interrupted: u64,
+    /// State changes the kernel skipped in the main program that the backup program handled.
+    pub recursion_recovered: u64,
 }
 
 /// Counts of normal outcomes that produce no event, reported at the end in a `stats` record.
@@ -25,6 +27,10 @@ pub struct Quiet {
     pub accept_would_block: u64,
     /// accept() on a TCP listener was interrupted by a signal (EINTR or a restart).
     pub accept_interrupted: u64,
+    /// State changes whose run the kernel skipped (a softirq interrupting the lifecycle program
+    /// on its CPU) and the backup program handled instead: nothing lost.
+    #[serde(default)]
+    pub recursion_recovered: u64,
 }
 
 impl Quiet {
@@ -32,6 +38,7 @@ impl Quiet {
         Self {
             accept_would_block: c.accept_would_block,
             accept_interrupted: c.accept_interrupted,
+            recursion_recovered: c.recursion_recovered,
         }
     }
 }
@@ -40,8 +47,8 @@ impl std::fmt::Display for Quiet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "not failures: accept_would_block={} accept_interrupted={}",
-            self.accept_would_block, self.accept_interrupted
+            "not failures: accept_would_block={} accept_interrupted={} recursion_recovered={}",
+            self.accept_would_block, self.accept_interrupted, self.recursion_recovered
         )
     }
 }

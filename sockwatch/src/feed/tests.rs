@@ -122,6 +122,7 @@ fn live_and_exported_summaries_agree() {
         let quiet = Quiet {
             accept_would_block: 2,
             accept_interrupted: 0,
+            recursion_recovered: 3,
         };
         let loss = Loss {
             ringbuf_full: 1,

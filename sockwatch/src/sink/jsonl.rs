@@ -420,6 +420,7 @@ mod tests {
                 &Quiet {
                     accept_would_block: 4,
                     accept_interrupted: 1,
+                    recursion_recovered: 7,
                 },
                 0,
             )
@@ -428,7 +429,8 @@ mod tests {
         assert_eq!(
             v[0],
             json!({"time": "1970-01-01T00:00:00.000000000Z", "event": "stats",
-                   "accept_would_block": 4, "accept_interrupted": 1})
+                   "accept_would_block": 4, "accept_interrupted": 1,
+                   "recursion_recovered": 7})
         );
     }
 
