@@ -2,7 +2,7 @@
 //! start-up snapshot, then stream kernel events and periodic host samples into an export sink
 //! and/or the aggregator until stopped; finally drain, detach and account for every loss.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     io::{self, Write as _},
     path::PathBuf,
     time::Duration,
@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{Aggregator, Expiry, Summary},
+    aggregate::{Aggregator, Conn, Expiry, Summary},
     clock::WallClock,
     decode, feed,
     filter::Filter,
@@ -233,11 +233,32 @@ pub async fn run(
     }
     .await;
 
+    // A last look at the kernel's connections while the programs still run: the dump, then
+    // every event up to after it.
+    let final_dump = match &pipe.agg {
+        Some(agg) if result.is_ok() => {
+            let open_before: HashSet<Conn> = agg.open_connections().collect();
+            Some((open_before, sampler.open_connections()))
+        }
+        _ => None,
+    };
     // Stop the producers first, then take everything they produced, then count what is lost.
     tracer.detach();
     let drained = source.drain(|b| pipe.record(b)).context("writing events");
     result?;
     drained?;
+    if let (Some((open_before, kernel)), Some(agg)) = (final_dump, &pipe.agg) {
+        // Connections still open here that the kernel no longer had: their close was missed.
+        let expired = expiry.check_final(
+            agg.open_connections(),
+            open_before,
+            |c| kernel.has(c),
+            |netns| kernel.read(netns),
+            now_ns(&clock),
+        );
+        let expired: Vec<Owned> = expired.into_iter().map(Owned::Expired).collect();
+        pipe.samples(&expired).context("writing samples")?;
+    }
     let counters = tracer.counters()?;
     let (live_socks, live_pending) = tracer.live_entries()?;
     let mut loss = Loss::from_counters(&counters, live_socks, live_pending, pipe.decode_errors);

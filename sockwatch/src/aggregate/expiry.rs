@@ -67,6 +67,23 @@ impl Expiry {
         expire
     }
 
+    /// The last check, as sockwatch stops, with the events read up to after the dump: one
+    /// absence is enough then, since a connection closed before the dump would have had its
+    /// close read by now. Only connections already open when the dump started
+    /// (`open_before`) are judged; one opened since is absent from the dump but not closed.
+    pub fn check_final(
+        &mut self,
+        open: impl IntoIterator<Item = Conn>,
+        open_before: HashSet<Conn>,
+        kernel_has: impl Fn(&Conn) -> bool,
+        checked: impl Fn(u32) -> bool,
+        time_ns: i64,
+    ) -> Vec<Expired> {
+        // Every connection open before the dump counts as absent once already.
+        self.suspects = open_before;
+        self.check(open, kernel_has, checked, time_ns)
+    }
+
     /// Connections absent at the last check (not yet expired).
     pub fn suspects(&self) -> usize {
         self.suspects.len()

@@ -410,6 +410,30 @@ fn expiry_needs_two_absences_in_a_row() {
 }
 
 #[test]
+fn the_last_check_expires_on_one_absence_what_was_open_before_the_dump() {
+    let c = |port: u16, netns: u32| Conn {
+        netns,
+        local_addr: ip("10.0.0.1"),
+        local_port: 80,
+        peer_addr: ip("10.0.0.2"),
+        peer_port: port,
+    };
+    let mut e = Expiry::new();
+    // Open before the dump: 1 (still in the kernel), 2 (gone), 4 (namespace 7 not read).
+    let before = HashSet::from([c(1, NS), c(2, NS), c(4, 7)]);
+    // 3 was opened after the dump started: absent from it, yet not closed.
+    let open = [c(1, NS), c(2, NS), c(3, NS), c(4, 7)];
+    let gone = e.check_final(open, before, |x| x.peer_port == 1, |n| n == NS, 10);
+    assert_eq!(
+        gone,
+        [Expired {
+            time_ns: 10,
+            conn: c(2, NS)
+        }]
+    );
+}
+
+#[test]
 fn expiry_compares_ipv4_mapped_addresses_as_ipv4() {
     let mapped = Conn {
         netns: NS,
