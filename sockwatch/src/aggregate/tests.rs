@@ -376,59 +376,71 @@ fn expiring_takes_a_connection_out_of_the_open_counts_once() {
     assert_eq!(a.open_connections().count(), 1);
 }
 
-#[test]
-fn expiry_needs_two_absences_in_a_row() {
-    let c = |port: u16, netns: u32| Conn {
+/// A connection to 10.0.0.1:80 from port `port` of 10.0.0.2, in `netns`.
+fn conn_on(port: u16, netns: u32) -> Conn {
+    Conn {
         netns,
         local_addr: ip("10.0.0.1"),
         local_port: 80,
         peer_addr: ip("10.0.0.2"),
         peer_port: port,
-    };
+    }
+}
+
+#[test]
+fn expiry_needs_two_absences_in_a_row() {
     let mut e = Expiry::new();
-    let open = [c(1, NS), c(2, NS), c(3, NS), c(4, 7)];
+    let open = [
+        conn_on(1, NS),
+        conn_on(2, NS),
+        conn_on(3, NS),
+        conn_on(4, 7),
+    ];
     // The kernel has 1 only; namespace 7 could not be read.
     let kernel = |x: &Conn| x.peer_port == 1;
     let read = |n: u32| n == NS;
     assert!(e.check(open, kernel, read, 10).is_empty());
     assert_eq!(e.suspects(), 2);
     // 2 closed normally meanwhile (no longer open); 3 is still open and still absent.
-    let gone = e.check([c(1, NS), c(3, NS), c(4, 7)], kernel, read, 20);
+    let gone = e.check(
+        [conn_on(1, NS), conn_on(3, NS), conn_on(4, 7)],
+        kernel,
+        read,
+        20,
+    );
     assert_eq!(
         gone,
         [Expired {
             time_ns: 20,
-            conn: c(3, NS)
+            conn: conn_on(3, NS)
         }]
     );
     assert_eq!(e.suspects(), 0);
     // Absent once, then back (a new connection on the same addresses): not expired.
-    assert!(e.check([c(5, NS)], |_| false, read, 30).is_empty());
-    assert!(e.check([c(5, NS)], |_| true, read, 40).is_empty());
-    assert!(e.check([c(5, NS)], |_| false, read, 50).is_empty());
-    assert_eq!(e.check([c(5, NS)], |_| false, read, 60).len(), 1);
+    assert!(e.check([conn_on(5, NS)], |_| false, read, 30).is_empty());
+    assert!(e.check([conn_on(5, NS)], |_| true, read, 40).is_empty());
+    assert!(e.check([conn_on(5, NS)], |_| false, read, 50).is_empty());
+    assert_eq!(e.check([conn_on(5, NS)], |_| false, read, 60).len(), 1);
 }
 
 #[test]
 fn the_last_check_expires_on_one_absence_what_was_open_before_the_dump() {
-    let c = |port: u16, netns: u32| Conn {
-        netns,
-        local_addr: ip("10.0.0.1"),
-        local_port: 80,
-        peer_addr: ip("10.0.0.2"),
-        peer_port: port,
-    };
     let mut e = Expiry::new();
     // Open before the dump: 1 (still in the kernel), 2 (gone), 4 (namespace 7 not read).
-    let before = HashSet::from([c(1, NS), c(2, NS), c(4, 7)]);
+    let before = HashSet::from([conn_on(1, NS), conn_on(2, NS), conn_on(4, 7)]);
     // 3 was opened after the dump started: absent from it, yet not closed.
-    let open = [c(1, NS), c(2, NS), c(3, NS), c(4, 7)];
+    let open = [
+        conn_on(1, NS),
+        conn_on(2, NS),
+        conn_on(3, NS),
+        conn_on(4, 7),
+    ];
     let gone = e.check_final(open, before, |x| x.peer_port == 1, |n| n == NS, 10);
     assert_eq!(
         gone,
         [Expired {
             time_ns: 10,
-            conn: c(2, NS)
+            conn: conn_on(2, NS)
         }]
     );
 }
