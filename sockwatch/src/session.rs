@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{Aggregator, Conn, Expiry, Summary},
+    aggregate::{Aggregator, Conn, Expiry, Summary, expiry},
     clock::WallClock,
     decode, feed,
     filter::Filter,
@@ -233,13 +233,13 @@ pub async fn run(
     }
     .await;
 
-    // A last look at the kernel's connections while the programs still run: the dump, then
-    // every event up to after it.
-    let final_dump = match &pipe.agg {
-        Some(agg) if result.is_ok() => {
-            let open_before: HashSet<Conn> = agg.open_connections().collect();
-            Some((open_before, sampler.open_connections()))
-        }
+    // A last look at the kernel's connections while the programs still run.
+    let absent = match &pipe.agg {
+        Some(_) if result.is_ok() => Some(
+            last_dump(&mut source, &mut pipe, &mut sampler, &mut drain_tick)
+                .await
+                .context("the last look at the kernel's connections")?,
+        ),
         _ => None,
     };
     // Stop the producers first, then take everything they produced, then count what is lost.
@@ -247,15 +247,10 @@ pub async fn run(
     let drained = source.drain(|b| pipe.record(b)).context("writing events");
     result?;
     drained?;
-    if let (Some((open_before, kernel)), Some(agg)) = (final_dump, &pipe.agg) {
-        // Connections still open here that the kernel no longer had: their close was missed.
-        let expired = expiry.check_final(
-            agg.open_connections(),
-            open_before,
-            |c| kernel.has(c),
-            |netns| kernel.read(netns),
-            now_ns(&clock),
-        );
+    if let (Some(absent), Some(agg)) = (absent, &pipe.agg) {
+        // Connections still open after every event up to after the dump, that the kernel no
+        // longer had at the dump: their close was missed.
+        let expired = expiry.check_final(agg.open_connections(), &absent, now_ns(&clock));
         let expired: Vec<Owned> = expired.into_iter().map(Owned::Expired).collect();
         pipe.samples(&expired).context("writing samples")?;
     }
@@ -283,6 +278,55 @@ pub async fn run(
         summary,
         sampler_errors: (sampler.errors, sampler.first_error),
     })
+}
+
+/// Dumps the kernel's connections, and returns those the aggregator holds open that the dump
+/// lacks. Records that arrive meanwhile are kept aside, unapplied, and applied after the
+/// comparison, so the aggregator is compared as it stood when the dump began (a connection it
+/// opens later is absent from the dump, yet open); they are still read from the ring, which
+/// must not fill while hundreds of thousands of sockets are dumped.
+async fn last_dump(
+    source: &mut Source,
+    pipe: &mut Pipeline,
+    sampler: &mut Sampler,
+    drain_tick: &mut tokio::time::Interval,
+) -> anyhow::Result<HashSet<Conn>> {
+    let mut dump =
+        dump_connections().context("cannot start a thread to read the kernel's connections")?;
+    let mut held: Vec<u8> = Vec::new();
+    let mut lengths: Vec<usize> = Vec::new();
+    let mut hold = |b: &[u8]| {
+        held.extend_from_slice(b);
+        lengths.push(b.len());
+        Ok(())
+    };
+    let kernel = loop {
+        tokio::select! {
+            dumped = &mut dump => match dumped {
+                Ok((kernel, errors)) => {
+                    sampler.absorb(errors);
+                    break kernel;
+                }
+                Err(_) => anyhow::bail!("the thread reading the kernel's connections died"),
+            },
+            _ = drain_tick.tick() => {
+                source.drain(&mut hold).context("reading events")?;
+            }
+        }
+    };
+    let absent = match &pipe.agg {
+        Some(agg) => agg
+            .open_connections()
+            .filter(|c| kernel.read(c.netns) && !kernel.has(&expiry::canonical(c)))
+            .collect(),
+        None => HashSet::new(),
+    };
+    let mut at = 0;
+    for len in lengths {
+        pipe.record(&held[at..at + len]).context("writing events")?;
+        at += len;
+    }
+    Ok(absent)
 }
 
 /// Reads every connection the kernel has, for expiry, on a thread of its own: with hundreds of

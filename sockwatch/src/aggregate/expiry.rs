@@ -53,39 +53,45 @@ impl Expiry {
             }
         }
         self.suspects = absent;
-        // A stable order, so that the records are easy to compare.
-        expire.sort_by_key(|e| {
-            let c = e.conn;
-            (
-                c.netns,
-                c.local_addr,
-                c.local_port,
-                c.peer_addr,
-                c.peer_port,
-            )
-        });
-        expire
+        sorted(expire)
     }
 
-    /// The last check, as sockwatch stops, with the events read up to after the dump: one
-    /// absence is enough then, since a connection closed before the dump would have had its
-    /// close read by now. Only connections already open when the dump started
-    /// (`open_before`) are judged; one opened since is absent from the dump but not closed.
+    /// The last check, as sockwatch stops. `absent` holds the connections that were open when
+    /// the kernel's table was dumped and missing from it; the events were then read up to after
+    /// the dump, so one of them still open now had its close missed (a close before the dump
+    /// would have been read). One absence is enough here.
     pub fn check_final(
         &mut self,
         open: impl IntoIterator<Item = Conn>,
-        open_before: HashSet<Conn>,
-        kernel_has: impl Fn(&Conn) -> bool,
-        checked: impl Fn(u32) -> bool,
+        absent: &HashSet<Conn>,
         time_ns: i64,
     ) -> Vec<Expired> {
-        // Every connection open before the dump counts as absent once already.
-        self.suspects = open_before;
-        self.check(open, kernel_has, checked, time_ns)
+        self.suspects.clear();
+        let expire = open
+            .into_iter()
+            .filter(|c| absent.contains(c))
+            .map(|conn| Expired { time_ns, conn })
+            .collect();
+        sorted(expire)
     }
 
     /// Connections absent at the last check (not yet expired).
     pub fn suspects(&self) -> usize {
         self.suspects.len()
     }
+}
+
+/// A stable order, so that the records are easy to compare.
+fn sorted(mut expire: Vec<Expired>) -> Vec<Expired> {
+    expire.sort_by_key(|e| {
+        let c = e.conn;
+        (
+            c.netns,
+            c.local_addr,
+            c.local_port,
+            c.peer_addr,
+            c.peer_port,
+        )
+    });
+    expire
 }
