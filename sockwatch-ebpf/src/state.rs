@@ -12,9 +12,9 @@
 //! in those gaps found the flag clear and its state change was lost. Instead the first program
 //! records each state change it takes on in a per-CPU table ([`Taken`]), and the second one
 //! looks its own state change up there: found, it was handled; absent, the first program was
-//! skipped. Every run of the second one removes what it looked up, and what the runs that
-//! interrupted it left (their own run of it was skipped); what is still left after that ages
-//! out.
+//! skipped. An entry is keyed by the stack position of its tracepoint call as well as by
+//! socket and states, so an entry left behind (when the second program's own run was skipped)
+//! never answers for another call in progress, and is cleared by the next call at its position.
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
@@ -78,8 +78,8 @@ fn take_on(t: &mut Taken, frame: u64, sk: u64, states: u64) {
             oldest = i;
         }
     }
-    // Full (never seen): the oldest entry is a leftover, since an awaited one is at most a
-    // softirq old.
+    // Full (not seen in testing): the oldest entry goes, most likely a leftover; an awaited
+    // one is at most as old as the calls in progress on this CPU.
     let slot = if free < TAKEN_SLOTS { free } else { oldest };
     if let (Some(f), Some(s), Some(tg)) = (
         t.frame.get_mut(slot),
