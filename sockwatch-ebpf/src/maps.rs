@@ -70,7 +70,7 @@ pub static TAKEN: PerCpuArray<Taken> = PerCpuArray::with_max_entries(1, 0);
 /// Slots in [`Taken`]: an entry is awaited only while its tracepoint call is in progress, so at
 /// most two at once (a task's, and a softirq's that interrupts it); the others hold leftovers
 /// until their stack position comes round again.
-pub const TAKEN_SLOTS: usize = 8;
+pub const TAKEN_SLOTS: usize = 4;
 
 #[repr(C)]
 pub struct Taken {

@@ -65,8 +65,9 @@ fn take_on(t: &mut Taken, frame: u64, sk: u64, states: u64) {
     let mut oldest_tag = u64::MAX;
     for i in 0..TAKEN_SLOTS {
         if t.frame[i] == frame {
-            // Left by an earlier state change at this very stack position: that run is over,
-            // and its `state_nested` run was skipped.
+            // Left by an earlier call at this very stack position: that call is over, and its
+            // `state_nested` run was skipped. Cleared, so that a burst of such calls leaves one
+            // entry, not one each.
             t.frame[i] = 0;
         }
         if t.frame[i] == 0 {
@@ -112,9 +113,9 @@ pub fn state_nested(ctx: RawTracePointContext) -> i32 {
     let mut taken = false;
     for i in 0..TAKEN_SLOTS {
         if t.frame[i] == frame {
-            // This state change's entry, or one left by an earlier run at this stack position
-            // (see `take_on`): either way no longer awaited.
-            taken = t.sk[i] == sk && t.tag[i] & 0xffff == want;
+            // This state change's entry, or one left by an earlier call at this stack position
+            // (whose own run of this program was skipped): either way no longer awaited.
+            taken |= t.sk[i] == sk && t.tag[i] & 0xffff == want;
             t.frame[i] = 0;
         }
     }

@@ -233,13 +233,19 @@ pub async fn run(
     }
     .await;
 
-    // A last look at the kernel's connections while the programs still run.
+    // A last look at the kernel's connections while the programs still run. Its failure is
+    // reported like the loop's, after the programs are detached.
+    let mut result = result;
     let absent = match &pipe.agg {
-        Some(_) if result.is_ok() => Some(
-            last_dump(&mut source, &mut pipe, &mut sampler, &mut drain_tick)
-                .await
-                .context("the last look at the kernel's connections")?,
-        ),
+        Some(_) if result.is_ok() => {
+            match last_dump(&mut source, &mut pipe, &mut sampler, &mut drain_tick).await {
+                Ok(absent) => Some(absent),
+                Err(e) => {
+                    result = Err(e.context("the last look at the kernel's connections"));
+                    None
+                }
+            }
+        }
         _ => None,
     };
     // Stop the producers first, then take everything they produced, then count what is lost.
