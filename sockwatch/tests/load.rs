@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use serde_json::Value;
@@ -33,6 +33,17 @@ fn churn_binary() -> PathBuf {
     bin
 }
 
+/// A child process, killed and reaped when dropped (also when the test fails).
+struct Holder(Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // Our own child, by pid.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_full_speed_churn_loses_nothing() {
     if !common::root_or_skip("a_full_speed_churn_loses_nothing") {
@@ -42,35 +53,34 @@ fn a_full_speed_churn_loses_nothing() {
     // `top` keeps the table of open connections that the last look at the kernel checks;
     // with --output it writes the same event stream as `trace`.
     let args = ["top", "--format", "json"];
-    let (t, _summary, (result, mut holder)) =
-        common::run_in_new_netns(&args, libc::SIGTERM, |_| {
-            // sockwatch finds namespaces through the processes in them: one stays here until
-            // sockwatch has stopped, so that its last look at the kernel's connections covers
-            // this namespace.
-            let holder = Command::new("sleep")
+    let (t, _summary, (result, _holder)) = common::run_in_new_netns(&args, libc::SIGTERM, |_| {
+        // sockwatch finds namespaces through the processes in them: one stays here until
+        // sockwatch has stopped, so that its last look at the kernel's connections covers
+        // this namespace.
+        let holder = Holder(
+            Command::new("sleep")
                 .arg("300")
                 .stdin(Stdio::null())
                 .spawn()
-                .expect("spawn sleep");
-            // Two client and two server processes, 64 connections in flight each, from four
-            // source addresses: in the namespace the harness made for this test.
-            let out = Command::new(&churn)
-                .args(["--clients", "2", "--servers", "2", "--in-flight", "64"])
-                .args(["--sources", "16", "--port", "47999", "--max-seconds", "60"])
-                .args(["--connections", &CONNECTIONS.to_string()])
-                .stdin(Stdio::null())
-                .output()
-                .expect("run sockwatch-churn");
-            assert!(
-                out.status.success(),
-                "sockwatch-churn failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (String::from_utf8_lossy(&out.stdout).into_owned(), holder)
-        });
-    // Our own child, by pid.
-    let _ = holder.kill();
-    let _ = holder.wait();
+                .expect("spawn sleep"),
+        );
+        // Two client and two server processes, 64 connections in flight each, from sixteen
+        // source addresses (few port reuses, so a missed close is not hidden by a new
+        // connection on the same addresses): in the namespace the harness made for this test.
+        let out = Command::new(&churn)
+            .args(["--clients", "2", "--servers", "2", "--in-flight", "64"])
+            .args(["--sources", "16", "--port", "47999", "--max-seconds", "60"])
+            .args(["--connections", &CONNECTIONS.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sockwatch-churn");
+        assert!(
+            out.status.success(),
+            "sockwatch-churn failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (String::from_utf8_lossy(&out.stdout).into_owned(), holder)
+    });
     // Shown when the test fails (or with --nocapture).
     eprintln!("{}\n{}\n{}", result.trim(), t.stats, t.lost);
     let line = result.lines().last().unwrap_or_default();
