@@ -23,7 +23,7 @@ use crate::{
 };
 
 pub(crate) static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch"));
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch-ebpf"));
 
 /// Where each program attaches. Syscall hooks come first, so that when the state-change hook
 /// starts, the hooks completing its events are already there.
