@@ -190,6 +190,33 @@ fn interval_rotation_needs_records_and_waits_for_a_line_end() {
 }
 
 #[test]
+fn a_busy_stream_rotates_on_time_before_its_next_record() {
+    let d = dir("busy");
+    let live = d.0.join("conns.jsonl");
+    let every = Duration::from_secs(60);
+    let (mut out, worker) =
+        open(&live, false, HEADER, Some(rotation(None, Some(every), 100))).unwrap();
+    out.write_all(record(1).as_bytes()).unwrap();
+    out.opened -= every;
+    // Never quiet: the flush finds the rotation due, the next record starts the new file.
+    out.flush().unwrap();
+    assert_eq!(d.files().len(), 1, "not right after a record");
+    out.write_all(record(2).as_bytes()).unwrap();
+    assert_eq!(d.files().len(), 2, "rotated before the next record");
+    out.write_all(record(3).as_bytes()).unwrap();
+    out.flush().unwrap();
+    drop(out);
+    worker.unwrap().finish(Duration::from_secs(10));
+    let files = run_files(&d, &live);
+    assert_eq!(files[0].1.len(), 2, "header and the first record");
+    assert_eq!(
+        files[1].1.len(),
+        3,
+        "header and the two records after the flush"
+    );
+}
+
+#[test]
 fn only_the_newest_n_rotated_files_are_kept() {
     let d = dir("keep");
     let live = d.0.join("conns.jsonl");
