@@ -12,6 +12,9 @@
 //! - `store`: stores that LLVM cannot turn into a (slow, looping) memset.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// For an atomic add (see `maps::bump`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod accept;

@@ -1,3 +1,5 @@
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -130,7 +132,12 @@ pub fn record_field(ctx: &aya_ebpf::programs::TracePointContext, offset: u32) ->
 #[inline(always)]
 pub fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // Per-CPU slot: no other writer while this program runs on this CPU.
-        unsafe { *slot += 1 };
+        // Atomic even though the slot is this CPU's: a softirq can interrupt a program between
+        // the load and the store of a plain `+= 1` and run one of ours that bumps the same
+        // counter, whose increment the store would then undo.
+        // (`AtomicU64` has no `fetch_add` on this target; the intrinsic becomes one atomic add
+        // instruction.)
+        // SAFETY: a valid, aligned map value that lives as long as the map.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
     }
 }

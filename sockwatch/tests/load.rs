@@ -93,9 +93,12 @@ fn a_full_speed_churn_loses_nothing() {
     assert_eq!(made["errors"].as_u64(), Some(0), "{made}");
     assert_eq!(made["timed_out"].as_bool(), Some(false), "{made}");
 
-    // Nothing lost to the ring or to a skipped program run.
+    // Nothing lost to the ring, to the maps or to a skipped program run.
     for key in [
         "ringbuf_full",
+        "sock_map_full",
+        "sock_map_evicted",
+        "connect_lost",
         "recursion_misses",
         "read_failed",
         "decode_errors",

@@ -255,7 +255,7 @@ pub fn wait_ready(child: &mut Child, ready: &Path) {
 pub fn wait_connections_settled() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let busy = ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+        let busy: Vec<String> = ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
             .iter()
             .filter_map(|p| fs::File::open(p).ok())
             .flat_map(|f| io::BufReader::new(f).lines().skip(1).map_while(Result::ok))
@@ -263,13 +263,15 @@ pub fn wait_connections_settled() {
                 let st = l.split_whitespace().nth(3).unwrap_or("");
                 st != "06" && st != "0A"
             })
-            .count();
-        if busy == 0 {
+            .collect();
+        if busy.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{busy} sockets still closing after 10 s"
+            "{} sockets still closing after 10 s:\n{}",
+            busy.len(),
+            busy.join("\n")
         );
         thread::sleep(Duration::from_millis(5));
     }
