@@ -17,8 +17,7 @@ use sockwatch_common::{AF_INET, AF_INET6, counter, flags, kind, tcp_state};
 use crate::{
     filter::Verdict,
     maps::{
-        CONNECT_ARGS, CONNECTING_THREADS, ConnectArgs, PENDING_CONNECTS, bump, offsets,
-        record_field,
+        CONNECT_ARGS, ConnectArgs, PENDING_CONNECTS, bump, offsets, record_field,
     },
     sock::{current_owner, emit, emit_patched, forget, is_tcp, lookup, netns_of, sock_of_fd},
     store::{put, put16, zero_bytes},
@@ -57,6 +56,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         put(&mut a.family, family);
         put(&mut a.port, u16::from_be_bytes([head[2], head[3]]));
         zero_bytes(&mut a._pad);
+        put(&mut a.sk, 0);
         slot.assume_init_ref()
     };
     let _ = CONNECT_ARGS.insert(bpf_get_current_pid_tgid(), args, BPF_ANY as u64);
@@ -65,14 +65,14 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let thread = bpf_get_current_pid_tgid();
-    let args = take(&CONNECT_ARGS, thread);
-    if let Some(sk) = take(&CONNECTING_THREADS, thread) {
+    let Some(args) = take(&CONNECT_ARGS, bpf_get_current_pid_tgid()) else {
+        return 0;
+    };
+    if args.sk != 0 {
         // A SYN was sent: the connect is reported now, a failure by the state change.
-        emit_pending_connect(sk, tcp_state::SYN_SENT);
+        emit_pending_connect(args.sk, tcp_state::SYN_SENT);
         return 0;
     }
-    let Some(args) = args else { return 0 };
     let Some(errno) = errno_of(record_field(&ctx, offsets().sys_exit_ret) as i64) else {
         return 0;
     };

@@ -18,22 +18,23 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(1 << 
 /// Sockets whose `connect` event is not yet emitted. Whoever removes the entry (the
 /// connect syscall's exit, or the socket's next state change) emits it: a map delete succeeds
 /// exactly once, so the event is emitted exactly once even when both race on two CPUs.
+///
+/// A plain hash, not LRU (whose free-list upkeep cost more than the rest of the lookup): an
+/// entry lives from the SYN to the end of connect(), and only a socket whose connect() exit and
+/// next state change were both missed would stay.
 #[map]
-pub static PENDING_CONNECTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1 << 18, 0);
+pub static PENDING_CONNECTS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 18, 0);
 
 // The per-thread maps below are plain hashes: cheaper than LRU ones (no shared LRU list), and
 // they cannot fill up with stale entries, since a thread has one entry at most, overwritten by
 // its next call.
 
-/// The socket a thread is connecting, from its CLOSE->SYN_SENT until its connect() returns.
-#[map]
-pub static CONNECTING_THREADS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
-
 /// The listening fd of each thread inside accept()/accept4(), from enter to exit.
 #[map]
 pub static ACCEPT_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
 
-/// The fd and destination of each thread inside connect() on an inet socket.
+/// The fd and destination of each thread inside connect() on an inet socket, and the socket
+/// once it sends its SYN.
 #[map]
 pub static CONNECT_ARGS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(1 << 16, 0);
 
@@ -46,6 +47,9 @@ pub struct ConnectArgs {
     /// Host byte order.
     pub port: u16,
     pub _pad: [u8; 4],
+    /// Set at the socket's CLOSE->SYN_SENT (during this connect()): its connect event is due
+    /// when connect() returns. 0 until then.
+    pub sk: u64,
 }
 
 // Written with 8-byte stores (see `store`).

@@ -29,7 +29,7 @@ use sockwatch_common::{counter, flags, kind, tcp_state as st};
 use crate::{
     connect::emit_pending_connect,
     filter::{self, Verdict},
-    maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
+    maps::{CONNECT_ARGS, PENDING_CONNECTS, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
         copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember,
         sock_error, sock_info,
@@ -167,7 +167,13 @@ fn lifecycle_step(old: u8, new: u8) -> bool {
 #[inline(never)]
 fn state_changed(sk: u64, old: u8, new: u8) -> i32 {
     let off = offsets();
-    if !is_tcp(sk, &off) {
+    // Only births test the protocol (the tracepoint also fires for MPTCP and SCTP sockets):
+    // a socket in the map is TCP, so the later steps test it only when it is absent.
+    let birth = matches!(
+        (old, new),
+        (st::CLOSE, st::SYN_SENT) | (st::CLOSE, st::LISTEN) | (st::LISTEN, st::SYN_RECV)
+    );
+    if birth && !is_tcp(sk, &off) {
         return 0;
     }
 
@@ -189,7 +195,10 @@ fn state_changed(sk: u64, old: u8, new: u8) -> i32 {
             } else {
                 bump(counter::PENDING_INSERT_FAILED);
             }
-            let _ = CONNECTING_THREADS.insert(thread, sk, BPF_ANY as u64);
+            if let Some(args) = CONNECT_ARGS.get_ptr_mut(thread) {
+                // SAFETY: this thread's entry; only this thread writes or removes it.
+                unsafe { (*args).sk = sk };
+            }
         }
         (st::CLOSE, st::LISTEN) => {
             let now = unsafe { bpf_ktime_get_ns() };
@@ -207,6 +216,9 @@ fn state_changed(sk: u64, old: u8, new: u8) -> i32 {
         (st::LISTEN, st::CLOSE) => {
             let mut slot = MaybeUninit::uninit();
             let info = forget(sk, &mut slot);
+            if info.is_none() && !is_tcp(sk, &off) {
+                return 0;
+            }
             emit(sk, kind::LISTEN_STOP, old, new, info, 0);
         }
         (st::LISTEN, st::SYN_RECV) => {
@@ -240,7 +252,8 @@ fn state_changed(sk: u64, old: u8, new: u8) -> i32 {
                     (*p).flags |= flags::ESTABLISHED;
                     Some(copy_info(&mut slot, p))
                 },
-                None => None,
+                None if is_tcp(sk, &off) => None,
+                None => return 0,
             };
             let passive = if old == st::SYN_RECV {
                 flags::PASSIVE
@@ -259,6 +272,9 @@ fn state_changed(sk: u64, old: u8, new: u8) -> i32 {
             }
             let mut slot = MaybeUninit::uninit();
             let info = forget(sk, &mut slot);
+            if info.is_none() && !is_tcp(sk, &off) {
+                return 0;
+            }
             if old == st::SYN_SENT {
                 // Never established: refused (RST), timed out, unreachable, or closed by the
                 // application while connecting (sk_err 0).
