@@ -172,9 +172,12 @@ pub struct KernelOffsets {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
-    /// Offsets in the syscall tracepoint records (from tracefs format files).
-    pub sys_enter_fd: u32,
-    pub sys_enter_addr: u32,
+    /// Offsets in `struct pt_regs` of a syscall's first and second argument as its exit finds
+    /// them (x86-64: di, si; arm64: orig_x0, x1): the exit hooks read the arguments there, so
+    /// that no entry hook has to save them.
+    pub syscall_arg0: u32,
+    pub syscall_arg1: u32,
+    /// Offset of `ret` in the syscall exit tracepoint records (from tracefs format files).
     pub sys_exit_ret: u32,
     /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's `enum skb_drop_reason`;
     /// `NO_DROP_REASON` when the kernel has none, which turns the overflow hook off.

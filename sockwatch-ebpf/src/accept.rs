@@ -1,35 +1,22 @@
-//! `syscalls:sys_{enter,exit}_accept{,4}`: accepted connections attributed to the process that
-//! called accept(), and accept() failures tied to the listening socket.
+//! `syscalls:sys_exit_accept{,4}`: accepted connections attributed to the process that called
+//! accept(), and accept() failures tied to the listening socket (its fd read from the registers
+//! the syscall saved: no entry hook).
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{
-    bindings::BPF_ANY, helpers::bpf_get_current_pid_tgid, macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use sockwatch_common::{counter, flags, kind, tcp_state};
 
 use crate::{
     filter::{self, Verdict},
-    maps::{ACCEPT_ARGS, SOCKS, bump, offsets, record_field},
+    maps::{SOCKS, bump, offsets, record_field},
     sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_of_fd},
     store::copy16,
-    syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted, take},
+    syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted, syscall_arg},
 };
-
-/// Attached to both sys_enter_accept and sys_enter_accept4 (same record layout for the fd).
-#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    let fd = record_field(&ctx, offsets().sys_enter_fd);
-    let _ = ACCEPT_ARGS.insert(bpf_get_current_pid_tgid(), fd, BPF_ANY as u64);
-    0
-}
 
 /// Attached to both sys_exit_accept and sys_exit_accept4.
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let Some(listen_fd) = take(&ACCEPT_ARGS, bpf_get_current_pid_tgid()) else {
-        return 0;
-    };
     let off = offsets();
     let ret = record_field(&ctx, off.sys_exit_ret) as i64;
     let Some(errno) = errno_of(ret) else {
@@ -42,7 +29,8 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     if errno == EBADF || errno == ENOTSOCK {
         return 0;
     }
-    let Some(listener) = sock_of_fd(listen_fd, &off) else {
+    // accept(fd, ...): the listening socket's fd.
+    let Some(listener) = sock_of_fd(syscall_arg(off.syscall_arg0), &off) else {
         return 0;
     };
     if !is_tcp(listener, &off) {

@@ -1,4 +1,5 @@
-//! `syscalls:sys_{enter,exit}_connect`.
+//! `syscalls:sys_exit_connect` (no entry hook: the arguments are read from the registers the
+//! syscall saved, at its exit).
 //!
 //! At CLOSE->SYN_SENT the kernel has not yet chosen the local port, so the connect event waits
 //! until connect() returns (or the socket's next state change). connect() errors raised before
@@ -7,95 +8,95 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    bindings::BPF_ANY,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sockwatch_common::{AF_INET, AF_INET6, counter, flags, kind, tcp_state};
+use sockwatch_common::{AF_INET, AF_INET6, KernelOffsets, counter, flags, kind, tcp_state};
 
 use crate::{
     filter::Verdict,
-    maps::{
-        CONNECT_ARGS, ConnectArgs, PENDING_CONNECTS, bump, offsets, record_field,
-    },
+    maps::{CONNECTING_THREADS, PENDING_CONNECTS, bump, offsets, record_field},
     sock::{current_owner, emit, emit_patched, forget, is_tcp, lookup, netns_of, sock_of_fd},
-    store::{put, put16, zero_bytes},
-    syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, take},
+    store::put16,
+    syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, syscall_arg, take},
 };
 
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let connecting = take(&CONNECTING_THREADS, bpf_get_current_pid_tgid());
     let off = offsets();
-    let fd = record_field(&ctx, off.sys_enter_fd);
-    let uaddr = record_field(&ctx, off.sys_enter_addr);
-    // struct sockaddr_in{,6}: family (u16), port (be16), then the v4 address at 4 or, for v6,
-    // flowinfo at 4 and the address at 8.
-    let Ok(head) = (unsafe { bpf_probe_read_user(uaddr as *const [u8; 8]) }) else {
+    let errno = errno_of(record_field(&ctx, off.sys_exit_ret) as i64);
+    // Still connecting, or already connected: not a failure.
+    let failed =
+        errno.filter(|&e| !matches!(e, EINPROGRESS | EALREADY | EISCONN) && !interrupted(e));
+    let Some(errno) = failed else {
+        if let Some(sk) = connecting {
+            // A SYN was sent: the connect is reported now, a failure by the state change.
+            emit_pending_connect(sk, tcp_state::SYN_SENT);
+        }
         return 0;
     };
+    // connect(fd, addr, len): an inet destination, or not ours.
+    let Some(dest) = destination(syscall_arg(off.syscall_arg1)) else {
+        return 0;
+    };
+    let Some(sk) = sock_of_fd(syscall_arg(off.syscall_arg0), &off) else {
+        return 0;
+    };
+    if connecting == Some(sk) {
+        // This call sent a SYN: its state change reports the failure.
+        emit_pending_connect(sk, tcp_state::SYN_SENT);
+        return 0;
+    }
+    // (A connecting socket other than this call's was left by a SYN sent outside connect(),
+    // TCP Fast Open say: its connect was reported by its own state change.)
+    connect_failed_early(sk, &dest, errno, &off);
+    0
+}
+
+/// Where a failed connect() was going, from the caller's sockaddr.
+struct Destination {
+    family: u8,
+    /// Host byte order.
+    port: u16,
+    /// The address's two halves (see `store::put16`).
+    lo: [u8; 8],
+    hi: [u8; 8],
+}
+
+/// The destination in the user's `struct sockaddr_in{,6}` at `uaddr`; None for other families.
+#[inline(always)]
+fn destination(uaddr: u64) -> Option<Destination> {
+    // Family (u16), port (be16), then the v4 address at 4 or, for v6, flowinfo at 4 and the
+    // address at 8.
+    let head = unsafe { bpf_probe_read_user(uaddr as *const [u8; 8]) }.ok()?;
     let family = u16::from_ne_bytes([head[0], head[1]]);
     let (lo, hi) = if family == u16::from(AF_INET) {
         ([head[4], head[5], head[6], head[7], 0, 0, 0, 0], [0; 8])
     } else if family == u16::from(AF_INET6) {
-        let Ok(a) = (unsafe { bpf_probe_read_user((uaddr + 8) as *const [[u8; 8]; 2]) }) else {
-            return 0;
-        };
+        let a = unsafe { bpf_probe_read_user((uaddr + 8) as *const [[u8; 8]; 2]) }.ok()?;
         (a[0], a[1])
     } else {
         // Unix and other families: not ours.
-        return 0;
+        return None;
     };
-    // Built in place with plain stores (see `store`).
-    let mut slot = MaybeUninit::<ConnectArgs>::uninit();
-    // SAFETY: every field is written before `assume_init_ref`.
-    let args = unsafe {
-        let a = &mut *slot.as_mut_ptr();
-        put(&mut a.fd, fd);
-        put16(&mut a.addr, lo, hi);
-        put(&mut a.family, family);
-        put(&mut a.port, u16::from_be_bytes([head[2], head[3]]));
-        zero_bytes(&mut a._pad);
-        put(&mut a.sk, 0);
-        slot.assume_init_ref()
-    };
-    let _ = CONNECT_ARGS.insert(bpf_get_current_pid_tgid(), args, BPF_ANY as u64);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let Some(args) = take(&CONNECT_ARGS, bpf_get_current_pid_tgid()) else {
-        return 0;
-    };
-    if args.sk != 0 {
-        // A SYN was sent: the connect is reported now, a failure by the state change.
-        emit_pending_connect(args.sk, tcp_state::SYN_SENT);
-        return 0;
-    }
-    let Some(errno) = errno_of(record_field(&ctx, offsets().sys_exit_ret) as i64) else {
-        return 0;
-    };
-    // Still connecting, or already connected: not a failure.
-    if matches!(errno, EINPROGRESS | EALREADY | EISCONN) || interrupted(errno) {
-        return 0;
-    }
-    connect_failed_early(&args, errno);
-    0
+    Some(Destination {
+        family: family as u8,
+        port: u16::from_be_bytes([head[2], head[3]]),
+        lo,
+        hi,
+    })
 }
 
 /// connect() failed before any packet left: the destination comes from the caller's sockaddr.
 #[inline(always)]
-fn connect_failed_early(args: &ConnectArgs, errno: u16) {
-    let off = offsets();
-    let Some(sk) = sock_of_fd(args.fd, &off) else {
-        return;
-    };
-    if !is_tcp(sk, &off) {
+fn connect_failed_early(sk: u64, dest: &Destination, errno: u16, off: &KernelOffsets) {
+    if !is_tcp(sk, off) {
         return;
     }
     let mut slot = MaybeUninit::uninit();
-    let owner = current_owner(&mut slot, 0, netns_of(sk, &off), flags::ACTIVE);
+    let owner = current_owner(&mut slot, 0, netns_of(sk, off), flags::ACTIVE);
     let _ = emit_patched(
         sk,
         kind::CONNECT_FAILED,
@@ -106,10 +107,10 @@ fn connect_failed_early(args: &ConnectArgs, errno: u16) {
         |ev| {
             ev.errno = errno;
             ev.duration_ns = 0;
-            ev.peer_port = args.port;
-            ev.peer_addr = args.addr;
+            ev.peer_port = dest.port;
+            put16(&mut ev.peer_addr, dest.lo, dest.hi);
             // The socket may not know its family-specific addresses yet; the caller's does.
-            ev.family = args.family as u8;
+            ev.family = dest.family;
         },
     );
 }

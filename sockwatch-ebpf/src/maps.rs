@@ -25,35 +25,11 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(1 << 
 #[map]
 pub static PENDING_CONNECTS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 18, 0);
 
-// The per-thread maps below are plain hashes: cheaper than LRU ones (no shared LRU list), and
-// they cannot fill up with stale entries, since a thread has one entry at most, overwritten by
-// its next call.
-
-/// The listening fd of each thread inside accept()/accept4(), from enter to exit.
+/// The socket a thread is connecting, from its CLOSE->SYN_SENT until its connect() returns. A
+/// plain hash, cheaper than an LRU one (no shared LRU list): it cannot fill up with stale
+/// entries, since a thread has one at most, overwritten by its next connect.
 #[map]
-pub static ACCEPT_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
-
-/// The fd and destination of each thread inside connect() on an inet socket, and the socket
-/// once it sends its SYN.
-#[map]
-pub static CONNECT_ARGS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(1 << 16, 0);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ConnectArgs {
-    pub fd: u64,
-    pub addr: [u8; 16],
-    pub family: u16,
-    /// Host byte order.
-    pub port: u16,
-    pub _pad: [u8; 4],
-    /// Set at the socket's CLOSE->SYN_SENT (during this connect()): its connect event is due
-    /// when connect() returns. 0 until then.
-    pub sk: u64,
-}
-
-// Written with 8-byte stores (see `store`).
-const _: () = assert!(core::mem::offset_of!(ConnectArgs, addr) % 8 == 0);
+pub static CONNECTING_THREADS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 16, 0);
 
 /// Where the filtered path builds an event before deciding to send it (the BPF stack is too
 /// small for a copy per call site).
@@ -112,8 +88,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     fdt_fd: 0,
     file_private_data: 0,
     socket_sk: 0,
-    sys_enter_fd: 0,
-    sys_enter_addr: 0,
+    syscall_arg0: 0,
+    syscall_arg1: 0,
     sys_exit_ret: 0,
     drop_reason_listen_overflow: sockwatch_common::NO_DROP_REASON,
     wakeup_bytes: 0,

@@ -1,5 +1,6 @@
-//! What the syscall hooks share: per-thread argument hand-off and return-value decoding.
-use aya_ebpf::maps::HashMap;
+//! What the syscall hooks share: the calling thread's arguments, per-thread hand-off and
+//! return-value decoding.
+use aya_ebpf::{helpers::generated, maps::HashMap};
 
 pub const EINTR: u16 = 4;
 pub const EBADF: u16 = 9;
@@ -32,4 +33,16 @@ pub fn take<V: Copy>(map: &HashMap<u64, V>, thread: u64) -> Option<V> {
     let value = map.get_ptr(thread).map(|p| unsafe { *p })?;
     let _ = map.remove(thread);
     Some(value)
+}
+
+/// An argument of the current syscall, at its exit: the `struct pt_regs` field at `offset` (see
+/// `KernelOffsets::syscall_arg0`) of the registers the syscall saved at entry.
+#[inline(always)]
+pub fn syscall_arg(offset: u32) -> u64 {
+    // SAFETY: both helpers return a BTF-typed pointer: the verifier checks the load against
+    // `struct pt_regs` (the offset is a load-time constant) and makes it fault-safe.
+    unsafe {
+        let regs = generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as *const u8;
+        regs.add(offset as usize).cast::<u64>().read()
+    }
 }

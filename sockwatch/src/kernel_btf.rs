@@ -70,6 +70,7 @@ fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         }
         Ok(off)
     };
+    let (syscall_arg0, syscall_arg1) = syscall_args(btf)?;
     Ok(KernelOffsets {
         skc_daddr: sc("skc_daddr")?,
         skc_rcv_saddr: sc("skc_rcv_saddr")?,
@@ -88,14 +89,39 @@ fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         fdt_fd: field_offset(btf, "fdtable", &["fd"])?,
         file_private_data: field_offset(btf, "file", &["private_data"])?,
         socket_sk: field_offset(btf, "socket", &["sk"])?,
+        syscall_arg0,
+        syscall_arg1,
         // Filled from the tracefs format files by the loader.
-        sys_enter_fd: 0,
-        sys_enter_addr: 0,
         sys_exit_ret: 0,
         drop_reason_listen_overflow: listen_overflow_reason(btf),
         // Set by the loader from the ring size.
         wakeup_bytes: 0,
     })
+}
+
+/// Where a syscall's first two arguments are in `struct pt_regs` when it returns: the argument
+/// registers as saved at entry. On arm64 x0 holds the return value by then; the kernel keeps
+/// the first argument in orig_x0.
+fn syscall_args(btf: &Btf) -> Result<(u32, u32), BtfError> {
+    #[cfg(target_arch = "x86_64")]
+    let args = (
+        field_offset(btf, "pt_regs", &["di"])?,
+        field_offset(btf, "pt_regs", &["si"])?,
+    );
+    #[cfg(target_arch = "aarch64")]
+    let args = (
+        field_offset(btf, "pt_regs", &["orig_x0"])?,
+        // regs[1]
+        field_offset(btf, "pt_regs", &["regs"])? + 8,
+    );
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let args = {
+        let _ = btf;
+        return Err(BtfError::Missing {
+            what: "syscall argument registers for this architecture (x86-64 and arm64 only)".into(),
+        });
+    };
+    Ok(args)
 }
 
 /// The listen-overflow drop reason, if this kernel reports it where the program looks: as
@@ -304,6 +330,18 @@ mod tests {
         };
         assert!(off.inet_sport >= sock_size, "inet_sport inside struct sock");
         assert!(off.sk_protocol < sock_size);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn syscall_arguments_are_the_saved_di_and_si() {
+        let Some(btf) = vmlinux() else {
+            eprintln!("skipped: {VMLINUX_BTF} not readable");
+            return;
+        };
+        // x86-64's pt_regs is the ptrace layout (r15 first, 8 bytes each): si is the 14th
+        // register, di the 15th.
+        assert_eq!(syscall_args(&btf).unwrap(), (14 * 8, 13 * 8));
     }
 
     #[test]

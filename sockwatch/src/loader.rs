@@ -39,21 +39,10 @@ const PROGRAMS: &[(&str, &[Hook])] = &[
         &[Hook::Tracepoint("syscalls", "sys_exit_connect")],
     ),
     (
-        "sys_enter_connect",
-        &[Hook::Tracepoint("syscalls", "sys_enter_connect")],
-    ),
-    (
         "sys_exit_accept",
         &[
             Hook::Tracepoint("syscalls", "sys_exit_accept"),
             Hook::Tracepoint("syscalls", "sys_exit_accept4"),
-        ],
-    ),
-    (
-        "sys_enter_accept",
-        &[
-            Hook::Tracepoint("syscalls", "sys_enter_accept"),
-            Hook::Tracepoint("syscalls", "sys_enter_accept4"),
         ],
     ),
     ("kfree_skb", &[Hook::Raw("kfree_skb")]),
@@ -171,13 +160,6 @@ impl Tracer {
         // A quarter full wakes the reader; below that it drains on its timer (POLL_INTERVAL).
         offsets.wakeup_bytes = opts.ring_bytes / 4;
         let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
-        offsets.sys_enter_fd = tp_format::common_offset(
-            tracefs,
-            &["sys_enter_connect", "sys_enter_accept", "sys_enter_accept4"],
-            "fd",
-        )?;
-        offsets.sys_enter_addr =
-            tp_format::common_offset(tracefs, &["sys_enter_connect"], "uservaddr")?;
         offsets.sys_exit_ret = tp_format::common_offset(
             tracefs,
             &["sys_exit_connect", "sys_exit_accept", "sys_exit_accept4"],
@@ -512,17 +494,17 @@ mod tests {
     #[test]
     fn absent_syscall_tracepoint_names_the_config() {
         let cause = ProgramError::TracePointError(TracePointError::FileError {
-            filename: "/sys/kernel/tracing/events/syscalls/sys_enter_connect/id".into(),
+            filename: "/sys/kernel/tracing/events/syscalls/sys_exit_connect/id".into(),
             io_error: io::Error::from_raw_os_error(libc::ENOENT),
         });
         let e = attach_error(
-            "sys_enter_connect",
-            "syscalls:sys_enter_connect".into(),
+            "sys_exit_connect",
+            "syscalls:sys_exit_connect".into(),
             cause,
         );
         assert_eq!(
             e.to_string(),
-            "tracepoint syscalls:sys_enter_connect does not exist in this kernel: syscall \
+            "tracepoint syscalls:sys_exit_connect does not exist in this kernel: syscall \
              tracepoints need a kernel built with CONFIG_FTRACE_SYSCALLS=y"
         );
     }

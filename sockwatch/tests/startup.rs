@@ -163,32 +163,23 @@ fn absent_syscall_tracepoint_is_named() {
     if !common::root_or_skip("absent_syscall_tracepoint_is_named") {
         return;
     }
-    // A tracefs copy holding every format sockwatch reads but sys_enter_accept4's, as on a
+    // A tracefs copy holding every format sockwatch reads but sys_exit_accept4's, as on a
     // kernel without that tracepoint.
     let dir = common::TempDir::new("tracefs");
     let fake = dir.path().join("tracefs");
-    copy_formats(
-        &[
-            "sys_enter_connect",
-            "sys_exit_connect",
-            "sys_enter_accept",
-            "sys_exit_accept",
-            "sys_exit_accept4",
-        ],
-        &fake,
-    );
+    copy_formats(&["sys_exit_connect", "sys_exit_accept"], &fake);
     let line = fails_at_startup(&["--tracefs", fake.to_str().unwrap()], dir.path());
     assert_eq!(
         line,
         format!(
-            "syscall tracepoint syscalls:sys_enter_accept4 not found (no {}/events/syscalls/\
-             sys_enter_accept4/format): the kernel needs CONFIG_FTRACE_SYSCALLS=y for syscall \
+            "syscall tracepoint syscalls:sys_exit_accept4 not found (no {}/events/syscalls/\
+             sys_exit_accept4/format): the kernel needs CONFIG_FTRACE_SYSCALLS=y for syscall \
              tracepoints, or --tracefs PATH is not where tracefs is mounted",
             fake.display()
         )
     );
     // With the file back, the same directory is accepted: the run gets ready and stops.
-    copy_formats(&["sys_enter_accept4"], &fake);
+    copy_formats(&["sys_exit_accept4"], &fake);
     let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
         .args(["trace", "--duration", "1", "--format", "jsonl", "--tracefs"])
         .arg(&fake)
