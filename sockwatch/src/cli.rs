@@ -212,9 +212,9 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_interval)]
     pub interval: f64,
 
-    /// How often, in seconds, `top` checks the connections it counts as open against the
+    /// How often, in seconds, the connections counted as open are checked against the
     /// kernel's socket table. One missing at two checks in a row had its close missed (events
-    /// lost): it is expired, and counted as lost (expired).
+    /// lost): it is expired (an `expired` record), and counted as lost (expired).
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub expire_interval: u64,

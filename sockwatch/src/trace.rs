@@ -51,7 +51,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
             duration: args.run.duration.map(std::time::Duration::from_secs),
             ready_file: args.run.ready_file,
             interval: std::time::Duration::from_secs_f64(args.run.interval),
-            // Nothing is aggregated, so nothing is expired.
             expire_interval: std::time::Duration::from_secs(args.run.expire_interval),
             filter: args.filter.filter(),
             export: Some(Export {
@@ -59,8 +58,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
                 flush_each_batch: interactive,
                 samples: args.format == Format::Jsonl,
             }),
-            // The metrics come from the per-port summary.
-            aggregate: metrics.is_some(),
+            // Always: the aggregator's table of open connections is what finds a close the
+            // kernel never reported (see `Expiry`), written as an `expired` record, so that
+            // every connection in the file ends. The metrics come from its summary too.
+            aggregate: true,
         },
         |summary, events, loss| {
             if let Some(m) = &mut metrics {

@@ -1,6 +1,6 @@
 //! Expiry of connections whose close was missed: a 4 KiB ring drops events during a burst, so
-//! some connections are seen established but never closed. `top` must find them gone from the
-//! kernel's socket table and expire them, so that what it counts open converges to what the
+//! some connections are seen established but never closed. `top` and `trace` must find them
+//! gone from the kernel's socket table and expire them, so that what it counts open converges to what the
 //! kernel really has; `report` over the recording must replay that to the same summary.
 mod common;
 
@@ -9,6 +9,7 @@ use std::{
     io::{self, BufRead, Read},
     net::{TcpListener, TcpStream},
     path::Path,
+    sync::Mutex,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -79,36 +80,43 @@ fn in_netns<'a>(list: &'a Value, key: &str, netns: u64, port: u16) -> &'a Value 
         .unwrap_or_else(|| panic!("no {key} {port} in namespace {netns}: {list}"))
 }
 
-#[test]
-fn missed_closes_expire_and_report_replays_them() {
-    if !root_or_skip("missed_closes_expire_and_report_replays_them") {
-        return;
-    }
+/// What a burst run leaves: the recording and where to find the connections in it.
+struct Run {
+    _dir: common::TempDir,
+    out: std::path::PathBuf,
+    netns: u64,
+    churn_port: u16,
+    hold_port: u16,
+    stdout: String,
+}
+
+/// Runs sockwatch `command` (with a 4 KiB ring and a one-second expiry) over connections held
+/// open throughout and a burst that overflows the ring, until the missed closes are expired.
+fn burst_with_missed_closes(command: &[&str]) -> Run {
+    // One at a time: each sockwatch sees the whole host, so another test's burst would
+    // overflow its ring while it holds its connections.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::TempDir::new("expiry");
     let out = dir.path().join("events.jsonl");
     let ready = dir.path().join("ready");
+    let mut args = command.to_vec();
+    args.extend([
+        "--interval",
+        "0.2",
+        "--expire-interval",
+        "1",
+        "--ring-size",
+        "4K",
+        "--max-sockets",
+        "65536",
+    ]);
     let (netns, churn_port, hold_port, stdout) = thread::scope(|s| {
         thread::Builder::new()
             .name("sw-netns".into())
             .spawn_scoped(s, || {
                 let netns = common::enter_new_netns();
-                let mut child = spawn_sockwatch(
-                    &[
-                        "top",
-                        "--format",
-                        "json",
-                        "--interval",
-                        "0.2",
-                        "--expire-interval",
-                        "1",
-                        "--ring-size",
-                        "4K",
-                        "--max-sockets",
-                        "65536",
-                    ],
-                    &out,
-                    &ready,
-                );
+                let mut child = spawn_sockwatch(&args, &out, &ready);
                 let mut stdout = child.stdout.take().expect("stdout");
                 let reader = thread::spawn(move || {
                     let mut text = String::new();
@@ -160,7 +168,24 @@ fn missed_closes_expire_and_report_replays_them() {
             .unwrap_or_else(|e| std::panic::resume_unwind(e))
     });
 
-    let live: Value = serde_json::from_str(&stdout).expect("live summary JSON");
+    Run {
+        _dir: dir,
+        out,
+        netns,
+        churn_port,
+        hold_port,
+        stdout,
+    }
+}
+
+#[test]
+fn missed_closes_expire_and_report_replays_them() {
+    if !root_or_skip("missed_closes_expire_and_report_replays_them") {
+        return;
+    }
+    let run = burst_with_missed_closes(&["top", "--format", "json"]);
+    let (out, netns, churn_port, hold_port) = (&run.out, run.netns, run.churn_port, run.hold_port);
+    let live: Value = serde_json::from_str(&run.stdout).expect("live summary JSON");
     let lost = &live["lost"];
     assert!(
         lost["ringbuf_full"].as_u64().unwrap_or(0) > 0,
@@ -223,4 +248,63 @@ fn missed_closes_expire_and_report_replays_them() {
     );
     let replayed: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
     assert_eq!(replayed, live);
+}
+
+/// `trace` keeps the same table of open connections: a connection whose close was lost ends in
+/// its file with an `expired` record, and `report` over the file counts open only what the
+/// kernel still has.
+#[test]
+fn trace_ends_missed_closes_with_expired_records() {
+    if !root_or_skip("trace_ends_missed_closes_with_expired_records") {
+        return;
+    }
+    let run = burst_with_missed_closes(&["trace", "--format", "jsonl"]);
+    let text = fs::read_to_string(&run.out).expect("read output");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let last = records.last().expect("records");
+    assert_eq!(last["event"], "lost");
+    assert!(
+        last["ringbuf_full"].as_u64().unwrap_or(0) > 0,
+        "a 4 KiB ring must overflow during the burst: {last}"
+    );
+    let expired: Vec<&Value> = records.iter().filter(|v| v["event"] == "expired").collect();
+    assert_eq!(last["expired"].as_u64(), Some(expired.len() as u64));
+    // The host's other connections may lose events to the small ring too: only ours are known.
+    let ours: Vec<&&Value> = expired
+        .iter()
+        .filter(|v| v["netns"].as_u64() == Some(run.netns))
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "no close was missed, nothing to expire: {last}"
+    );
+    let churn = Some(u64::from(run.churn_port));
+    assert!(
+        ours.iter()
+            .all(|v| v["local_port"].as_u64() == churn || v["peer_port"].as_u64() == churn),
+        "only burst connections are expired"
+    );
+
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+        .args(["report", "--format", "json"])
+        .arg(&run.out)
+        .output()
+        .expect("run report");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    let burst = in_netns(&summary["listeners"], "port", run.netns, run.churn_port);
+    assert_eq!(burst["established_now"].as_u64(), Some(0), "{burst}");
+    let held = in_netns(&summary["listeners"], "port", run.netns, run.hold_port);
+    assert_eq!(
+        held["established_now"].as_u64(),
+        Some(HOLD as u64),
+        "{held}"
+    );
 }

@@ -50,9 +50,9 @@ fn a_full_speed_churn_loses_nothing() {
         return;
     }
     let churn = churn_binary();
-    // `top` keeps the table of open connections that the last look at the kernel checks;
-    // with --output it writes the same event stream as `trace`.
-    let args = ["top", "--format", "json"];
+    // The mode a user records with; its table of open connections is what the last look at
+    // the kernel checks.
+    let args = ["trace", "--format", "jsonl"];
     let (t, _summary, (result, _holder)) = common::run_in_new_netns(&args, libc::SIGTERM, |_| {
         // sockwatch finds namespaces through the processes in them: one stays here until
         // sockwatch has stopped, so that its last look at the kernel's connections covers
