@@ -2,10 +2,11 @@
 //! this table is most of sockwatch's memory, so IPv4 connections (nearly all of them) get a key
 //! of 16 bytes instead of the 44 of a general one, and the entry keeps only what cannot be
 //! derived from the key.
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::net::{IpAddr, Ipv4Addr};
+
+// foldhash, not the standard SipHash: these tables are hashed a few times per event, and SipHash
+// was most of the aggregator's time. Its seed is still random per process.
+use foldhash::HashMap;
 
 /// A connection: its namespace and both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

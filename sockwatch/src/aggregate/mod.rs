@@ -15,10 +15,10 @@ pub use summary::{
     ProcessSummary, Summary,
 };
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
+
+// Hashed per event (see `live`).
+use foldhash::HashSet;
 
 use crate::{
     decode::{Direction, EventKind, Family},

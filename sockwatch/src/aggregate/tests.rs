@@ -1,4 +1,6 @@
 use super::*;
+// The standard one, as `Expiry` takes it (`super` has foldhash's).
+use std::collections::HashSet;
 
 const S: i64 = 1_000_000_000;
 const NS: u32 = 4026531840;
