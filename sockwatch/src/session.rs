@@ -66,6 +66,8 @@ struct Pipeline {
     /// What events go through: the kernel applied the filter, whatever arrives is kept.
     keep_all: Filter,
     clock: WallClock,
+    /// When the start-up snapshot was taken (see `feed::reopened`).
+    snapshot_ns: i64,
     decode_errors: u64,
     events: u64,
 }
@@ -76,6 +78,14 @@ impl Pipeline {
             self.decode_errors += 1;
             return Ok(());
         };
+        let reopened = self.agg.as_ref().and_then(|agg| {
+            let at = self.clock.unix_ns(ev.ts_ns) as i64;
+            feed::reopened(agg, &ev, at, self.snapshot_ns)
+        });
+        if let Some(e) = reopened {
+            // Recorded before the event, as a check's decision is: `report` replays it.
+            self.samples(&[Owned::Expired(e)])?;
+        }
         if let Some(agg) = &mut self.agg {
             feed::live_event(agg, &self.keep_all, &ev, &self.clock);
         }
@@ -132,6 +142,7 @@ pub async fn run(
         filter: opts.filter,
         keep_all: Filter::default(),
         clock,
+        snapshot_ns: i64::MAX,
         decode_errors: 0,
         events: 0,
     };
@@ -146,6 +157,8 @@ pub async fn run(
     if pipe.wants_samples() {
         // After attaching: whatever the snapshot misses, the events see.
         let snap = sampler.snapshot(now_ns(&clock));
+        // Its end: a connection established before may be in it.
+        pipe.snapshot_ns = now_ns(&clock);
         pipe.samples(&snap)
             .context("writing the start-up snapshot")?;
     }

@@ -85,6 +85,13 @@ impl Live {
         }
     }
 
+    pub(super) fn contains(&self, key: &ConnKey) -> bool {
+        match Key4::of(key) {
+            Some(k) => self.v4.contains_key(&k),
+            None => self.other.contains_key(key),
+        }
+    }
+
     pub(super) fn keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
         self.v4
             .keys()

@@ -291,6 +291,15 @@ impl Aggregator {
         })
     }
 
+    /// Whether the aggregator counts `c` as open.
+    pub fn is_open(&self, c: &Conn) -> bool {
+        self.live.contains(&ConnKey {
+            netns: c.netns,
+            local: (c.local_addr, c.local_port),
+            peer: (c.peer_addr, c.peer_port),
+        })
+    }
+
     /// Connections expired so far (see [`Aggregator::expire`]).
     pub fn expired(&self) -> u64 {
         self.expired

@@ -6,7 +6,7 @@ mod exported;
 pub use exported::{Fed, FileStart, LineError, exported_line, file_start};
 
 use crate::{
-    aggregate::{Aggregator, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample},
+    aggregate::{Aggregator, Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample},
     clock::WallClock,
     decode::{self, Event, EventKind},
     filter::Filter,
@@ -49,6 +49,29 @@ pub fn keeps_sample(filter: &Filter, s: &Sample) -> bool {
         // Only connections the (filtered) aggregator holds are ever expired.
         Sample::Expired(_) => true,
     }
+}
+
+/// An `established` event on addresses the aggregator still counts open: the connection that
+/// had them ended unseen (its close was missed), since the kernel reuses a connection's
+/// addresses only once its socket is gone, and a close is in the ring ahead of anything that
+/// follows it. Returns that connection, to expire at the event's time `at_ns`. Not for events up
+/// to `snapshot_ns`: the start-up snapshot may already hold a connection whose `established`
+/// was still in the ring.
+pub fn reopened(agg: &Aggregator, ev: &Event, at_ns: i64, snapshot_ns: i64) -> Option<Expired> {
+    if ev.kind != EventKind::Established || at_ns <= snapshot_ns {
+        return None;
+    }
+    let conn = Conn {
+        netns: ev.netns,
+        local_addr: ev.local_addr,
+        local_port: ev.local_port,
+        peer_addr: ev.peer_addr,
+        peer_port: ev.peer_port,
+    };
+    agg.is_open(&conn).then_some(Expired {
+        time_ns: at_ns,
+        conn,
+    })
 }
 
 /// Feeds a live kernel event (if the filter keeps it); returns whether it was kept. Raw state

@@ -327,3 +327,35 @@ fn filters_apply_to_exported_lines() {
     assert_eq!(exported_line(&mut a, &f, line), Ok(Fed::Filtered));
     assert!(a.summary().listeners.is_empty());
 }
+
+#[test]
+fn established_again_on_open_addresses_expires_the_connection_that_had_them() {
+    let clock = WallClock::new();
+    let keep = Filter::default();
+    let mut agg = Aggregator::new();
+    let first = event(EventKind::Established, 10, 40000, Direction::Passive);
+    assert_eq!(reopened(&agg, &first, 10, 5), None, "nothing open yet");
+    live_event(&mut agg, &keep, &first, &clock);
+    // Same addresses again, its close never seen: the first connection ended unseen.
+    let again = event(EventKind::Established, 20, 40000, Direction::Passive);
+    let gone = reopened(&agg, &again, 20, 5).expect("the first one is expired");
+    assert_eq!(
+        (gone.time_ns, gone.conn.local_port, gone.conn.peer_port),
+        (20, 8080, 40000)
+    );
+    assert_eq!(gone.conn.netns, 5);
+    // Other addresses, or another kind of event, are not a reuse.
+    let other = event(EventKind::Established, 20, 40001, Direction::Passive);
+    assert_eq!(reopened(&agg, &other, 20, 5), None);
+    let close = event(EventKind::Close, 20, 40000, Direction::Passive);
+    assert_eq!(reopened(&agg, &close, 20, 5), None);
+    // Up to the end of the start-up snapshot an open entry may be the same connection.
+    assert_eq!(reopened(&agg, &again, 20, 20), None);
+
+    // Fed like the pipeline does: expired first, then the event: one open, one expired.
+    sample(&mut agg, &keep, &Sample::Expired(gone));
+    live_event(&mut agg, &keep, &again, &clock);
+    let s = agg.summary();
+    assert_eq!(agg.expired(), 1);
+    assert_eq!(s.listeners[0].established_now, 1);
+}
