@@ -259,10 +259,7 @@ pub fn wait_connections_settled() {
             .iter()
             .filter_map(|p| fs::File::open(p).ok())
             .flat_map(|f| io::BufReader::new(f).lines().skip(1).map_while(Result::ok))
-            .filter(|l| {
-                let st = l.split_whitespace().nth(3).unwrap_or("");
-                st != "06" && st != "0A"
-            })
+            .filter(|l| !settled(l))
             .collect();
         if busy.is_empty() {
             return;
@@ -275,6 +272,17 @@ pub fn wait_connections_settled() {
         );
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A /proc/net/tcp line of a socket that is done for sockwatch: listening, or a TIME_WAIT
+/// socket. The latter may still show FIN_WAIT2 (05) when it replaced an orphaned FIN_WAIT2 socket
+/// whose peer has not sent its FIN: the full socket's close has happened. Its timer ("tr") is
+/// then 3, the TIME_WAIT timer.
+fn settled(line: &str) -> bool {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let state = fields.get(3).copied().unwrap_or("");
+    let timewait = fields.get(5).is_some_and(|t| t.starts_with("03:"));
+    state == "0A" || state == "06" || timewait
 }
 
 /// Sends `signal`, then waits (bounded). True if it exited with status 0.
