@@ -220,6 +220,9 @@ pub fn run(o: &Opts) -> anyhow::Result<ExitCode> {
     if o.new_netns {
         net::enter_new_netns()?;
     }
+    if let Some(path) = &o.netns {
+        net::join_netns(path)?;
+    }
     let fd_limit = net::raise_nofile();
     let plan = Plan::new(o, fd_limit, net::ephemeral_ports())?;
     for note in &plan.notes {

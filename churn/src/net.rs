@@ -175,6 +175,24 @@ pub fn enter_new_netns() -> anyhow::Result<()> {
     loopback_up().context("cannot bring up lo in the new network namespace")
 }
 
+/// Moves this thread (and the processes it starts from now on) into the network namespace at
+/// `path`, and brings its loopback up.
+pub fn join_netns(path: &std::path::Path) -> anyhow::Result<()> {
+    let ns = std::fs::File::open(path)
+        .with_context(|| format!("cannot open network namespace {}", path.display()))?;
+    // SAFETY: plain syscall on a descriptor we own; affects only the calling thread (the main
+    // thread, before any other thread or child exists).
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = io::Error::last_os_error();
+        bail!(
+            "cannot join network namespace {} ({e}): --netns needs root (CAP_SYS_ADMIN) and a \
+             network namespace file",
+            path.display()
+        );
+    }
+    loopback_up().context("cannot bring up lo in the network namespace")
+}
+
 fn loopback_up() -> io::Result<()> {
     // SAFETY: plain syscall; the descriptor is owned from here on.
     let fd =

@@ -91,8 +91,13 @@ pub struct Opts {
     pub hold: bool,
 
     /// Run in a new network namespace of its own (with its loopback up); needs root.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "netns")]
     pub new_netns: bool,
+
+    /// Run in the network namespace at PATH (e.g. /proc/PID/ns/net of a process that keeps it
+    /// alive after this run), with its loopback brought up; needs root.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<std::path::PathBuf>,
 
     /// Internal: the role of a child process.
     #[arg(long, value_enum, hide = true)]
@@ -251,6 +256,12 @@ mod tests {
         assert_eq!(o.port, 9000);
         assert_eq!(o.max_seconds, 30);
         assert!(o.hold && o.new_netns);
+        let o = parse(&["--netns", "/proc/1/ns/net"]).unwrap();
+        assert_eq!(
+            o.netns.as_deref(),
+            Some(std::path::Path::new("/proc/1/ns/net"))
+        );
+        assert!(parse(&["--netns", "/proc/1/ns/net", "--new-netns"]).is_err());
         assert_eq!(parse(&["--rate", "500"]).unwrap().rate, Some(500));
         assert_eq!(o.rate, None);
         for (arg, mode) in [

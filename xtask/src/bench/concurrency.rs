@@ -57,7 +57,7 @@ impl Bench<'_> {
         let started = Instant::now();
         let rss_ready = rss_kib(t.pid);
         let mut cmd = Command::new(&self.churn);
-        cmd.args(self.churn_args())
+        cmd.args(self.churn_args(None))
             .args([
                 "--hold",
                 "--connections",

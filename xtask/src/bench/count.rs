@@ -59,6 +59,9 @@ pub(super) struct Counted {
     pub(super) complete: u64,
     /// Connections with some of those events only.
     pub(super) incomplete: u64,
+    /// Closes counted in `complete` that are `expired` records: the kernel reported no close
+    /// (see the README's Limits), and sockwatch found the connection gone.
+    pub(super) expired_closes: u64,
     lines: u64,
     unparsed: u64,
     pub(super) lost: Option<BTreeMap<String, u64>>,
@@ -71,7 +74,8 @@ const CLOSE_SERVER: u8 = 8;
 const ALL: u8 = CONNECT | ACCEPT | CLOSE_CLIENT | CLOSE_SERVER;
 
 /// Streams a `trace --format jsonl` file and counts the churn's connections (server `port` in
-/// namespace `netns`) that have all their events. A connection is keyed by its client side
+/// namespace `netns`) that have all their events, a close being a `close` or an `expired`
+/// record. A connection is keyed by its client side
 /// (namespace, address, port); client ports are reused over a run, so a key whose event comes
 /// a second time starts a new connection (the previous one counted as incomplete).
 pub(super) fn count_connections(path: &Path, port: u16, netns: u64) -> anyhow::Result<Counted> {
@@ -111,8 +115,14 @@ fn count_records(mut r: impl BufRead, port: u16, netns: u64) -> anyhow::Result<C
             "accept" if lp == port => (ACCEPT, rec.peer_addr, pp),
             "close" if active && pp == port => (CLOSE_CLIENT, rec.local_addr, lp),
             "close" if passive && lp == port => (CLOSE_SERVER, rec.peer_addr, pp),
+            // No direction: the server side is the one on the port.
+            "expired" if pp == port => (CLOSE_CLIENT, rec.local_addr, lp),
+            "expired" if lp == port => (CLOSE_SERVER, rec.peer_addr, pp),
             _ => continue,
         };
+        if rec.event == "expired" {
+            c.expired_closes += 1;
+        }
         let Some(addr) = addr.and_then(|a| a.parse::<IpAddr>().ok()) else {
             continue;
         };
@@ -182,6 +192,14 @@ mod tests {
         lines.push(rec("connect", ("127.0.0.4", 40002), server, "active", 7));
         lines.push(rec("close", ("127.0.0.4", 40002), server, "active", 7));
         conn(&mut lines, ("127.0.0.4", 40002), 7);
+        // Its server-side close missed by the kernel, and expired by sockwatch.
+        let client = ("127.0.0.5", 40004);
+        lines.push(rec("connect", client, server, "active", 7));
+        lines.push(rec("accept", server, client, "passive", 7));
+        lines.push(rec("close", client, server, "active", 7));
+        lines.push(format!(
+            r#"{{"time":"t","event":"expired","netns":7,"family":"ipv4","local_addr":"127.0.0.1","local_port":{PORT},"peer_addr":"127.0.0.5","peer_port":40004}}"#
+        ));
         // Never closed.
         lines.push(rec("connect", ("127.0.0.4", 40003), server, "active", 7));
         lines.push("not json".into());
@@ -193,7 +211,8 @@ mod tests {
         );
         let text = lines.join("\n") + "\n";
         let c = count_records(text.as_bytes(), PORT, 7).unwrap();
-        assert_eq!(c.complete, 4);
+        assert_eq!(c.complete, 5);
+        assert_eq!(c.expired_closes, 1);
         assert_eq!(c.incomplete, 2);
         assert_eq!(c.unparsed, 1);
         assert_eq!(c.lines, lines.len() as u64);

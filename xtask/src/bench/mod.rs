@@ -40,6 +40,7 @@ use self::{
     count::{count_bpftrace_closes, count_connections, counters, listener},
     report::{ModeSummary, Results, Round, Settings, median, render, summarize},
     run::find_on_path,
+    tracer::NetnsHolder,
 };
 
 /// The churn's server port (in its own namespace; also used to pick out bpftrace's lines).
@@ -299,26 +300,29 @@ impl Bench<'_> {
         Ok(match mode {
             Mode::Untraced => Round {
                 round,
-                churn: self.run_churn()?,
+                churn: self.run_churn(None)?,
                 tracer_cpu_s: None,
                 tracer_startup_cpu_s: None,
                 tracer_peak_rss_kib: None,
                 seen: None,
                 incomplete: None,
+                expired_closes: None,
                 lost: None,
             },
             Mode::Trace | Mode::Top => {
                 let file = self.trace_file();
                 let _ = fs::remove_file(&file);
+                let holder = NetnsHolder::spawn()?;
                 let mut t = self.start_sockwatch(mode, mode == Mode::Top, &[])?;
-                let churn = self.run_churn()?;
+                let churn = self.run_churn(Some(&holder.path()))?;
                 // The churn is done when its sockets are closed, not fully gone: a last FIN
                 // may still be retransmitted (RTO 200 ms+) and the close come after; give
                 // those closes time to happen before counting.
                 thread::sleep(CLOSE_GRACE);
                 let usage = t.stop()?;
+                drop(holder);
                 let _ = fs::remove_file(self.ready_file());
-                let (seen, incomplete, lost) = if mode == Mode::Trace {
+                let (seen, incomplete, expired_closes, lost) = if mode == Mode::Trace {
                     progress(format!(
                         "counting the churn's connections in {}",
                         file.display()
@@ -326,13 +330,18 @@ impl Bench<'_> {
                     let count = count_connections(&file, churn.port, churn.netns)?;
                     // Hundreds of megabytes: not kept.
                     let _ = fs::remove_file(&file);
-                    (Some(count.complete), Some(count.incomplete), count.lost)
+                    (
+                        Some(count.complete),
+                        Some(count.incomplete),
+                        Some(count.expired_closes),
+                        count.lost,
+                    )
                 } else {
                     let summary: serde_json::Value = serde_json::from_str(&t.stdout())
                         .context("sockwatch top --format json printed no valid summary")?;
                     let seen = listener(&summary, churn.port, churn.netns)
                         .and_then(|l| l["accepted"].as_u64());
-                    (seen, None, Some(counters(&summary["lost"])))
+                    (seen, None, None, Some(counters(&summary["lost"])))
                 };
                 Round {
                     round,
@@ -342,13 +351,14 @@ impl Bench<'_> {
                     tracer_peak_rss_kib: Some(usage.maxrss_kib),
                     seen,
                     incomplete,
+                    expired_closes,
                     lost,
                 }
             }
             Mode::Bpftrace => {
                 let bin = bpftrace.context("bpftrace is not on PATH")?;
                 let mut t = self.start_bpftrace(bin)?;
-                let churn = self.run_churn()?;
+                let churn = self.run_churn(None)?;
                 thread::sleep(CLOSE_GRACE);
                 let usage = t.stop()?;
                 let seen = count_bpftrace_closes(&self.bpftrace_file(), churn.port)?;
@@ -361,6 +371,7 @@ impl Bench<'_> {
                     tracer_peak_rss_kib: Some(usage.maxrss_kib),
                     seen: Some(seen),
                     incomplete: None,
+                    expired_closes: None,
                     lost: None,
                 }
             }

@@ -21,6 +21,8 @@ pub(super) struct Round {
     pub(super) seen: Option<u64>,
     /// trace: the churn's connections with some of their events missing from the file.
     pub(super) incomplete: Option<u64>,
+    /// trace: closes in `seen` that are `expired` records (no close from the kernel).
+    pub(super) expired_closes: Option<u64>,
     /// The final loss counters (trace: the file's `lost` record; top: the summary's `lost`).
     pub(super) lost: Option<BTreeMap<String, u64>>,
 }
@@ -220,7 +222,8 @@ pub(super) fn render(res: &Results) -> String {
     }
     out.push_str(&table(&rows));
     out.push_str(
-        "\nSEEN: trace = the churn's connections with connect, accept and both closes in the file; \
+        "\nSEEN: trace = the churn's connections with connect, accept and both closes in the file \
+         (a close the kernel never reported counts when sockwatch wrote it as `expired`: see lost); \
          top = accepted on the churn's port in the summary; bpftrace = server-side closes on the port.\n\
          CPU S/100K: the tracer's user+system CPU over its whole life (start-up included) per 100k connections.\n",
     );

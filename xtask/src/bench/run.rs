@@ -79,24 +79,31 @@ impl Bench<'_> {
         }
     }
 
-    pub(super) fn churn_args(&self) -> Vec<String> {
+    /// The churn's options; it runs in `netns` (a /proc/PID/ns/net path), or in a new
+    /// namespace of its own.
+    pub(super) fn churn_args(&self, netns: Option<&Path>) -> Vec<String> {
         let a = self.args;
-        [
-            "--new-netns",
-            "--clients",
-            &a.clients.to_string(),
-            "--servers",
-            &a.servers.to_string(),
-            "--in-flight",
-            &a.in_flight.to_string(),
-            "--sources",
-            &SOURCES.to_string(),
-            "--port",
-            &PORT.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut v: Vec<String> = match netns {
+            Some(p) => vec!["--netns".into(), p.display().to_string()],
+            None => vec!["--new-netns".into()],
+        };
+        v.extend(
+            [
+                "--clients",
+                &a.clients.to_string(),
+                "--servers",
+                &a.servers.to_string(),
+                "--in-flight",
+                &a.in_flight.to_string(),
+                "--sources",
+                &SOURCES.to_string(),
+                "--port",
+                &PORT.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        v
     }
 
     /// Starts sockwatch in `mode` (with `extra` options) and waits until it is ready.
@@ -157,9 +164,9 @@ impl Bench<'_> {
     }
 
     /// Runs the churn to completion (bounded in time) and returns its result line.
-    pub(super) fn run_churn(&self) -> anyhow::Result<Churn> {
+    pub(super) fn run_churn(&self, netns: Option<&Path>) -> anyhow::Result<Churn> {
         let mut cmd = Command::new(&self.churn);
-        cmd.args(self.churn_args())
+        cmd.args(self.churn_args(netns))
             .args([
                 "--connections",
                 &self.args.connections.to_string(),

@@ -98,7 +98,7 @@ impl Bench<'_> {
         let ready_at = Instant::now();
         let total = seconds * rate;
         let mut cmd = Command::new(&self.churn);
-        cmd.args(self.churn_args())
+        cmd.args(self.churn_args(None))
             .args([
                 "--connections",
                 &total.to_string(),

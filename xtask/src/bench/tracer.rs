@@ -150,6 +150,34 @@ impl Drop for Reaped {
     }
 }
 
+/// A process alone in a new network namespace, keeping it alive: the churn runs there, and
+/// sockwatch, which finds namespaces through their processes, still reads it after the churn
+/// has exited (its last look at the kernel's connections, as it stops). Killed when dropped.
+pub(super) struct NetnsHolder(Reaped);
+
+impl NetnsHolder {
+    pub(super) fn spawn() -> anyhow::Result<Self> {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("3600").stdin(Stdio::null());
+        // SAFETY: unshare is async-signal-safe; it affects only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = spawn_dying_with_us(cmd, libc::SIGKILL, "a network namespace holder (sleep)")?;
+        Ok(Self(Reaped(child)))
+    }
+
+    /// Its namespace, as a path the churn can join.
+    pub(super) fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.0.0.id()))
+    }
+}
+
 /// Spawns `cmd` so that it gets `signal` if xtask dies first.
 pub(super) fn spawn_dying_with_us(
     mut cmd: Command,
