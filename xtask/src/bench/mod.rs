@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: what tracing costs under connection churn, side by side.
 //!
 //! Builds sockwatch and sockwatch-churn in release mode, then runs the same churn load (in a
-//! fresh network namespace each time, `sockwatch-churn --new-netns`) once per mode per round,
-//! the modes alternating so that drift in a shared machine hits them all alike:
+//! fresh network namespace each time) once per mode per round, the modes alternating so that
+//! drift in a shared machine hits them all alike. Under sockwatch the namespace is kept by a
+//! holder process (`sockwatch-churn --netns /proc/PID/ns/net`) until sockwatch has stopped, so
+//! that its last check of the open connections covers it; otherwise `--new-netns`.
 //!
 //! - `untraced`: no tracer;
 //! - `trace`: `sockwatch trace --output FILE --format jsonl` (every event to a file);
