@@ -18,7 +18,8 @@ use tokio::{
 use crate::{
     aggregate::{Aggregator, Conn, Expiry, Summary, expiry},
     clock::WallClock,
-    decode, feed,
+    decode::{self, EventKind},
+    feed,
     filter::Filter,
     loader::{LoadOptions, Tracer},
     loss::{Loss, Quiet},
@@ -78,10 +79,13 @@ impl Pipeline {
             self.decode_errors += 1;
             return Ok(());
         };
-        let reopened = self.agg.as_ref().and_then(|agg| {
-            let at = self.clock.unix_ns(ev.ts_ns) as i64;
-            feed::reopened(agg, &ev, at, self.snapshot_ns)
-        });
+        let reopened = match &self.agg {
+            Some(agg) if ev.kind == EventKind::Established => {
+                let at = self.clock.unix_ns(ev.ts_ns) as i64;
+                feed::reopened(agg, &ev, at, self.snapshot_ns)
+            }
+            _ => None,
+        };
         if let Some(e) = reopened {
             // Recorded before the event, as a check's decision is: `report` replays it.
             self.samples(&[Owned::Expired(e)])?;
