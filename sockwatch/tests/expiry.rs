@@ -216,7 +216,7 @@ fn missed_closes_expire_and_report_replays_them() {
     );
 
     // Each expiry is in the file, and the final loss record counts them.
-    let text = fs::read_to_string(&out).expect("read output");
+    let text = fs::read_to_string(out).expect("read output");
     let records: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
@@ -238,7 +238,7 @@ fn missed_closes_expire_and_report_replays_them() {
     // `report` replays the expiries to the very same summary.
     let report = std::process::Command::new(env!("CARGO_BIN_EXE_sockwatch"))
         .args(["report", "--format", "json"])
-        .arg(&out)
+        .arg(out)
         .output()
         .expect("run report");
     assert!(

@@ -40,7 +40,7 @@ use clap::Args;
 
 use self::{
     count::{count_bpftrace_closes, count_connections, counters, listener},
-    report::{ModeSummary, Results, Round, Settings, median, render, summarize},
+    report::{ModeSummary, Results, Round, Settings, render, summarize},
     run::find_on_path,
     tracer::NetnsHolder,
 };
@@ -238,12 +238,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             rounds[i].push(result);
         }
     }
-    let untraced_rate = median(rounds[0].iter().map(|r| r.churn.rate));
+    let untraced = rounds[0].clone();
     let summaries: Vec<ModeSummary> = modes
         .iter()
         .zip(rounds)
         .filter(|(_, rs)| !rs.is_empty())
-        .map(|(&m, rs)| summarize(m, bench.command(m), rs, untraced_rate))
+        .map(|(&m, rs)| summarize(m, bench.command(m), rs, &untraced))
         .collect();
 
     let concurrency = match args.concurrency {

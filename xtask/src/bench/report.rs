@@ -39,7 +39,11 @@ pub(super) struct ModeSummary {
     mode: &'static str,
     command: String,
     rate_median: f64,
+    /// Median over rounds of the round's rate over that round's untraced rate: each pair ran
+    /// minutes apart at most, so slow drift of a shared machine cancels out.
     ratio_to_untraced: Option<f64>,
+    /// Those per-round ratios, in round order.
+    ratio_per_round: Vec<f64>,
     connections_made_median: f64,
     seen_median: Option<f64>,
     cpu_s_per_100k_median: Option<f64>,
@@ -95,9 +99,16 @@ pub(super) fn summarize(
     mode: Mode,
     command: String,
     rounds: Vec<Round>,
-    untraced: f64,
+    untraced: &[Round],
 ) -> ModeSummary {
     let rate = median(rounds.iter().map(|r| r.churn.rate));
+    let ratio_per_round: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| {
+            let base = untraced.iter().find(|u| u.round == r.round)?.churn.rate;
+            (base > 0.0).then(|| r.churn.rate / base)
+        })
+        .collect();
     let lost: Vec<&BTreeMap<String, u64>> = rounds.iter().filter_map(|r| r.lost.as_ref()).collect();
     let (lost_median, lost_max) = if lost.is_empty() {
         (None, None)
@@ -124,7 +135,8 @@ pub(super) fn summarize(
         mode: mode.name(),
         command,
         rate_median: rate,
-        ratio_to_untraced: (untraced > 0.0).then(|| rate / untraced),
+        ratio_to_untraced: (!ratio_per_round.is_empty()).then(|| median(ratio_per_round.clone())),
+        ratio_per_round,
         connections_made_median: median(rounds.iter().map(|r| r.churn.connections as f64)),
         seen_median: median_of(&rounds, |r| r.seen.map(|s| s as f64)),
         cpu_s_per_100k_median: median_of(&rounds, Round::cpu_per_100k),
@@ -225,8 +237,21 @@ pub(super) fn render(res: &Results) -> String {
         "\nSEEN: trace = the churn's connections with connect, accept and both closes in the file \
          (a close the kernel never reported counts when sockwatch wrote it as `expired`: see lost); \
          top = accepted on the churn's port in the summary; bpftrace = server-side closes on the port.\n\
+         VS UNTRACED: the median over rounds of the mode's rate over the same round's untraced rate.\n\
          CPU S/100K: the tracer's user+system CPU over its whole life (start-up included) per 100k connections.\n",
     );
+    for m in res.modes.iter().filter(|m| m.mode != "untraced") {
+        let each: Vec<String> = m
+            .ratio_per_round
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect();
+        out.push_str(&format!(
+            "{} vs untraced, per round: {}\n",
+            m.mode,
+            each.join(" ")
+        ));
+    }
     for m in &res.modes {
         if let (Some(med), Some(max)) = (&m.lost_median, &m.lost_max) {
             let fmt = |it: Vec<String>| it.join(" ");
@@ -287,5 +312,45 @@ mod tests {
         assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median([5.0]), 5.0);
         assert!(median([]).is_nan());
+    }
+
+    fn round(round: u32, rate: f64) -> Round {
+        Round {
+            round,
+            churn: Churn {
+                connections: 100,
+                seconds: 1.0,
+                rate,
+                errors: 0,
+                port: 1,
+                netns: 1,
+                timed_out: false,
+            },
+            tracer_cpu_s: None,
+            tracer_startup_cpu_s: None,
+            tracer_peak_rss_kib: None,
+            seen: None,
+            incomplete: None,
+            expired_closes: None,
+            lost: None,
+        }
+    }
+
+    #[test]
+    fn each_round_is_compared_with_its_own_untraced_run() {
+        // The machine slowed down over the run: untraced 100, then 50, then 80.
+        let untraced = [round(1, 100.0), round(2, 50.0), round(3, 80.0)];
+        // A round the mode missed (2) is left out, not compared with another round's run.
+        let traced = vec![round(1, 90.0), round(3, 76.0)];
+        let s = summarize(Mode::Trace, "sockwatch trace".into(), traced, &untraced);
+        assert_eq!(s.ratio_per_round, vec![0.9, 0.95]);
+        assert_eq!(s.ratio_to_untraced, Some(0.925));
+        let none = summarize(
+            Mode::Trace,
+            "sockwatch trace".into(),
+            vec![round(4, 1.0)],
+            &untraced,
+        );
+        assert_eq!(none.ratio_to_untraced, None);
     }
 }
