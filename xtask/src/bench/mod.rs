@@ -300,17 +300,7 @@ struct Bench<'a> {
 impl Bench<'_> {
     fn round(&self, mode: Mode, round: u32, bpftrace: Option<&Path>) -> anyhow::Result<Round> {
         Ok(match mode {
-            Mode::Untraced => Round {
-                round,
-                churn: self.run_churn(None)?,
-                tracer_cpu_s: None,
-                tracer_startup_cpu_s: None,
-                tracer_peak_rss_kib: None,
-                seen: None,
-                incomplete: None,
-                expired_closes: None,
-                lost: None,
-            },
+            Mode::Untraced => Round::untraced(round, self.run_churn(None)?),
             Mode::Trace | Mode::Top => {
                 let file = self.trace_file();
                 let _ = fs::remove_file(&file);

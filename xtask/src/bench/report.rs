@@ -28,6 +28,21 @@ pub(super) struct Round {
 }
 
 impl Round {
+    /// A round with only the churn's figures (no tracer, or before they are known).
+    pub(super) fn untraced(round: u32, churn: Churn) -> Self {
+        Self {
+            round,
+            churn,
+            tracer_cpu_s: None,
+            tracer_startup_cpu_s: None,
+            tracer_peak_rss_kib: None,
+            seen: None,
+            incomplete: None,
+            expired_closes: None,
+            lost: None,
+        }
+    }
+
     fn cpu_per_100k(&self) -> Option<f64> {
         let cpu = self.tracer_cpu_s?;
         (self.churn.connections > 0).then(|| cpu / self.churn.connections as f64 * 1e5)
@@ -315,25 +330,16 @@ mod tests {
     }
 
     fn round(round: u32, rate: f64) -> Round {
-        Round {
-            round,
-            churn: Churn {
-                connections: 100,
-                seconds: 1.0,
-                rate,
-                errors: 0,
-                port: 1,
-                netns: 1,
-                timed_out: false,
-            },
-            tracer_cpu_s: None,
-            tracer_startup_cpu_s: None,
-            tracer_peak_rss_kib: None,
-            seen: None,
-            incomplete: None,
-            expired_closes: None,
-            lost: None,
-        }
+        let churn = Churn {
+            connections: 100,
+            seconds: 1.0,
+            rate,
+            errors: 0,
+            port: 1,
+            netns: 1,
+            timed_out: false,
+        };
+        Round::untraced(round, churn)
     }
 
     #[test]
