@@ -44,6 +44,8 @@ pub enum Command {
     Top(TopArgs),
     /// Print every connection event as it happens: connect, established, accept, close (with
     /// its duration), listen and listen_stop, and the failures accept_failed and connect_failed.
+    /// JSON Lines output also records host samples, and `expired` for a connection whose close
+    /// was missed (found gone from the kernel).
     Trace(TraceArgs),
     /// Print the per-port summary of recorded JSON Lines files (from `trace --output`), plain,
     /// rotated or compressed, or of directories of them.
