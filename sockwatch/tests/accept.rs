@@ -9,6 +9,7 @@ use std::{
     fs,
     io::{self, Read},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     os::unix::fs::MetadataExt,
     thread,
 };
@@ -234,6 +235,82 @@ fn connect_error_before_any_packet_is_a_connect_failed() {
     assert_eq!(f["family"], "ipv4");
     assert_eq!(f["pid"].as_u64(), Some(me()));
     assert_eq!(f["comm"], "sw-noroute");
+    assert_nothing_lost(&t.lost);
+}
+
+#[test]
+fn a_fast_open_syn_does_not_hide_the_threads_next_connect_failure() {
+    if !root_or_skip("a_fast_open_syn_does_not_hide_the_threads_next_connect_failure") {
+        return;
+    }
+    let (t, (netns, port, err)) = trace_in_new_netns(SMALL_MAPS, || {
+        let netns = fs::metadata("/proc/thread-self/ns/net")
+            .expect("netns")
+            .ino();
+        // TCP Fast Open for client and server, in this namespace only.
+        fs::write("/proc/sys/net/ipv4/tcp_fastopen", "3").expect("enable TCP Fast Open");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let queue: libc::c_int = 16;
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: plain socket syscalls on fds we own, with initialised buffers.
+        let client = unsafe {
+            let rc = libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_FASTOPEN,
+                (&queue as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            assert_eq!(rc, 0, "TCP_FASTOPEN: {}", io::Error::last_os_error());
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+            let client: TcpStream = std::os::fd::FromRawFd::from_raw_fd(fd);
+            // The SYN leaves from sendto(), not connect(): no connect() exit takes this
+            // thread's connecting socket.
+            let sent = libc::sendto(
+                fd,
+                b"x".as_ptr().cast(),
+                1,
+                libc::MSG_FASTOPEN,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(sent, 1, "sendto: {}", io::Error::last_os_error());
+            client
+        };
+        let (mut server, _) = listener.accept().expect("accept");
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).expect("read");
+        drop((client, server));
+        // The same thread's next connect() fails before any packet: no route from here.
+        let err = TcpStream::connect("10.1.2.3:80").expect_err("no route");
+        common::wait_connections_settled();
+        (netns, port, err)
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH));
+    let events = t.in_netns(netns);
+    let failed: Vec<&&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "connect_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0]["errno"], "ENETUNREACH");
+    assert_eq!(failed[0]["peer_addr"], "10.1.2.3");
+    assert_eq!(failed[0]["peer_port"], 80);
+    // The Fast Open connection itself, reported by its state changes.
+    let connects = events
+        .iter()
+        .filter(|e| e["event"] == "connect" && e["peer_port"].as_u64() == Some(u64::from(port)))
+        .count();
+    assert_eq!(connects, 1, "{events:?}");
     assert_nothing_lost(&t.lost);
 }
 
