@@ -252,14 +252,7 @@ fn a_fast_open_syn_does_not_hide_the_threads_next_connect_failure() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let queue: libc::c_int = 16;
-        let to = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-            },
-            sin_zero: [0; 8],
-        };
+        let to = common::loopback_v4(port);
         // SAFETY: plain socket syscalls on fds we own, with initialised buffers.
         let client = unsafe {
             let rc = libc::setsockopt(
@@ -415,14 +408,6 @@ fn connect_raw(
     syn_count: Option<libc::c_int>,
     to: SocketAddr,
 ) -> io::Result<TcpStream> {
-    let sa = |port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-        },
-        sin_zero: [0; 8],
-    };
     let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
     let check = |rc: libc::c_int| {
         if rc == 0 {
@@ -452,7 +437,7 @@ fn connect_raw(
         let stream: TcpStream = std::os::fd::FromRawFd::from_raw_fd(fd);
         if let Some(port) = local_port {
             int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-            let local = sa(port);
+            let local = common::loopback_v4(port);
             check(libc::bind(
                 fd,
                 (&local as *const libc::sockaddr_in).cast(),
@@ -462,7 +447,7 @@ fn connect_raw(
         if let Some(n) = syn_count {
             int_opt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, n)?;
         }
-        let remote = sa(to.port());
+        let remote = common::loopback_v4(to.port());
         check(libc::connect(
             fd,
             (&remote as *const libc::sockaddr_in).cast(),

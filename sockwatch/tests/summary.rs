@@ -197,14 +197,7 @@ fn connect_nonblocking(port: u16) -> TcpStream {
             0,
         );
         assert!(fd >= 0);
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-            },
-            sin_zero: [0; 8],
-        };
+        let sa = common::loopback_v4(port);
         let rc = libc::connect(
             fd,
             (&sa as *const libc::sockaddr_in).cast(),

@@ -274,6 +274,18 @@ pub fn wait_connections_settled() {
     }
 }
 
+/// 127.0.0.1:`port`, for the raw socket calls of tests.
+pub fn loopback_v4(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
 /// A /proc/net/tcp line of a socket that is done for sockwatch: listening, or a TIME_WAIT
 /// socket. The latter may still show FIN_WAIT2 (05) when it replaced an orphaned FIN_WAIT2 socket
 /// whose peer has not sent its FIN: the full socket's close has happened. Its timer ("tr") is
