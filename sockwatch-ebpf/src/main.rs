@@ -2,9 +2,10 @@
 //!
 //! - `state`: `sock:inet_sock_set_state` (raw tracepoint): connection lifecycle.
 //! - `states`: the same tracepoint, every raw transition (`trace --states` only).
-//! - `connect`: `syscalls:sys_{enter,exit}_connect`: connect once its local port is bound, and
+//! - `connect`: `syscalls:sys_exit_connect`: connect once its local port is bound, and
 //!   connect() errors.
-//! - `accept`: `syscalls:sys_{enter,exit}_accept{,4}`: accepts and accept() failures.
+//! - `accept`: `syscalls:sys_exit_accept{,4}`: accepts and accept() failures.
+//! - `syscall`: what those share: the arguments read at exit, per-thread hand-off, errnos.
 //! - `drop`: `skb:kfree_skb` (raw tracepoint): accept-queue overflow drops.
 //! - `filter`: in-kernel filters (a load-time global).
 //! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
