@@ -70,21 +70,6 @@ fn wait_until_written(out: &Path, at_ns: i128) {
     }
 }
 
-/// `sockwatch report --format json` over the recording.
-fn report(out: &Path) -> Value {
-    let report = std::process::Command::new(env!("CARGO_BIN_EXE_sockwatch"))
-        .args(["report", "--format", "json"])
-        .arg(out)
-        .output()
-        .expect("run report");
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    serde_json::from_slice(&report.stdout).expect("report JSON")
-}
-
 fn in_netns<'a>(list: &'a Value, key: &str, netns: u64, port: u16) -> &'a Value {
     list.as_array()
         .and_then(|items| {
@@ -251,7 +236,7 @@ fn missed_closes_expire_and_report_replays_them() {
     );
 
     // `report` replays the expiries to the very same summary.
-    assert_eq!(report(out), live);
+    assert_eq!(common::report_json(out), live);
 }
 
 /// `trace` keeps the same table of open connections: a connection whose close was lost ends in
@@ -292,7 +277,7 @@ fn trace_ends_missed_closes_with_expired_records() {
         "only burst connections are expired"
     );
 
-    let summary = report(&run.out);
+    let summary = common::report_json(&run.out);
     let burst = in_netns(&summary["listeners"], "port", run.netns, run.churn_port);
     assert_eq!(burst["established_now"].as_u64(), Some(0), "{burst}");
     let held = in_netns(&summary["listeners"], "port", run.netns, run.hold_port);

@@ -9,8 +9,6 @@ use std::{
         fd::{AsRawFd, FromRawFd},
         unix::fs::MetadataExt,
     },
-    path::Path,
-    process::Command,
     thread,
 };
 
@@ -42,21 +40,6 @@ fn listener(summary: &Value, netns: u64, port: u16) -> &Value {
             })
         })
         .unwrap_or_else(|| panic!("no listener {netns}/{port} in {summary}"))
-}
-
-/// `report` over the recorded file, as JSON.
-fn report(file: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
-        .args(["report", "--format", "json"])
-        .arg(file)
-        .output()
-        .expect("run report");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("report JSON")
 }
 
 #[test]
@@ -112,7 +95,7 @@ fn per_port_counts_and_report_agree_with_live() {
 
     // The recording yields the very same summary.
     std::fs::write(&copy, &t.raw).expect("write copy");
-    assert_eq!(report(&copy), live);
+    assert_eq!(common::report_json(&copy), live);
 }
 
 #[test]

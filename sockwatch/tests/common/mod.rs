@@ -274,6 +274,21 @@ pub fn wait_connections_settled() {
     }
 }
 
+/// `sockwatch report --format json` over a recording, parsed.
+pub fn report_json(file: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+        .args(["report", "--format", "json"])
+        .arg(file)
+        .output()
+        .expect("run report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("report JSON")
+}
+
 /// 127.0.0.1:`port`, for the raw socket calls of tests.
 pub fn loopback_v4(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
