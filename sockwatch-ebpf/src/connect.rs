@@ -7,24 +7,24 @@
 //! after the SYN (refused, timed out) come from the socket's SYN_SENT->CLOSE change.
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use sockwatch_common::{AF_INET, AF_INET6, KernelOffsets, counter, flags, kind, tcp_state};
 
 use crate::{
     filter::Verdict,
-    maps::{CONNECTING_THREADS, PENDING_CONNECTS, bump, offsets, record_field},
+    maps::{CONNECTING, PENDING_CONNECTS, bump, offsets, record_field},
     sock::{current_owner, emit, emit_patched, forget, is_tcp, lookup, netns_of, sock_of_fd},
     store::put16,
-    syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, syscall_arg, take},
+    syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, syscall_arg},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let connecting = take(&CONNECTING_THREADS, bpf_get_current_pid_tgid());
+    // This thread's connecting socket, taken: the call it belongs to is over.
+    let connecting = CONNECTING
+        .current(false)
+        .map(core::mem::take)
+        .filter(|&sk| sk != 0);
     let off = offsets();
     let errno = errno_of(record_field(&ctx, off.sys_exit_ret) as i64);
     // Still connecting, or already connected: not a failure.

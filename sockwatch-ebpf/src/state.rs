@@ -29,7 +29,7 @@ use sockwatch_common::{counter, flags, kind, tcp_state as st};
 use crate::{
     connect::emit_pending_connect,
     filter::{self, Verdict},
-    maps::{CONNECTING_THREADS, PENDING_CONNECTS, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
+    maps::{CONNECTING, PENDING_CONNECTS, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
         copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember,
         sock_error, sock_info,
@@ -195,7 +195,9 @@ fn state_changed(sk: u64, old: u8, new: u8) -> i32 {
             } else {
                 bump(counter::PENDING_INSERT_FAILED);
             }
-            let _ = CONNECTING_THREADS.insert(thread, sk, BPF_ANY as u64);
+            if let Some(connecting) = CONNECTING.current(true) {
+                *connecting = sk;
+            }
         }
         (st::CLOSE, st::LISTEN) => {
             let now = unsafe { bpf_ktime_get_ns() };

@@ -1,6 +1,5 @@
-//! What the syscall hooks share: the calling thread's arguments, per-thread hand-off and
-//! return-value decoding.
-use aya_ebpf::{helpers::generated, maps::HashMap};
+//! What the syscall hooks share: the calling thread's arguments and return-value decoding.
+use aya_ebpf::helpers::generated;
 
 pub const EINTR: u16 = 4;
 pub const EBADF: u16 = 9;
@@ -24,15 +23,6 @@ pub fn errno_of(ret: i64) -> Option<u16> {
 #[inline(always)]
 pub fn interrupted(errno: u16) -> bool {
     errno == EINTR || (ERESTARTSYS..=ERESTART_RESTARTBLOCK).contains(&errno)
-}
-
-/// Removes and returns what the enter hook left for this thread.
-#[inline(always)]
-pub fn take<V: Copy>(map: &HashMap<u64, V>, thread: u64) -> Option<V> {
-    // Copy before delete: a deleted element may be reused at once by another CPU.
-    let value = map.get_ptr(thread).map(|p| unsafe { *p })?;
-    let _ = map.remove(thread);
-    Some(value)
 }
 
 /// An argument of the current syscall, at its exit: the `struct pt_regs` field at `offset` (see

@@ -173,6 +173,9 @@ impl Tracer {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("SOCKS", opts.max_sockets)
             .map_max_entries("PENDING_CONNECTS", pending)
+            // The thread-to-connecting-socket map is task storage, which aya has no type
+            // for; userspace never reads it.
+            .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(|e| LoadError::Object(with_causes(&e)))?;
         for &(name, _) in programs(opts.states) {
