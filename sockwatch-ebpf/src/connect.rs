@@ -115,13 +115,23 @@ fn connect_failed_early(sk: u64, dest: &Destination, errno: u16, off: &KernelOff
     );
 }
 
+/// Claims the right to emit the connect event of `sk`: true for exactly one caller, and only
+/// while it is pending (see `PENDING_CONNECTS`).
+#[inline(always)]
+pub fn take_pending_connect(sk: u64) -> bool {
+    if PENDING_CONNECTS.remove(sk).is_err() {
+        return false;
+    }
+    bump(counter::PENDING_REMOVED);
+    true
+}
+
 /// Emits the connect event of `sk` if nobody has yet (see `PENDING_CONNECTS`).
 #[inline(always)]
 pub fn emit_pending_connect(sk: u64, state: u8) {
-    if PENDING_CONNECTS.remove(sk).is_err() {
+    if !take_pending_connect(sk) {
         return;
     }
-    bump(counter::PENDING_REMOVED);
     let mut slot = MaybeUninit::uninit();
     let info = lookup(sk, &mut slot);
     let verdict = emit(sk, kind::CONNECT, tcp_state::CLOSE, state, info, 0);

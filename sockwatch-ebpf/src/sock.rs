@@ -10,13 +10,13 @@ use aya_ebpf::{
 };
 use sockwatch_common::{
     AF_INET, AF_INET6, COMM_LEN, ConnEvent, KernelOffsets, SOCK_COMMON_READ, SockInfo, counter,
-    flags,
+    flags, kind, tcp_state,
 };
 
 use crate::{
     filter::{self, Verdict},
     maps::{EVENTS, SCRATCH, SOCKS, bump, offsets},
-    store::{copy16, put, put16, zero_bytes, zero16},
+    store::{copy_words, copy16, put, put16, zero_bytes, zero16},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -309,6 +309,54 @@ pub fn emit_patched(
         entry.discard(BPF_RB_NO_WAKEUP as u64);
     }
     verdict
+}
+
+/// A client's `connect` and `established` when they come together (the connect was still
+/// pending at its SYN_SENT->ESTABLISHED): one record of two events, so the socket is read and a
+/// ring slot reserved once. Only without filters (the verifier drops it otherwise), where every
+/// event is kept.
+#[inline(always)]
+pub fn emit_connect_established(sk: u64, info: Option<&SockInfo>) {
+    let off = offsets();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(mut entry) = EVENTS.reserve::<[ConnEvent; 2]>(0) else {
+        bump(counter::RINGBUF_FULL);
+        bump(counter::RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: the reservation holds two events and is ours until submitted.
+    let [connect, established] = unsafe { &mut *entry.as_mut_ptr() };
+    let mut common = MaybeUninit::<SockCommon>::uninit();
+    if fill(
+        connect,
+        common.as_mut_ptr(),
+        sk,
+        &off,
+        kind::CONNECT,
+        tcp_state::CLOSE,
+        tcp_state::SYN_SENT,
+        now,
+        info,
+        0,
+    )
+    .is_err()
+    {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        bump(counter::READ_FAILED);
+        bump(counter::READ_FAILED);
+        return;
+    }
+    // The same socket at the same moment: only the kind, the states, the time and the
+    // ESTABLISHED flag differ.
+    copy_words(established, connect);
+    put(&mut established.kind, kind::ESTABLISHED);
+    put(&mut established.old_state, tcp_state::SYN_SENT);
+    put(&mut established.new_state, tcp_state::ESTABLISHED);
+    put(&mut established.ts_ns, now);
+    if info.is_some() {
+        put(&mut established.flags, connect.flags | flags::ESTABLISHED);
+    }
+    entry.submit(wakeup_flags(&off));
 }
 
 /// Batch wake-ups: each one is an irq_work (a self-IPI: a VM exit on a virtual machine) on this

@@ -27,12 +27,12 @@ use aya_ebpf::{
 use sockwatch_common::{counter, flags, kind, tcp_state as st};
 
 use crate::{
-    connect::emit_pending_connect,
+    connect::{emit_pending_connect, take_pending_connect},
     filter::{self, Verdict},
     maps::{CONNECTING, PENDING_CONNECTS, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
-        copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember,
-        sock_error, sock_info,
+        copy_info, current_owner, emit, emit_connect_established, emit_patched, forget, is_tcp,
+        netns_of, remember, sock_error, sock_info,
     },
 };
 
@@ -241,6 +241,18 @@ fn state_changed(sk: u64, old: u8, new: u8) -> i32 {
             remember(sk, info);
         }
         (_, st::ESTABLISHED) => {
+            if old == st::SYN_SENT && !filter::any() && take_pending_connect(sk) {
+                // Its connect is still to be reported: both events in one record.
+                let mut slot = MaybeUninit::uninit();
+                let info = SOCKS.get_ptr_mut(sk).map(|p| unsafe {
+                    let info = copy_info(&mut slot, p);
+                    // Transitions of one socket are serialised by its lock.
+                    (*p).flags |= flags::ESTABLISHED;
+                    &*info
+                });
+                emit_connect_established(sk, info);
+                return 0;
+            }
             if old == st::SYN_SENT {
                 emit_pending_connect(sk, old);
             }

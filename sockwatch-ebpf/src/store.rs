@@ -48,3 +48,17 @@ pub fn zero_bytes<const N: usize>(dst: &mut [u8; N]) {
         put(b, 0);
     }
 }
+
+/// `*dst = *src` for a struct of whole 8-byte words (8-aligned), as one load and one store per
+/// word: a plain copy may become a memcpy call.
+#[inline(always)]
+pub fn copy_words<T>(dst: &mut T, src: &T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    let d = (dst as *mut T).cast::<u64>();
+    let s = (src as *const T).cast::<u64>();
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        // SAFETY: both point to `size_of::<T>()` valid, 8-aligned bytes, and cannot overlap
+        // (`dst` is exclusive).
+        unsafe { write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+    }
+}
