@@ -5,7 +5,7 @@
 //! - `connect`: `syscalls:sys_exit_connect`: connect once its local port is bound, and
 //!   connect() errors.
 //! - `accept`: `syscalls:sys_exit_accept{,4}`: accepts and accept() failures.
-//! - `syscall`: what those share: the arguments read at exit, per-thread hand-off, errnos.
+//! - `syscall`: what those share: the arguments read at exit, errnos.
 //! - `drop`: `skb:kfree_skb` (raw tracepoint): accept-queue overflow drops.
 //! - `filter`: in-kernel filters (a load-time global).
 //! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
