@@ -110,11 +110,20 @@ pub struct SockInfo {
     pub netns: u32,
     pub comm: [u8; COMM_LEN],
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// While the socket's `connect` event waits to be emitted (from its SYN until connect()
+    /// returns or its next state change), a tag of the socket; 0 once emitted. The programs
+    /// claim it with a compare-and-swap on the 8-byte word it shares with `flags`.
+    pub connect_pending: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
 const _: () = assert!(core::mem::offset_of!(SockInfo, comm) % 8 == 0);
+// `flags` starts an 8-aligned word whose upper half (little-endian) is `connect_pending`.
+const _: () = assert!(core::mem::offset_of!(SockInfo, flags) % 8 == 0);
+const _: () = assert!(
+    core::mem::offset_of!(SockInfo, connect_pending) == core::mem::offset_of!(SockInfo, flags) + 4
+);
 
 /// Indices of the per-CPU counter array `COUNTERS`.
 pub mod counter {

@@ -5,15 +5,20 @@
 //! until connect() returns (or the socket's next state change). connect() errors raised before
 //! any SYN is sent (no route, no local port, ...) are reported here as `connect_failed`; failures
 //! after the SYN (refused, timed out) come from the socket's SYN_SENT->CLOSE change.
-use core::mem::MaybeUninit;
+use core::{
+    intrinsics::{AtomicOrdering, atomic_cxchg},
+    mem::MaybeUninit,
+};
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use sockwatch_common::{AF_INET, AF_INET6, KernelOffsets, counter, flags, kind, tcp_state};
+use sockwatch_common::{
+    AF_INET, AF_INET6, KernelOffsets, SockInfo, counter, flags, kind, tcp_state,
+};
 
 use crate::{
     filter::Verdict,
-    maps::{CONNECTING, PENDING_CONNECTS, bump, offsets, record_field},
-    sock::{current_owner, emit, emit_patched, forget, is_tcp, lookup, netns_of, sock_of_fd},
+    maps::{CONNECTING, SOCKS, bump, offsets, record_field},
+    sock::{copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, sock_of_fd},
     store::put16,
     syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, syscall_arg},
 };
@@ -115,27 +120,60 @@ fn connect_failed_early(sk: u64, dest: &Destination, errno: u16, off: &KernelOff
     );
 }
 
-/// Claims the right to emit the connect event of `sk`: true for exactly one caller, and only
-/// while it is pending (see `PENDING_CONNECTS`).
+/// What a socket's record holds in `connect_pending` while its connect event waits: never 0
+/// (a socket's address is 8-aligned, so bit 0 is free).
 #[inline(always)]
-pub fn take_pending_connect(sk: u64) -> bool {
-    if PENDING_CONNECTS.remove(sk).is_err() {
-        return false;
-    }
-    bump(counter::PENDING_REMOVED);
-    true
+pub fn pending_tag(sk: u64) -> u32 {
+    sk as u32 | 1
 }
 
-/// Emits the connect event of `sk` if nobody has yet (see `PENDING_CONNECTS`).
+/// Claims the right to emit the connect event of `sk`, whose record is `p`: true for exactly
+/// one caller (the connect() exit or the socket's next state change, possibly racing on two
+/// CPUs), and only while it waits. A compare-and-swap clears the tag; on the BPF target's
+/// `generic` CPU only 8-byte ones exist, so it swaps the word `connect_pending` shares with
+/// `flags`, whose byte may change under it (then it tries again).
+#[inline(always)]
+pub fn claim_pending_connect(sk: u64, p: *mut SockInfo) -> bool {
+    // Little-endian (bpfel): `connect_pending` is the upper half of the word at `flags`.
+    let tag = u64::from(pending_tag(sk)) << 32;
+    // SAFETY: `p` points to a live map value; the word is 8-aligned (asserted in the shared
+    // types) and lies within it.
+    let word = unsafe { core::ptr::addr_of_mut!((*p).flags).cast::<u64>() };
+    // The flags byte changes at most twice in a socket's life: a few tries always suffice.
+    for _ in 0..4 {
+        let cur = unsafe { core::ptr::read_volatile(word) };
+        if cur & !0xffff_ffff != tag {
+            return false;
+        }
+        // SAFETY: as above; the map value lives for the program's run.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                word,
+                cur,
+                cur & 0xffff_ffff,
+            )
+        };
+        if swapped {
+            bump(counter::PENDING_REMOVED);
+            return true;
+        }
+    }
+    false
+}
+
+/// Emits the connect event of `sk` if nobody has yet (see [`claim_pending_connect`]).
 #[inline(always)]
 pub fn emit_pending_connect(sk: u64, state: u8) {
-    if !take_pending_connect(sk) {
+    let Some(p) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    if !claim_pending_connect(sk, p) {
         return;
     }
     let mut slot = MaybeUninit::uninit();
-    let info = lookup(sk, &mut slot);
+    let info = Some(copy_info(&mut slot, p));
     let verdict = emit(sk, kind::CONNECT, tcp_state::CLOSE, state, info, 0);
-    if verdict == Verdict::DropSocket && info.is_some() {
+    if verdict == Verdict::DropSocket {
         // Its local port (known only now) or family fails: stop tracking it.
         let _ = forget(sk, &mut MaybeUninit::uninit());
     }

@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
     helpers::generated,
     macros::{btf_map, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use sockwatch_common::{ConnEvent, KernelOffsets, SockInfo, counter};
 
@@ -16,16 +16,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// was missed cannot fill it; evictions are derived from the insert/remove counters.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(1 << 20, 0);
-
-/// Sockets whose `connect` event is not yet emitted. Whoever removes the entry (the
-/// connect syscall's exit, or the socket's next state change) emits it: a map delete succeeds
-/// exactly once, so the event is emitted exactly once even when both race on two CPUs.
-///
-/// A plain hash, not LRU (whose free-list upkeep cost more than the rest of the lookup): an
-/// entry lives from the SYN to the end of connect(), and only a socket whose connect() exit and
-/// next state change were both missed would stay.
-#[map]
-pub static PENDING_CONNECTS: HashMap<u64, u64> = HashMap::with_max_entries(1 << 18, 0);
 
 /// The socket a thread is connecting (its `struct sock` address, 0 for none), from its
 /// CLOSE->SYN_SENT until its connect() returns. Task storage: the value hangs off the thread

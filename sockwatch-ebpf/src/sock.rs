@@ -133,6 +133,7 @@ pub fn sock_info<'a>(
         }
         put(&mut p.flags, flags);
         zero_bytes(&mut p._pad);
+        put(&mut p.connect_pending, 0);
         slot.assume_init_mut()
     }
 }
@@ -148,18 +149,27 @@ pub fn netns_of(sk: u64, off: &KernelOffsets) -> u32 {
     unsafe { bpf_probe_read_kernel((net + off.net_inum as u64) as *const u32) }.unwrap_or(0)
 }
 
-/// Remember a socket's birth; counts what the loss report needs.
+/// Remember a socket's birth; counts what the loss report needs. Says whether the record is
+/// in the map.
 #[inline(always)]
-pub fn remember(sk: u64, info: &SockInfo) {
+pub fn remember(sk: u64, info: &SockInfo) -> bool {
     match SOCKS.insert(sk, info, BPF_NOEXIST as u64) {
-        Ok(()) => bump(counter::SOCK_INSERTED),
+        Ok(()) => {
+            bump(counter::SOCK_INSERTED);
+            true
+        }
         // The address was reused before its old close was seen: replace, count nothing new.
         Err(e) if e == -EEXIST => {
             if SOCKS.insert(sk, info, 0).is_err() {
                 bump(counter::SOCK_INSERT_FAILED);
+                return false;
             }
+            true
         }
-        Err(_) => bump(counter::SOCK_INSERT_FAILED),
+        Err(_) => {
+            bump(counter::SOCK_INSERT_FAILED);
+            false
+        }
     }
 }
 

@@ -18,18 +18,15 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::raw_tracepoint,
+    EbpfContext as _, helpers::bpf_ktime_get_ns, macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use sockwatch_common::{counter, flags, kind, tcp_state as st};
 
 use crate::{
-    connect::{emit_pending_connect, take_pending_connect},
+    connect::{claim_pending_connect, emit_pending_connect, pending_tag},
     filter::{self, Verdict},
-    maps::{CONNECTING, PENDING_CONNECTS, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
+    maps::{CONNECTING, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
         copy_info, current_owner, emit, emit_connect_established, emit_patched, forget, is_tcp,
         netns_of, remember, sock_error, sock_info,
@@ -203,9 +200,9 @@ fn handle_step(sk: u64, old: u8, new: u8) {
                 // Filtered out: not tracked, so none of its events is emitted.
                 return;
             }
-            remember(sk, owner);
-            let thread = bpf_get_current_pid_tgid();
-            if PENDING_CONNECTS.insert(sk, thread, BPF_ANY as u64).is_ok() {
+            // Its connect event waits for the local port (see `connect`).
+            owner.connect_pending = pending_tag(sk);
+            if remember(sk, owner) {
                 bump(counter::PENDING_INSERTED);
             } else {
                 bump(counter::PENDING_INSERT_FAILED);
@@ -256,16 +253,18 @@ fn handle_step(sk: u64, old: u8, new: u8) {
             remember(sk, info);
         }
         (_, st::ESTABLISHED) => {
-            if old == st::SYN_SENT && !filter::any() && take_pending_connect(sk) {
+            if old == st::SYN_SENT
+                && !filter::any()
+                && let Some(p) = SOCKS.get_ptr_mut(sk)
+                && claim_pending_connect(sk, p)
+            {
                 // Its connect is still to be reported: both events in one record.
                 let mut slot = MaybeUninit::uninit();
-                let info = SOCKS.get_ptr_mut(sk).map(|p| unsafe {
-                    let info = copy_info(&mut slot, p);
-                    // Transitions of one socket are serialised by its lock.
-                    (*p).flags |= flags::ESTABLISHED;
-                    &*info
-                });
-                emit_connect_established(sk, info);
+                let info = copy_info(&mut slot, p);
+                // Transitions of one socket are serialised by its lock, and the connect()
+                // exit no longer writes the record once the claim is made.
+                unsafe { (*p).flags |= flags::ESTABLISHED };
+                emit_connect_established(sk, Some(info));
                 return;
             }
             if old == st::SYN_SENT {

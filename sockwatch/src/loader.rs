@@ -166,13 +166,11 @@ impl Tracer {
             "ret",
         )?;
         raise_memlock_limit();
-        let pending = (opts.max_sockets / 4).max(1024);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("SOCKS", opts.max_sockets)
-            .map_max_entries("PENDING_CONNECTS", pending)
             // The thread-to-connecting-socket map is task storage, which aya has no type
             // for; userspace never reads it.
             .allow_unsupported_maps()
@@ -308,21 +306,22 @@ impl Tracer {
         Ok(arr.get(&index, 0).map_err(map_err)?.iter().sum())
     }
 
-    /// Entries still in the socket map and in the pending-connect map.
+    /// Entries still in the socket map, and how many of them still wait for their connect
+    /// event to be emitted.
     pub fn live_entries(&self) -> Result<(u64, u64), LoadError> {
-        let socks = self.count_keys::<SockInfo>("SOCKS")?;
-        let pending = self.count_keys::<u64>("PENDING_CONNECTS")?;
-        Ok((socks, pending))
-    }
-
-    fn count_keys<V: aya::Pod>(&self, name: &'static str) -> Result<u64, LoadError> {
+        let name = "SOCKS";
         let map = self.ebpf.map(name).ok_or(LoadError::Map {
             name,
             cause: aya::maps::MapError::InvalidName { name: name.into() },
         })?;
-        let map: BpfHashMap<_, u64, V> =
+        let map: BpfHashMap<_, u64, SockInfo> =
             BpfHashMap::try_from(map).map_err(|cause| LoadError::Map { name, cause })?;
-        Ok(map.keys().filter(Result::is_ok).count() as u64)
+        let (mut socks, mut pending) = (0, 0);
+        for (_, info) in map.iter().filter_map(Result::ok) {
+            socks += 1;
+            pending += u64::from(info.connect_pending != 0);
+        }
+        Ok((socks, pending))
     }
 
     /// Runs of our programs the kernel skipped because one was already running on that CPU

@@ -70,7 +70,7 @@ const PROGS: &[&str] = &[
 /// sockwatch's programs and maps (names as the kernel keeps them: 15 bytes at most) that are
 /// loaded right now.
 pub fn sockwatch_objects() -> Vec<String> {
-    const MAPS: &[&str] = &["SOCKS", "PENDING_CONNECT", "CONNECTING_THRE"];
+    const MAPS: &[&str] = &["SOCKS", "CONNECTING"];
     // struct bpf_prog_info: name at byte 64; struct bpf_map_info: name at byte 24.
     let progs = names(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, 64);
     let maps = names(BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_FD_BY_ID, 24);
