@@ -307,8 +307,9 @@ impl Tracer {
     }
 
     /// Entries still in the socket map, and how many of them still wait for their connect
-    /// event to be emitted.
-    pub fn live_entries(&self) -> Result<(u64, u64), LoadError> {
+    /// event to be emitted. The records are read only when some connect may still wait: with
+    /// hundreds of thousands of sockets, reading each costs a second system call per entry.
+    pub fn live_entries(&self, counters: &KernelCounters) -> Result<(u64, u64), LoadError> {
         let name = "SOCKS";
         let map = self.ebpf.map(name).ok_or(LoadError::Map {
             name,
@@ -316,6 +317,9 @@ impl Tracer {
         })?;
         let map: BpfHashMap<_, u64, SockInfo> =
             BpfHashMap::try_from(map).map_err(|cause| LoadError::Map { name, cause })?;
+        if counters.pending_inserted <= counters.pending_removed {
+            return Ok((map.keys().filter(Result::is_ok).count() as u64, 0));
+        }
         let (mut socks, mut pending) = (0, 0);
         for (_, info) in map.iter().filter_map(Result::ok) {
             socks += 1;

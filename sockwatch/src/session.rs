@@ -278,7 +278,7 @@ pub async fn run(
         pipe.samples(&expired).context("writing samples")?;
     }
     let counters = tracer.counters()?;
-    let (live_socks, live_pending) = tracer.live_entries()?;
+    let (live_socks, live_pending) = tracer.live_entries(&counters)?;
     let mut loss = Loss::from_counters(&counters, live_socks, live_pending, pipe.decode_errors);
     loss.expired = pipe.agg.as_ref().map_or(0, Aggregator::expired);
     let quiet = Quiet::from_counters(&counters);
