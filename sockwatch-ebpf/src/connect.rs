@@ -120,6 +120,9 @@ fn connect_failed_early(sk: u64, dest: &Destination, errno: u16, off: &KernelOff
     );
 }
 
+// `claim_pending_connect` finds `connect_pending` in the upper half of its word.
+const _: () = assert!(cfg!(target_endian = "little"));
+
 /// What a socket's record holds in `connect_pending` while its connect event waits: never 0
 /// (a socket's address is 8-aligned, so bit 0 is free).
 #[inline(always)]
