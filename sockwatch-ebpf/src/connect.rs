@@ -167,17 +167,25 @@ pub fn claim_pending_connect(sk: u64, p: *mut SockInfo) -> bool {
 /// Emits the connect event of `sk` if nobody has yet (see [`claim_pending_connect`]).
 #[inline(always)]
 pub fn emit_pending_connect(sk: u64, state: u8) {
-    let Some(p) = SOCKS.get_ptr_mut(sk) else {
-        return;
-    };
-    if !claim_pending_connect(sk, p) {
-        return;
+    if let Some(p) = SOCKS.get_ptr_mut(sk)
+        && claim_pending_connect(sk, p)
+    {
+        emit_claimed_connect(sk, p, state);
     }
+}
+
+/// Emits the connect event of `sk`, whose record is `p` and whose claim the caller holds. Says
+/// whether the record is still there: the filters may drop the socket now that its local port
+/// is known.
+#[inline(always)]
+pub fn emit_claimed_connect(sk: u64, p: *mut SockInfo, state: u8) -> bool {
     let mut slot = MaybeUninit::uninit();
     let info = Some(copy_info(&mut slot, p));
     let verdict = emit(sk, kind::CONNECT, tcp_state::CLOSE, state, info, 0);
     if verdict == Verdict::DropSocket {
         // Its local port (known only now) or family fails: stop tracking it.
         let _ = forget(sk, &mut MaybeUninit::uninit());
+        return false;
     }
+    true
 }

@@ -24,7 +24,7 @@ use aya_ebpf::{
 use sockwatch_common::{counter, flags, kind, tcp_state as st};
 
 use crate::{
-    connect::{claim_pending_connect, emit_pending_connect, pending_tag},
+    connect::{claim_pending_connect, emit_claimed_connect, emit_pending_connect, pending_tag},
     filter::{self, Verdict},
     maps::{CONNECTING, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
@@ -253,25 +253,28 @@ fn handle_step(sk: u64, old: u8, new: u8) {
             remember(sk, info);
         }
         (_, st::ESTABLISHED) => {
+            // One lookup serves the pending connect and this event.
+            let mut record = SOCKS.get_ptr_mut(sk);
             if old == st::SYN_SENT
-                && !filter::any()
-                && let Some(p) = SOCKS.get_ptr_mut(sk)
+                && let Some(p) = record
                 && claim_pending_connect(sk, p)
             {
-                // Its connect is still to be reported: both events in one record.
-                let mut slot = MaybeUninit::uninit();
-                let info = copy_info(&mut slot, p);
-                // Transitions of one socket are serialised by its lock, and the connect()
-                // exit no longer writes the record once the claim is made.
-                unsafe { (*p).flags |= flags::ESTABLISHED };
-                emit_connect_established(sk, Some(info));
-                return;
-            }
-            if old == st::SYN_SENT {
-                emit_pending_connect(sk, old);
+                if !filter::any() {
+                    // Both events in one record.
+                    let mut slot = MaybeUninit::uninit();
+                    let info = copy_info(&mut slot, p);
+                    // Transitions of one socket are serialised by its lock, and the connect()
+                    // exit no longer writes the record once the claim is made.
+                    unsafe { (*p).flags |= flags::ESTABLISHED };
+                    emit_connect_established(sk, Some(info));
+                    return;
+                }
+                if !emit_claimed_connect(sk, p, old) {
+                    record = None;
+                }
             }
             let mut slot = MaybeUninit::uninit();
-            let info = match SOCKS.get_ptr_mut(sk) {
+            let info = match record {
                 Some(p) => unsafe {
                     // Transitions of one socket are serialised by its lock.
                     (*p).flags |= flags::ESTABLISHED;
