@@ -17,6 +17,9 @@ use crate::{
 /// Attached to both sys_exit_accept and sys_exit_accept4.
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    if crate::hooks_only() {
+        return 0;
+    }
     let off = offsets();
     let ret = record_field(&ctx, off.sys_exit_ret) as i64;
     let Some(errno) = errno_of(ret) else {

@@ -25,6 +25,9 @@ use crate::{
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    if crate::hooks_only() {
+        return 0;
+    }
     // This thread's connecting socket, taken: the call it belongs to is over.
     let connecting = CONNECTING
         .current(false)

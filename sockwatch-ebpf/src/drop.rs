@@ -10,6 +10,9 @@ use crate::{
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
+    if crate::hooks_only() {
+        return 0;
+    }
     let reason = ctx.arg::<u64>(KFREE_SKB_REASON_ARG) as u32;
     let off = offsets();
     if reason != off.drop_reason_listen_overflow {

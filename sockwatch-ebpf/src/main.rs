@@ -43,6 +43,16 @@ mod syscall;
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
+/// With the `hooks-only` feature every program returns at its first instruction, while the rest
+/// stays in the object and is verified as usual: `cargo xtask bench`'s `hooks` row, the cost of
+/// the hooks themselves with no work done. Never set in a build that is run for its events.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+fn hooks_only() -> bool {
+    // Opaque, so that the compiler keeps (and the verifier checks) what follows.
+    cfg!(feature = "hooks-only") && core::hint::black_box(true)
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -35,6 +35,9 @@ use crate::{
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    if crate::hooks_only() {
+        return 0;
+    }
     let (sk, old, new) = args(&ctx);
     if sk == 0 {
         return 0;
@@ -95,6 +98,9 @@ fn take_on(t: &mut Taken, frame: u64, sk: u64, states: u64) {
 /// was already running on this CPU (see the module's doc).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn state_nested(ctx: RawTracePointContext) -> i32 {
+    if crate::hooks_only() {
+        return 0;
+    }
     let (sk, old, new) = args(&ctx);
     if sk == 0 {
         return 0;

@@ -14,6 +14,9 @@ use crate::{
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tcp_states(ctx: RawTracePointContext) -> i32 {
+    if crate::hooks_only() {
+        return 0;
+    }
     let sk: u64 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u8;
     let new = ctx.arg::<u64>(2) as u8;
