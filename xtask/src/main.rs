@@ -30,7 +30,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Benchmark under connection churn (root): no tracer vs `sockwatch trace` vs `sockwatch
-    /// top` (vs bpftrace when on PATH); results in target/bench/results.json.
+    /// top` vs the hooks alone (programs that return at once) (vs bpftrace when on PATH);
+    /// results in target/bench/results.json.
     Bench(bench::BenchArgs),
 }
 

@@ -9,6 +9,9 @@
 //! - `untraced`: no tracer;
 //! - `trace`: `sockwatch trace --output FILE --format jsonl` (every event to a file);
 //! - `top`: `sockwatch top --format json --interval 1` (aggregation only);
+//! - `hooks`: the same `top`, built with `--features hooks-only`: every program is attached and
+//!   returns at once, so the row is what the hooks cost before any work, the floor under the
+//!   other two;
 //! - `bpftrace`, when it is on PATH: a one-line peer on the same tracepoint, printing to a file.
 //!
 //! The tracers run in the host namespace (they see every namespace) and are started, waited for
@@ -117,6 +120,8 @@ enum Mode {
     Untraced,
     Trace,
     Top,
+    /// `top` from the `hooks-only` build.
+    Hooks,
     Bpftrace,
 }
 
@@ -126,6 +131,7 @@ impl Mode {
             Mode::Untraced => "untraced",
             Mode::Trace => "trace",
             Mode::Top => "top",
+            Mode::Hooks => "hooks",
             Mode::Bpftrace => "bpftrace",
         }
     }
@@ -146,6 +152,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let root = crate::workspace_root()?;
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // First, so that the build below leaves target/release/sockwatch the normal one.
+    let hooks_only = dir.join("sockwatch-hooks-only");
+    if args.soak.is_none() {
+        build_hooks_only(&root, &hooks_only)?;
+    }
     progress("building sockwatch and sockwatch-churn (release)");
     let built = Command::new("cargo")
         .args([
@@ -161,10 +174,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if !built.success() {
         bail!("building sockwatch and sockwatch-churn failed (see above)");
     }
-    let dir = root.join("target/bench");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let bench = Bench {
         sockwatch: root.join("target/release/sockwatch"),
+        hooks_only,
         churn: root.join("target/release/sockwatch-churn"),
         dir: dir.clone(),
         args,
@@ -183,7 +195,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let bpftrace = find_on_path("bpftrace");
-    let mut modes = vec![Mode::Untraced, Mode::Trace, Mode::Top];
+    let mut modes = vec![Mode::Untraced, Mode::Trace, Mode::Top, Mode::Hooks];
     match &bpftrace {
         Some(p) => {
             progress(format!(
@@ -290,8 +302,33 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Builds sockwatch with `--features hooks-only` and keeps the binary at `dest`.
+fn build_hooks_only(root: &Path, dest: &Path) -> anyhow::Result<()> {
+    progress("building sockwatch with --features hooks-only (release), for the hooks row");
+    let built = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sockwatch",
+            "--features",
+            "hooks-only",
+        ])
+        .status()
+        .context("cannot run cargo build")?;
+    if !built.success() {
+        bail!("building sockwatch with --features hooks-only failed (see above)");
+    }
+    let src = root.join("target/release/sockwatch");
+    fs::copy(&src, dest)
+        .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+    Ok(())
+}
+
 struct Bench<'a> {
     sockwatch: PathBuf,
+    /// sockwatch built with `--features hooks-only` (the `hooks` row).
+    hooks_only: PathBuf,
     churn: PathBuf,
     dir: PathBuf,
     args: &'a BenchArgs,
@@ -301,11 +338,11 @@ impl Bench<'_> {
     fn round(&self, mode: Mode, round: u32, bpftrace: Option<&Path>) -> anyhow::Result<Round> {
         Ok(match mode {
             Mode::Untraced => Round::untraced(round, self.run_churn(None)?),
-            Mode::Trace | Mode::Top => {
+            Mode::Trace | Mode::Top | Mode::Hooks => {
                 let file = self.trace_file();
                 let _ = fs::remove_file(&file);
                 let holder = NetnsHolder::spawn()?;
-                let mut t = self.start_sockwatch(mode, mode == Mode::Top, &[])?;
+                let mut t = self.start_sockwatch(mode, mode != Mode::Trace, &[])?;
                 let churn = self.run_churn(Some(&holder.path()))?;
                 // The churn is done when its sockets are closed, not fully gone: a last FIN
                 // may still be retransmitted (RTO 200 ms+) and the close come after; give
@@ -333,7 +370,21 @@ impl Bench<'_> {
                         .context("sockwatch top --format json printed no valid summary")?;
                     let seen = listener(&summary, churn.port, churn.netns)
                         .and_then(|l| l["accepted"].as_u64());
-                    (seen, None, None, Some(counters(&summary["lost"])))
+                    if mode == Mode::Hooks {
+                        // Its programs do nothing, so the churn's port never shows up; and with
+                        // nothing to lose, its loss counters mean nothing (the kernel's skipped
+                        // runs of empty programs are not recovered).
+                        let seen = seen.unwrap_or(0);
+                        if seen > 0 {
+                            bail!(
+                                "{} counted {seen} connections: it is not a hooks-only build",
+                                self.hooks_only.display()
+                            );
+                        }
+                        (Some(seen), None, None, None)
+                    } else {
+                        (seen, None, None, Some(counters(&summary["lost"])))
+                    }
                 };
                 Round {
                     round,

@@ -251,7 +251,10 @@ pub(super) fn render(res: &Results) -> String {
     out.push_str(
         "\nSEEN: trace = the churn's connections with connect, accept and both closes in the file \
          (a close the kernel never reported counts when sockwatch wrote it as `expired`: see lost); \
-         top = accepted on the churn's port in the summary; bpftrace = server-side closes on the port.\n\
+         top = accepted on the churn's port in the summary (hooks: 0, it sees nothing); bpftrace = \
+         server-side closes on the port.\n\
+         hooks: `top` built with --features hooks-only, every program attached but returning at once: \
+         what the hooks cost before any work is done, the floor under trace and top.\n\
          VS UNTRACED: the median over rounds of the mode's rate over the same round's untraced rate.\n\
          CPU S/100K: the tracer's user+system CPU over its whole life (start-up included) per 100k connections.\n",
     );

@@ -72,6 +72,10 @@ impl Bench<'_> {
         match mode {
             Mode::Untraced => "-".into(),
             Mode::Trace | Mode::Top => format!("sockwatch {}", self.sockwatch_args(mode).join(" ")),
+            Mode::Hooks => format!(
+                "sockwatch {} (built with --features hooks-only: every program returns at once)",
+                self.sockwatch_args(mode).join(" ")
+            ),
             Mode::Bpftrace => format!(
                 "bpftrace -e '{BPFTRACE_PROGRAM}' > {}",
                 self.bpftrace_file().display()
@@ -120,7 +124,12 @@ impl Bench<'_> {
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", ready.display())),
         }
         let log = self.dir.join(format!("sockwatch-{}.stderr", mode.name()));
-        let mut cmd = Command::new(&self.sockwatch);
+        let bin = if mode == Mode::Hooks {
+            &self.hooks_only
+        } else {
+            &self.sockwatch
+        };
+        let mut cmd = Command::new(bin);
         cmd.args(self.sockwatch_args(mode))
             .args(extra)
             .stdout(if capture_stdout {
