@@ -159,21 +159,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.soak.is_none() {
         build_hooks_only(&root, &hooks_only)?;
     }
-    progress("building sockwatch and sockwatch-churn (release)");
-    let built = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "sockwatch",
-            "-p",
-            "sockwatch-churn",
-        ])
-        .status()
-        .context("cannot run cargo build")?;
-    if !built.success() {
-        bail!("building sockwatch and sockwatch-churn failed (see above)");
-    }
+    cargo_build(
+        &["-p", "sockwatch", "-p", "sockwatch-churn"],
+        "sockwatch and sockwatch-churn",
+    )?;
     let bench = Bench {
         sockwatch: root.join("target/release/sockwatch"),
         hooks_only,
@@ -302,23 +291,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds sockwatch with `--features hooks-only` and keeps the binary at `dest`.
-fn build_hooks_only(root: &Path, dest: &Path) -> anyhow::Result<()> {
-    progress("building sockwatch with --features hooks-only (release), for the hooks row");
+/// `cargo build --release ARGS`, announced as building `what`.
+fn cargo_build(args: &[&str], what: &str) -> anyhow::Result<()> {
+    progress(format!("building {what} (release)"));
     let built = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "sockwatch",
-            "--features",
-            "hooks-only",
-        ])
+        .args(["build", "--release"])
+        .args(args)
         .status()
         .context("cannot run cargo build")?;
     if !built.success() {
-        bail!("building sockwatch with --features hooks-only failed (see above)");
+        bail!("building {what} failed (see above)");
     }
+    Ok(())
+}
+
+/// Builds sockwatch with `--features hooks-only` and keeps the binary at `dest`.
+fn build_hooks_only(root: &Path, dest: &Path) -> anyhow::Result<()> {
+    cargo_build(
+        &["-p", "sockwatch", "--features", "hooks-only"],
+        "sockwatch with --features hooks-only",
+    )?;
     let src = root.join("target/release/sockwatch");
     fs::copy(&src, dest)
         .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
