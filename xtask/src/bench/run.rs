@@ -124,10 +124,10 @@ impl Bench<'_> {
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", ready.display())),
         }
         let log = self.dir.join(format!("sockwatch-{}.stderr", mode.name()));
-        let bin = if mode == Mode::Hooks {
-            &self.hooks_only
-        } else {
-            &self.sockwatch
+        let bin = match (mode, &self.hooks_only) {
+            (Mode::Hooks, Some(b)) => b,
+            (Mode::Hooks, None) => bail!("the hooks row needs the hooks-only build"),
+            _ => &self.sockwatch,
         };
         let mut cmd = Command::new(bin);
         cmd.args(self.sockwatch_args(mode))
