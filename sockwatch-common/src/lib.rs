@@ -188,6 +188,10 @@ pub struct KernelOffsets {
     pub syscall_arg1: u32,
     /// Offset of `ret` in the syscall exit tracepoint records (from tracefs format files).
     pub sys_exit_ret: u32,
+    /// Offsets of the first two arguments in the syscall entry records of connect, accept and
+    /// accept4 (the `compat` build's entry hooks; 0 otherwise).
+    pub sys_enter_arg0: u32,
+    pub sys_enter_arg1: u32,
     /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's `enum skb_drop_reason`;
     /// `NO_DROP_REASON` when the kernel has none, which turns the overflow hook off.
     pub drop_reason_listen_overflow: u32,
@@ -196,7 +200,7 @@ pub struct KernelOffsets {
     pub wakeup_bytes: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 
 /// A drop reason no kernel uses.
 pub const NO_DROP_REASON: u32 = u32::MAX;

@@ -11,7 +11,8 @@ use crate::{
     maps::{SOCKS, bump, offsets, record_field},
     sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_of_fd},
     store::copy16,
-    syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted, syscall_arg},
+    syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted},
+    thread::Args,
 };
 
 /// Attached to both sys_exit_accept and sys_exit_accept4.
@@ -21,6 +22,8 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let off = offsets();
+    // Taken first, whatever the outcome, so that none is left behind (compat build).
+    let args = Args::take();
     let ret = record_field(&ctx, off.sys_exit_ret) as i64;
     let Some(errno) = errno_of(ret) else {
         if ret >= 0 {
@@ -33,7 +36,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // accept(fd, ...): the listening socket's fd.
-    let Some(listener) = sock_of_fd(syscall_arg(off.syscall_arg0), &off) else {
+    let Some(listener) = args.arg0().and_then(|fd| sock_of_fd(fd, &off)) else {
         return 0;
     };
     if !is_tcp(listener, &off) {

@@ -5,10 +5,7 @@
 //! until connect() returns (or the socket's next state change). connect() errors raised before
 //! any SYN is sent (no route, no local port, ...) are reported here as `connect_failed`; failures
 //! after the SYN (refused, timed out) come from the socket's SYN_SENT->CLOSE change.
-use core::{
-    intrinsics::{AtomicOrdering, atomic_cxchg},
-    mem::MaybeUninit,
-};
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use sockwatch_common::{
@@ -17,10 +14,11 @@ use sockwatch_common::{
 
 use crate::{
     filter::Verdict,
-    maps::{CONNECTING, SOCKS, bump, offsets, record_field},
+    maps::{SOCKS, bump, offsets, record_field},
     sock::{copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, sock_of_fd},
     store::put16,
-    syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted, syscall_arg},
+    syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted},
+    thread::{self, Args},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
@@ -28,11 +26,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if crate::hooks_only() {
         return 0;
     }
-    // This thread's connecting socket, taken: the call it belongs to is over.
-    let connecting = CONNECTING
-        .current(false)
-        .map(core::mem::take)
-        .filter(|&sk| sk != 0);
+    // This thread's connecting socket and the call's arguments, taken: the call is over.
+    let connecting = thread::take_connecting();
+    let args = Args::take();
     let off = offsets();
     let errno = errno_of(record_field(&ctx, off.sys_exit_ret) as i64);
     // Still connecting, or already connected: not a failure.
@@ -46,10 +42,10 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // connect(fd, addr, len): an inet destination, or not ours.
-    let Some(dest) = destination(syscall_arg(off.syscall_arg1)) else {
+    let Some(dest) = args.arg1().and_then(destination) else {
         return 0;
     };
-    let Some(sk) = sock_of_fd(syscall_arg(off.syscall_arg0), &off) else {
+    let Some(sk) = args.arg0().and_then(|fd| sock_of_fd(fd, &off)) else {
         return 0;
     };
     if connecting == Some(sk) {
@@ -123,9 +119,6 @@ fn connect_failed_early(sk: u64, dest: &Destination, errno: u16, off: &KernelOff
     );
 }
 
-// `claim_pending_connect` finds `connect_pending` in the upper half of its word.
-const _: () = assert!(cfg!(target_endian = "little"));
-
 /// What a socket's record holds in `connect_pending` while its connect event waits: never 0
 /// (a socket's address is 8-aligned, so bit 0 is free).
 #[inline(always)]
@@ -133,13 +126,40 @@ pub fn pending_tag(sk: u64) -> u32 {
     sk as u32 | 1
 }
 
+/// Marks the connect event of `sk` as waiting; its record holds the tag already.
+#[inline(always)]
+pub fn mark_pending(sk: u64) {
+    #[cfg(feature = "compat")]
+    compat::mark_pending(sk);
+    #[cfg(not(feature = "compat"))]
+    let _ = sk;
+}
+
 /// Claims the right to emit the connect event of `sk`, whose record is `p`: true for exactly
 /// one caller (the connect() exit or the socket's next state change, possibly racing on two
-/// CPUs), and only while it waits. A compare-and-swap clears the tag; on the BPF target's
-/// `generic` CPU only 8-byte ones exist, so it swaps the word `connect_pending` shares with
-/// `flags`, whose byte may change under it (then it tries again).
+/// CPUs), and only while it waits.
 #[inline(always)]
 pub fn claim_pending_connect(sk: u64, p: *mut SockInfo) -> bool {
+    #[cfg(not(feature = "compat"))]
+    let claimed = swap_claim(sk, p);
+    #[cfg(feature = "compat")]
+    let claimed = compat::delete_claim(sk, p);
+    if claimed {
+        bump(counter::PENDING_REMOVED);
+    }
+    claimed
+}
+
+// `swap_claim` finds `connect_pending` in the upper half of its word.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// The claim as a compare-and-swap (Linux 5.12) that clears the tag. On the BPF target's
+/// `generic` CPU only 8-byte ones exist, so it swaps the word `connect_pending` shares with
+/// `flags`, whose byte may change under it (then it tries again).
+#[cfg(not(feature = "compat"))]
+#[inline(always)]
+fn swap_claim(sk: u64, p: *mut SockInfo) -> bool {
+    use core::intrinsics::{AtomicOrdering, atomic_cxchg};
     // Little-endian (bpfel): `connect_pending` is the upper half of the word at `flags`.
     let tag = u64::from(pending_tag(sk)) << 32;
     // SAFETY: `p` points to a live map value; the word is 8-aligned (asserted in the shared
@@ -160,11 +180,42 @@ pub fn claim_pending_connect(sk: u64, p: *mut SockInfo) -> bool {
             )
         };
         if swapped {
-            bump(counter::PENDING_REMOVED);
             return true;
         }
     }
     false
+}
+
+/// Without compare-and-swap: a map of the sockets whose connect event waits, where deleting
+/// the entry is the claim (the kernel lets exactly one delete of an entry succeed).
+#[cfg(feature = "compat")]
+mod compat {
+    use aya_ebpf::{macros::map, maps::LruHashMap};
+    use sockwatch_common::SockInfo;
+
+    use super::pending_tag;
+
+    /// Sized by the loader as the socket map.
+    #[map]
+    static PENDING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1 << 20, 0);
+
+    #[inline(always)]
+    pub fn mark_pending(sk: u64) {
+        let _ = PENDING.insert(&sk, &pending_tag(sk), 0);
+    }
+
+    #[inline(always)]
+    pub fn delete_claim(sk: u64, p: *mut SockInfo) -> bool {
+        // SAFETY: `p` points to a live map value.
+        let pending =
+            unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*p).connect_pending)) };
+        if pending != pending_tag(sk) || PENDING.remove(&sk).is_err() {
+            return false;
+        }
+        // SAFETY: as above; only the claim's winner writes it.
+        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).connect_pending), 0) };
+        true
+    }
 }
 
 /// Emits the connect event of `sk` if nobody has yet (see [`claim_pending_connect`]).

@@ -5,7 +5,10 @@
 //! - `connect`: `syscalls:sys_exit_connect`: connect once its local port is bound, and
 //!   connect() errors.
 //! - `accept`: `syscalls:sys_exit_accept{,4}`: accepts and accept() failures.
-//! - `syscall`: what those share: the arguments read at exit, errnos.
+//! - `syscall`: what those share: errno decoding.
+//! - `thread`: per-thread state (the connecting socket, the socket call's arguments).
+//! - `enter`: `syscalls:sys_enter_{connect,accept,accept4}`, in the `compat` build only: the
+//!   arguments saved at entry, for kernels that cannot read them at exit.
 //! - `drop`: `skb:kfree_skb` (raw tracepoint): accept-queue overflow drops.
 //! - `filter`: in-kernel filters (a load-time global).
 //! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
@@ -13,7 +16,7 @@
 //! - `store`: stores that LLVM cannot turn into a (slow, looping) memset.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// For an atomic add (see `maps::bump`).
+// For an atomic add (see `maps::bump`) and compare-and-swap (see `connect`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
@@ -23,6 +26,8 @@ mod accept;
 mod connect;
 #[cfg(target_arch = "bpf")]
 mod drop;
+#[cfg(all(target_arch = "bpf", feature = "compat"))]
+mod enter;
 #[cfg(target_arch = "bpf")]
 mod filter;
 #[cfg(target_arch = "bpf")]
@@ -37,6 +42,8 @@ mod states;
 mod store;
 #[cfg(target_arch = "bpf")]
 mod syscall;
+#[cfg(target_arch = "bpf")]
+mod thread;
 
 // The crate is only meaningful for the bpf target; the host build (workspace clippy, tests)
 // gets an empty binary.

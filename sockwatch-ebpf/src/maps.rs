@@ -1,9 +1,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
-    helpers::generated,
-    macros::{btf_map, map},
+    macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use sockwatch_common::{ConnEvent, KernelOffsets, SockInfo, counter};
@@ -16,61 +14,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// was missed cannot fill it; evictions are derived from the insert/remove counters.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(1 << 20, 0);
-
-/// The socket a thread is connecting (its `struct sock` address, 0 for none), from its
-/// CLOSE->SYN_SENT until its connect() returns. Task storage: the value hangs off the thread
-/// itself, so setting and taking it are pointer reads (a hash map cost an insert, a lookup and
-/// a delete per connect), it is freed with the thread, and it cannot fill up.
-#[btf_map]
-pub static CONNECTING: TaskStorage<u64> = TaskStorage::new();
-
-/// A task storage map definition (`BPF_MAP_TYPE_TASK_STORAGE`), laid out as the loader reads
-/// BTF map definitions: each field's pointee type carries one attribute.
-#[repr(C)]
-pub struct TaskStorage<V> {
-    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
-    key: *const i32,
-    value: *const V,
-    max_entries: *const [i32; 0],
-    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
-}
-
-// SAFETY: the fields are placeholders that describe the map in BTF; nothing reads them.
-unsafe impl<V> Sync for TaskStorage<V> {}
-
-impl<V> TaskStorage<V> {
-    pub const fn new() -> Self {
-        Self {
-            r#type: core::ptr::null(),
-            key: core::ptr::null(),
-            value: core::ptr::null(),
-            max_entries: core::ptr::null(),
-            map_flags: core::ptr::null(),
-        }
-    }
-
-    /// The current thread's value, created zeroed if `create`; None if the kernel cannot
-    /// (no memory, or another task storage operation in progress on this CPU).
-    #[inline(always)]
-    pub fn current(&self, create: bool) -> Option<&mut V> {
-        let flags = if create {
-            u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE)
-        } else {
-            0
-        };
-        // SAFETY: the map is ours; the task pointer is the kernel's BTF-typed current task.
-        let p = unsafe {
-            generated::bpf_task_storage_get(
-                core::ptr::from_ref(self).cast_mut().cast(),
-                generated::bpf_get_current_task_btf().cast(),
-                core::ptr::null_mut(),
-                flags,
-            )
-        };
-        // SAFETY: a non-null result is this thread's value, valid for the program's run.
-        unsafe { p.cast::<V>().as_mut() }
-    }
-}
 
 /// Where the filtered path builds an event before deciding to send it (the BPF stack is too
 /// small for a copy per call site).
@@ -132,6 +75,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     syscall_arg0: 0,
     syscall_arg1: 0,
     sys_exit_ret: 0,
+    sys_enter_arg0: 0,
+    sys_enter_arg1: 0,
     drop_reason_listen_overflow: sockwatch_common::NO_DROP_REASON,
     wakeup_bytes: 0,
 };

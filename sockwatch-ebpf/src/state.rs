@@ -24,9 +24,12 @@ use aya_ebpf::{
 use sockwatch_common::{counter, flags, kind, tcp_state as st};
 
 use crate::{
-    connect::{claim_pending_connect, emit_claimed_connect, emit_pending_connect, pending_tag},
+    connect::{
+        claim_pending_connect, emit_claimed_connect, emit_pending_connect, mark_pending,
+        pending_tag,
+    },
     filter::{self, Verdict},
-    maps::{CONNECTING, SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
+    maps::{SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
         copy_info, current_owner, emit, emit_connect_established, emit_patched, forget, is_tcp,
         netns_of, remember, sock_error, sock_info,
@@ -209,13 +212,12 @@ fn handle_step(sk: u64, old: u8, new: u8) {
             // Its connect event waits for the local port (see `connect`).
             owner.connect_pending = pending_tag(sk);
             if remember(sk, owner) {
+                mark_pending(sk);
                 bump(counter::PENDING_INSERTED);
             } else {
                 bump(counter::PENDING_INSERT_FAILED);
             }
-            if let Some(connecting) = CONNECTING.current(true) {
-                *connecting = sk;
-            }
+            crate::thread::set_connecting(sk);
         }
         (st::CLOSE, st::LISTEN) => {
             let now = unsafe { bpf_ktime_get_ns() };

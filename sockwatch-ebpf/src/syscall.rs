@@ -1,5 +1,4 @@
-//! What the syscall hooks share: the calling thread's arguments and return-value decoding.
-use aya_ebpf::helpers::generated;
+//! What the syscall hooks share: return-value decoding.
 
 pub const EINTR: u16 = 4;
 pub const EBADF: u16 = 9;
@@ -23,16 +22,4 @@ pub fn errno_of(ret: i64) -> Option<u16> {
 #[inline(always)]
 pub fn interrupted(errno: u16) -> bool {
     errno == EINTR || (ERESTARTSYS..=ERESTART_RESTARTBLOCK).contains(&errno)
-}
-
-/// An argument of the current syscall, at its exit: the `struct pt_regs` field at `offset` (see
-/// `KernelOffsets::syscall_arg0`) of the registers the syscall saved at entry.
-#[inline(always)]
-pub fn syscall_arg(offset: u32) -> u64 {
-    // SAFETY: both helpers return a BTF-typed pointer: the verifier checks the load against
-    // `struct pt_regs` (the offset is a load-time constant) and makes it fault-safe.
-    unsafe {
-        let regs = generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as *const u8;
-        regs.add(offset as usize).cast::<u64>().read()
-    }
 }
