@@ -40,6 +40,11 @@ pub enum BtfError {
 
 /// Loads BTF from `path` (normally [`VMLINUX_BTF`]) and resolves every offset the programs use.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
+    resolve(&read(path)?)
+}
+
+/// Reads BTF from `path` (normally [`VMLINUX_BTF`]).
+pub fn read(path: &Path) -> Result<Btf, BtfError> {
     let shown = || path.display().to_string();
     if let Err(e) = std::fs::metadata(path)
         && e.kind() == std::io::ErrorKind::NotFound
@@ -51,10 +56,11 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         // btf-rs reports a truncated or foreign file in several lines: keep one.
         reason: format!("{e:#}").replace('\n', " "),
     })?;
-    resolve(&btf)
+    Ok(btf)
 }
 
-fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+/// Every offset the programs use, from `btf`.
+pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     // Every sock_common field is read through `struct sock`, whose first member it is.
     let common = field_offset(btf, "sock", &["__sk_common"])?;
     let sc = |name: &str| -> Result<u32, BtfError> {
@@ -93,6 +99,8 @@ fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         syscall_arg1,
         // Filled from the tracefs format files by the loader.
         sys_exit_ret: 0,
+        sys_enter_arg0: 0,
+        sys_enter_arg1: 0,
         drop_reason_listen_overflow: listen_overflow_reason(btf),
         // Set by the loader from the ring size.
         wakeup_bytes: 0,

@@ -4,6 +4,7 @@
 //! [`sink`]. [`loader`] loads and attaches the programs with offsets from [`kernel_btf`];
 //! [`loss`] accounts for every event that could not be delivered.
 pub mod aggregate;
+pub mod capabilities;
 pub mod cli;
 pub mod clock;
 pub mod commands;

@@ -16,14 +16,21 @@ use aya::{
 use sockwatch_common::{SockInfo, counter};
 
 use crate::{
+    capabilities::{Capabilities, ProgramChoice},
     filter::{Filter, FilterError},
     kernel_btf::{self, BtfError},
     loss::KernelCounters,
     tp_format, tracefs,
 };
 
+/// The programs for current kernels.
 pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch-ebpf"));
+
+/// The same programs built for kernels without task storage, `bpf_task_pt_regs` or BPF
+/// compare-and-swap (the eBPF crate's `compat` feature).
+pub(crate) static OBJECT_COMPAT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch-ebpf-compat"));
 
 /// Where each program attaches. Syscall hooks come first, so that when the state-change hook
 /// starts, the hooks completing its events are already there.
@@ -34,6 +41,15 @@ enum Hook {
 }
 
 const PROGRAMS: &[(&str, &[Hook])] = &[
+    // The compat object only: saves the arguments the exits below read.
+    (
+        ENTRY_PROGRAM,
+        &[
+            Hook::Tracepoint("syscalls", "sys_enter_connect"),
+            Hook::Tracepoint("syscalls", "sys_enter_accept"),
+            Hook::Tracepoint("syscalls", "sys_enter_accept4"),
+        ],
+    ),
     (
         "sys_exit_connect",
         &[Hook::Tracepoint("syscalls", "sys_exit_connect")],
@@ -58,11 +74,24 @@ const NESTED_PROGRAM: &str = "state_nested";
 
 const STATES_PROGRAM: &str = "tcp_states";
 
+const ENTRY_PROGRAM: &str = "sys_enter_socket_call";
+
+const OVERFLOW_PROGRAM: &str = "kfree_skb";
+
+/// The syscall hooks (exits, and the compat object's entries).
+const SYSCALL_PROGRAMS: &[&str] = &[ENTRY_PROGRAM, "sys_exit_connect", "sys_exit_accept"];
+
 /// The programs this run loads, in attach order.
-fn programs(states: bool) -> impl Iterator<Item = &'static (&'static str, &'static [Hook])> {
-    PROGRAMS
-        .iter()
-        .filter(move |(name, _)| states || *name != STATES_PROGRAM)
+fn programs(
+    states: bool,
+    choice: ProgramChoice,
+) -> impl Iterator<Item = &'static (&'static str, &'static [Hook])> {
+    PROGRAMS.iter().filter(move |(name, _)| {
+        (states || *name != STATES_PROGRAM)
+            && (choice.compat || *name != ENTRY_PROGRAM)
+            && (choice.syscall_hooks || !SYSCALL_PROGRAMS.contains(name))
+            && (choice.overflow_hook || *name != OVERFLOW_PROGRAM)
+    })
 }
 
 enum Link {
@@ -90,6 +119,12 @@ pub struct LoadOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error("this kernel has no BPF ring buffer: sockwatch needs Linux 5.8 or later (with BTF)")]
+    NoRingBuffer,
+    #[error(
+        "--cgroup needs bpf_get_current_ancestor_cgroup_id in tracepoint programs, which this kernel lacks: filter by --pid or --comm instead"
+    )]
+    NoCgroupFilter,
     #[error(
         "sockwatch must run as root (it loads eBPF programs and reads kernel memory): run it with sudo"
     )]
@@ -135,6 +170,39 @@ pub fn require_root() -> Result<(), LoadError> {
     Ok(())
 }
 
+/// What the running kernel offers, read before anything is loaded: the struct offsets from
+/// its BTF and the probed capabilities.
+#[derive(Debug, Clone)]
+pub struct KernelSupport {
+    pub offsets: sockwatch_common::KernelOffsets,
+    pub capabilities: Capabilities,
+}
+
+/// Reads the kernel's BTF and probes its capabilities. Fails only when the core is missing
+/// (BTF, the ring buffer); everything else is in the capabilities.
+pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
+    require_root()?;
+    let btf = kernel_btf::read(&opts.btf)?;
+    let offsets = kernel_btf::resolve(&btf)?;
+    let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
+    let capabilities = Capabilities::probe(&btf, &offsets, tracefs);
+    if !capabilities.has(crate::capabilities::name::RING_BUFFER) {
+        return Err(LoadError::NoRingBuffer);
+    }
+    Ok(KernelSupport {
+        offsets,
+        capabilities,
+    })
+}
+
+/// Names, once on stderr, each capability this kernel lacks (or replaces by a fallback), in one
+/// line each: what is missing, what is lost, which kernel adds it.
+pub fn announce(caps: &Capabilities) {
+    for notice in caps.notices() {
+        eprintln!("sockwatch: note: {notice}");
+    }
+}
+
 /// The loaded programs. Dropping it detaches and unloads everything.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -142,41 +210,63 @@ pub struct Tracer {
     /// Recursion misses read at detach, when the programs stop running.
     final_recursion_misses: Option<u64>,
     states: bool,
+    choice: ProgramChoice,
 }
 
 impl Tracer {
-    /// Reads offsets from BTF, then loads (but does not attach) the programs, with `filter`
-    /// applied in the kernel.
-    pub fn load(opts: &LoadOptions, filter: &Filter) -> Result<Self, LoadError> {
+    /// Loads (but does not attach) the programs this kernel supports, with `filter` applied in
+    /// the kernel.
+    pub fn load(
+        opts: &LoadOptions,
+        filter: &Filter,
+        kernel: &KernelSupport,
+    ) -> Result<Self, LoadError> {
         require_root()?;
-        let filter = filter.kernel_config()?;
-        let mut offsets = kernel_btf::kernel_offsets(&opts.btf)?;
-        if offsets.drop_reason_listen_overflow == sockwatch_common::NO_DROP_REASON {
-            eprintln!(
-                "sockwatch: warning: this kernel does not report listen-overflow drops with a \
-                 drop reason; overflows are counted per namespace only (TcpExt ListenOverflows)"
-            );
+        let choice = kernel.capabilities.programs;
+        if filter.cgroup.is_some()
+            && !kernel
+                .capabilities
+                .has(crate::capabilities::name::CGROUP_FILTER)
+        {
+            return Err(LoadError::NoCgroupFilter);
         }
+        let filter = filter.kernel_config()?;
+        let mut offsets = kernel.offsets;
         // A quarter full wakes the reader; below that it drains on its timer (POLL_INTERVAL).
         offsets.wakeup_bytes = opts.ring_bytes / 4;
         let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
-        offsets.sys_exit_ret = tp_format::common_offset(
-            tracefs,
-            &["sys_exit_connect", "sys_exit_accept", "sys_exit_accept4"],
-            "ret",
-        )?;
+        if choice.syscall_hooks {
+            offsets.sys_exit_ret = crate::capabilities::syscall_exit_ret(tracefs)?;
+        }
+        if choice.compat && choice.syscall_hooks {
+            let entries = ["sys_enter_connect", "sys_enter_accept", "sys_enter_accept4"];
+            offsets.sys_enter_arg0 = tp_format::common_offset(tracefs, &entries, "fd")?;
+            // connect's address (at accept's entry the same slot holds the peer-address pointer,
+            // which its exit does not use).
+            offsets.sys_enter_arg1 =
+                tp_format::field_offset(tracefs, "syscalls", "sys_enter_connect", "uservaddr")?;
+        }
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("SOCKS", opts.max_sockets)
-            // The thread-to-connecting-socket map is task storage, which aya has no type
+            // The current object's per-thread map is task storage, which aya has no type
             // for; userspace never reads it.
-            .allow_unsupported_maps()
-            .load(OBJECT)
+            .allow_unsupported_maps();
+        let object = if choice.compat {
+            // Pending connects: at most one per tracked socket.
+            loader.map_max_entries("PENDING", opts.max_sockets);
+            OBJECT_COMPAT
+        } else {
+            OBJECT
+        };
+        let mut ebpf = loader
+            .load(object)
             .map_err(|e| LoadError::Object(with_causes(&e)))?;
-        for &(name, _) in programs(opts.states) {
+        for &(name, _) in programs(opts.states, choice) {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingProgram { name })?;
@@ -195,12 +285,13 @@ impl Tracer {
             links: Vec::new(),
             final_recursion_misses: None,
             states: opts.states,
+            choice,
         })
     }
 
     /// Attaches every program to its hooks.
     pub fn attach(&mut self) -> Result<(), LoadError> {
-        for &(name, hooks) in programs(self.states) {
+        for &(name, hooks) in programs(self.states, self.choice) {
             for &hook in hooks {
                 let link = match hook {
                     Hook::Tracepoint(category, event) => {
@@ -333,7 +424,7 @@ impl Tracer {
     /// program's own misses lose nothing (the main one ran), and the runs it handled are not
     /// lost either.
     fn recursion_misses(&self) -> u64 {
-        let skipped: u64 = programs(self.states)
+        let skipped: u64 = programs(self.states, self.choice)
             .filter(|(name, _)| *name != NESTED_PROGRAM)
             .filter_map(|(name, _)| self.ebpf.program(name))
             .filter_map(|p| p.fd().ok())

@@ -21,7 +21,7 @@ use crate::{
     decode::{self, EventKind},
     feed,
     filter::Filter,
-    loader::{LoadOptions, Tracer},
+    loader::{KernelSupport, LoadOptions, Tracer},
     loss::{Loss, Quiet},
     sampler::{KernelConns, Owned, Sampler},
     sink::Sink,
@@ -39,6 +39,8 @@ pub struct Export {
 
 pub struct SessionOptions {
     pub load: LoadOptions,
+    /// What the kernel offers (from [`crate::loader::inspect`]).
+    pub kernel: KernelSupport,
     pub duration: Option<Duration>,
     pub ready_file: Option<PathBuf>,
     /// Host sampling period (and live view refresh).
@@ -153,7 +155,7 @@ pub async fn run(
     let mut sampler = Sampler::default();
     let mut expiry = Expiry::new();
 
-    let mut tracer = Tracer::load(&opts.load, &pipe.filter)?;
+    let mut tracer = Tracer::load(&opts.load, &pipe.filter, &opts.kernel)?;
     let mut source = Source::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

@@ -9,9 +9,9 @@ use anyhow::Context as _;
 use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
-    metrics_server, rotate,
+    loader, metrics_server, rotate,
     session::{self, Export, Outcome, SessionOptions},
-    sink::{FileHeader, Format, JsonlSink},
+    sink::{self, FileHeader, Format, JsonlSink},
     view,
 };
 
@@ -21,6 +21,10 @@ const MAX_ROWS: usize = 20;
 pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     // First: a taken port must not cost an existing --output file its contents.
     let mut metrics = metrics_server::start(args.run.metrics).await?;
+    let load = args.run.kernel.load_options();
+    // Before the output: its header says what this kernel lets the run see.
+    let kernel = loader::inspect(&load)?;
+    loader::announce(&kernel.capabilities);
     let mut worker = None;
     let export = match &args.output {
         Some(path) => {
@@ -28,6 +32,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
             let header = FileHeader {
                 format: Format::Jsonl,
                 started_unix_ns: clock.unix_ns(WallClock::monotonic_now()),
+                capabilities: Some(sink::leak_capabilities(&kernel.capabilities)),
             };
             let (file, w) =
                 rotate::open(path, args.follow_symlinks, header, args.rotate.rotation())?;
@@ -50,7 +55,8 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     let mut last_events = 0u64;
     let outcome = session::run(
         SessionOptions {
-            load: args.run.kernel.load_options(),
+            load,
+            kernel,
             duration: args.run.duration.map(Duration::from_secs),
             ready_file: args.run.ready_file,
             expire_interval: Duration::from_secs(args.run.expire_interval),

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use crate::{
     cli::TraceArgs,
     clock::WallClock,
-    loader::LoadOptions,
+    loader::{self, LoadOptions},
     metrics_server, rotate,
     session::{self, Export, Outcome, SessionOptions},
     sink::{self, FileHeader, Format},
@@ -15,10 +15,18 @@ use crate::{
 pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     // First: a taken port must not cost an existing --output file its contents.
     let mut metrics = metrics_server::start(args.run.metrics).await?;
+    let load = LoadOptions {
+        states: args.states,
+        ..args.run.kernel.load_options()
+    };
+    // Before the output: its header says what this kernel lets the run see.
+    let kernel = loader::inspect(&load)?;
+    loader::announce(&kernel.capabilities);
     let clock = WallClock::new();
     let header = FileHeader {
         format: args.format,
         started_unix_ns: clock.unix_ns(WallClock::monotonic_now()),
+        capabilities: Some(sink::leak_capabilities(&kernel.capabilities)),
     };
     // Open the output before touching the kernel, so a bad path fails fast.
     let (out, worker, interactive): (Box<dyn Write>, _, bool) = match &args.output {
@@ -44,10 +52,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     }
     let outcome = session::run(
         SessionOptions {
-            load: LoadOptions {
-                states: args.states,
-                ..args.run.kernel.load_options()
-            },
+            load,
+            kernel,
             duration: args.run.duration.map(std::time::Duration::from_secs),
             ready_file: args.run.ready_file,
             interval: std::time::Duration::from_secs_f64(args.run.interval),

@@ -218,7 +218,7 @@ fn extreme_hand_edited_numbers_neither_panic_nor_wrap() {
 #[test]
 fn header_records_are_checked_not_counted() {
     let mut out = Vec::new();
-    crate::sink::header::write_jsonl(&mut out, 2_000_000_000, 1_000_000_000, 2).unwrap();
+    crate::sink::header::write_jsonl(&mut out, 2_000_000_000, 1_000_000_000, 2, None).unwrap();
     let written = String::from_utf8(out).unwrap();
     let mut a = Aggregator::new();
     let f = Filter::default();

@@ -17,6 +17,7 @@ fn dir(tag: &str) -> TestDir {
 }
 
 const HEADER: FileHeader = FileHeader {
+    capabilities: None,
     format: Format::Jsonl,
     started_unix_ns: 1_795_256_100_000_000_000,
 };

@@ -39,6 +39,15 @@ pub struct FileHeader {
     pub format: Format,
     /// When the run started (the same in every file of the run).
     pub started_unix_ns: i128,
+    /// What the kernel let this run see, as a JSON object (see [`crate::capabilities`]);
+    /// in the JSON Lines header only. Made once per run (see [`leak_capabilities`]).
+    pub capabilities: Option<&'static str>,
+}
+
+/// The capabilities' JSON text for [`FileHeader`], which is `Copy` and written again at the top
+/// of every rotated file: made once per run and kept for the rest of the process.
+pub fn leak_capabilities(caps: &crate::capabilities::Capabilities) -> &'static str {
+    Box::leak(caps.to_json().to_string().into_boxed_str())
 }
 
 impl FileHeader {
@@ -46,7 +55,13 @@ impl FileHeader {
     pub fn write(&self, out: &mut impl Write, at_unix_ns: i128, part: u64) -> io::Result<()> {
         match self.format {
             Format::Text => text::write_header(out),
-            Format::Jsonl => header::write_jsonl(out, at_unix_ns, self.started_unix_ns, part),
+            Format::Jsonl => header::write_jsonl(
+                out,
+                at_unix_ns,
+                self.started_unix_ns,
+                part,
+                self.capabilities,
+            ),
             Format::Csv => csv::write_header(out),
         }
     }

@@ -1,0 +1,510 @@
+//! What the running kernel lets sockwatch see, probed at start-up: BTF types and fields, map
+//! types, helpers, an instruction, tracepoints, sock_diag. Never inferred from a version number.
+//!
+//! The core (BTF, the ring buffer, the state-change tracepoint) is required; everything else has
+//! a fallback or is named as missing, once, with what the user loses and which kernel adds it.
+//! The same list goes into the JSON Lines header and the summary (so that `report` can say what
+//! a recording could not see) and is what `sockwatch check` prints.
+use std::{os::fd::FromRawFd as _, os::fd::OwnedFd, path::Path};
+
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{BpfHelper, is_helper_supported, is_map_supported},
+};
+use btf_rs::Btf;
+use serde::Serialize;
+use sockwatch_common::{KernelOffsets, NO_DROP_REASON};
+
+use crate::{kernel_btf, tp_format};
+
+/// One thing the kernel may or may not allow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capability {
+    /// Stable key (`snake_case`), as in the header's and the summary's `capabilities`.
+    pub name: &'static str,
+    /// What the user gets from it.
+    pub what: &'static str,
+    pub available: bool,
+    /// How sockwatch gets it on this kernel, when more than one way exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
+    /// When missing: what is lost and which kernel adds it. When a fallback stands in: which.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Which programs to load, decided from the probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramChoice {
+    /// The object built for kernels without task storage, `bpf_task_pt_regs` or BPF
+    /// compare-and-swap (per-thread hash maps and syscall entry hooks).
+    pub compat: bool,
+    /// The accept/connect syscall tracepoints exist.
+    pub syscall_hooks: bool,
+    /// `skb:kfree_skb` reports listen-overflow drops with the listener.
+    pub overflow_hook: bool,
+}
+
+/// The probe's result.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// `uname -r`.
+    pub kernel: String,
+    pub programs: ProgramChoice,
+    pub list: Vec<Capability>,
+}
+
+/// Names of the capabilities, as they appear in records and in `sockwatch check`.
+pub mod name {
+    pub const BTF: &str = "btf";
+    pub const RING_BUFFER: &str = "ring_buffer";
+    pub const STATE_CHANGES: &str = "state_changes";
+    pub const PROGRAMS: &str = "kernel_programs";
+    pub const ACCEPT_OWNER: &str = "accept_owner";
+    pub const ACCEPT_FAILURES: &str = "accept_failures";
+    pub const CONNECT_ERRORS: &str = "connect_errors";
+    pub const OVERFLOW_EVENTS: &str = "listen_overflow_events";
+    pub const RECURSION_MISSES: &str = "recursion_misses";
+    pub const SOCK_DIAG: &str = "sock_diag";
+    pub const CGROUP_FILTER: &str = "cgroup_filter";
+}
+
+/// What the probes found, before it is turned into the list (kept apart so that the wording
+/// and the program choice are tested without a kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Probes {
+    pub ring_buffer: bool,
+    pub task_storage: bool,
+    pub task_pt_regs: bool,
+    pub current_task_btf: bool,
+    pub cmpxchg: bool,
+    pub syscall_tracepoints: bool,
+    pub overflow_reason: bool,
+    pub recursion_misses: bool,
+    pub sock_diag: bool,
+    pub ancestor_cgroup: bool,
+}
+
+impl Probes {
+    /// Runs every probe against the running kernel (root needed for the BPF ones).
+    pub fn run(btf: &Btf, offsets: &KernelOffsets, tracefs: &Path) -> Self {
+        let helper = |h| is_helper_supported(ProgramType::TracePoint, h).unwrap_or(false);
+        Self {
+            ring_buffer: is_map_supported(MapType::RingBuf).unwrap_or(false),
+            task_storage: is_map_supported(MapType::TaskStorage).unwrap_or(false),
+            task_pt_regs: helper(BpfHelper::BPF_FUNC_task_pt_regs),
+            current_task_btf: helper(BpfHelper::BPF_FUNC_get_current_task_btf),
+            cmpxchg: cmpxchg_supported(),
+            syscall_tracepoints: syscall_exit_ret(tracefs).is_ok(),
+            overflow_reason: offsets.drop_reason_listen_overflow != NO_DROP_REASON,
+            recursion_misses: kernel_btf::field_offset(btf, "bpf_prog_info", &["recursion_misses"])
+                .is_ok(),
+            sock_diag: sock_diag_works(),
+            ancestor_cgroup: helper(BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id),
+        }
+    }
+
+    /// The program choice and the list, in a stable order.
+    pub fn capabilities(&self, kernel: String) -> Capabilities {
+        let current =
+            self.task_storage && self.task_pt_regs && self.current_task_btf && self.cmpxchg;
+        let programs = ProgramChoice {
+            compat: !current,
+            syscall_hooks: self.syscall_tracepoints,
+            overflow_hook: self.overflow_reason,
+        };
+        let mut list = vec![
+            Capability {
+                name: name::BTF,
+                what: "kernel type information (struct offsets)",
+                available: true,
+                via: Some("/sys/kernel/btf/vmlinux"),
+                note: None,
+            },
+            Capability {
+                name: name::RING_BUFFER,
+                what: "BPF ring buffer (events to userspace)",
+                available: self.ring_buffer,
+                via: None,
+                note: (!self.ring_buffer).then(|| "required: Linux 5.8 or later".to_string()),
+            },
+            Capability {
+                name: name::STATE_CHANGES,
+                what: "connect, listen, established and close events",
+                available: true,
+                via: Some("sock:inet_sock_set_state (raw tracepoint)"),
+                note: None,
+            },
+            Capability {
+                name: name::PROGRAMS,
+                what: "per-thread state of the programs",
+                available: true,
+                via: Some(if current {
+                    "task storage, saved syscall registers, compare-and-swap"
+                } else {
+                    "hash maps by thread, syscall entry hooks"
+                }),
+                note: (!current).then(|| {
+                    format!(
+                        "this kernel lacks {}: the programs for older kernels run instead (nothing is lost; they cost a little more)",
+                        self.missing_for_current().join(", ")
+                    )
+                }),
+            },
+        ];
+        let syscall_via = self.syscall_tracepoints.then_some(if current {
+            "syscall exit tracepoints"
+        } else {
+            "syscall entry and exit tracepoints"
+        });
+        let no_syscalls =
+            || "no syscall tracepoints (the kernel needs CONFIG_FTRACE_SYSCALLS=y)".to_string();
+        for (name, what, lost) in [
+            (
+                name::ACCEPT_OWNER,
+                "accept events with the accepting process",
+                "accepted connections are seen at ESTABLISHED, without the accepting process",
+            ),
+            (
+                name::ACCEPT_FAILURES,
+                "accept() failures (EMFILE, ENFILE, ...)",
+                "accept() failures are not seen",
+            ),
+            (
+                name::CONNECT_ERRORS,
+                "connect() errors before any packet (no route, no local port, ...)",
+                "connect() errors raised before a SYN is sent are not seen",
+            ),
+        ] {
+            list.push(Capability {
+                name,
+                what,
+                available: self.syscall_tracepoints,
+                via: syscall_via,
+                note: (!self.syscall_tracepoints).then(|| format!("{}: {lost}", no_syscalls())),
+            });
+        }
+        list.push(Capability {
+            name: name::OVERFLOW_EVENTS,
+            what: "overflow events per listener (accept queue full)",
+            available: self.overflow_reason,
+            via: Some(if self.overflow_reason {
+                "skb:kfree_skb drop reason"
+            } else {
+                "per-namespace TcpExt ListenOverflows only"
+            }),
+            note: (!self.overflow_reason).then(|| {
+                "no TCP_LISTEN_OVERFLOW drop reason (kernels after 6.12 have it): overflows are counted per network namespace, not per listener".to_string()
+            }),
+        });
+        list.push(Capability {
+            name: name::RECURSION_MISSES,
+            what: "count of program runs the kernel skipped",
+            available: self.recursion_misses,
+            via: None,
+            note: (!self.recursion_misses).then(|| {
+                "the kernel does not report skipped runs (Linux 5.12 adds recursion_misses): such a loss, if any, is not counted".to_string()
+            }),
+        });
+        list.push(Capability {
+            name: name::SOCK_DIAG,
+            what: "connections open before the start, listener queue depth and backlog",
+            available: self.sock_diag,
+            via: Some("NETLINK_SOCK_DIAG"),
+            note: (!self.sock_diag).then(|| {
+                "sock_diag does not answer for TCP (load the inet_diag and tcp_diag modules): no start-up snapshot and no queue samples".to_string()
+            }),
+        });
+        list.push(Capability {
+            name: name::CGROUP_FILTER,
+            what: "--cgroup filter",
+            available: self.ancestor_cgroup,
+            via: None,
+            note: (!self.ancestor_cgroup).then(|| {
+                "no bpf_get_current_ancestor_cgroup_id for tracepoints: --cgroup is refused"
+                    .to_string()
+            }),
+        });
+        Capabilities {
+            kernel,
+            programs,
+            list,
+        }
+    }
+
+    /// What keeps the current programs from loading, with the kernel that adds each.
+    fn missing_for_current(&self) -> Vec<&'static str> {
+        [
+            (self.task_storage, "BPF task storage (5.11)"),
+            (self.current_task_btf, "bpf_get_current_task_btf (5.11)"),
+            (self.cmpxchg, "BPF compare-and-swap (5.12)"),
+            (self.task_pt_regs, "bpf_task_pt_regs (5.15)"),
+        ]
+        .into_iter()
+        .filter(|(has, _)| !has)
+        .map(|(_, what)| what)
+        .collect()
+    }
+}
+
+impl Capabilities {
+    /// Probes the running kernel. `btf` and `offsets` are the ones the loader uses.
+    pub fn probe(btf: &Btf, offsets: &KernelOffsets, tracefs: &Path) -> Self {
+        Probes::run(btf, offsets, tracefs).capabilities(kernel_release())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Capability> {
+        self.list.iter().find(|c| c.name == name)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|c| c.available)
+    }
+
+    /// One line per capability that is missing or replaced by a fallback, for stderr.
+    pub fn notices(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .filter_map(|c| c.note.as_ref().map(|note| format!("{}: {note}", c.name)))
+            .collect()
+    }
+
+    /// `{"name": {"available": .., "via": .., "note": ..}, ...}`, for the header and summary.
+    pub fn to_json(&self) -> serde_json::Value {
+        let map = self
+            .list
+            .iter()
+            .map(|c| {
+                let mut v = serde_json::json!({ "available": c.available });
+                if let Some(via) = c.via {
+                    v["via"] = via.into();
+                }
+                if let Some(note) = &c.note {
+                    v["note"] = note.clone().into();
+                }
+                (c.name.to_string(), v)
+            })
+            .collect();
+        serde_json::Value::Object(map)
+    }
+
+    /// What `sockwatch check --format json` prints.
+    pub fn check_json(&self) -> serde_json::Value {
+        serde_json::json!({ "kernel": self.kernel, "capabilities": self.list })
+    }
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Offset of `ret` in the accept/connect syscall exit records.
+pub fn syscall_exit_ret(tracefs: &Path) -> Result<u32, tp_format::FormatError> {
+    tp_format::common_offset(
+        tracefs,
+        &["sys_exit_connect", "sys_exit_accept", "sys_exit_accept4"],
+        "ret",
+    )
+}
+
+/// Whether sock_diag answers a TCP dump in our own namespace.
+fn sock_diag_works() -> bool {
+    let Ok(ns) = crate::host::Netns::of_pid(std::process::id()) else {
+        return false;
+    };
+    let mask = crate::host::state_mask(&[sockwatch_common::tcp_state::LISTEN]);
+    crate::host::dump_tcp(&ns, mask).is_ok()
+}
+
+/// Whether the verifier knows BPF compare-and-swap (Linux 5.12): loads a socket filter that
+/// swaps a stack slot.
+fn cmpxchg_supported() -> bool {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> bpf_insn {
+        // SAFETY: a plain C struct for which all-zero is valid.
+        let mut i: bpf_insn = unsafe { std::mem::zeroed() };
+        i.code = code;
+        i.set_dst_reg(dst);
+        i.set_src_reg(src);
+        i.off = off;
+        i.imm = imm;
+        i
+    }
+    const MOV_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+    const STORE_DW: u8 = 0x7b; // BPF_STX | BPF_MEM | BPF_DW
+    const ATOMIC_DW: u8 = 0xdb; // BPF_STX | BPF_ATOMIC | BPF_DW
+    const CMPXCHG: i32 = 0xf1; // BPF_CMPXCHG (BPF_FETCH | 0xf0)
+    const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+    let prog = [
+        insn(MOV_IMM, 0, 0, 0, 0),
+        insn(STORE_DW, 10, 0, -8, 0),
+        insn(MOV_IMM, 1, 0, 0, 1),
+        insn(ATOMIC_DW, 10, 1, -8, CMPXCHG),
+        insn(MOV_IMM, 0, 0, 0, 0),
+        insn(EXIT, 0, 0, 0, 0),
+    ];
+    let license = c"GPL";
+    // SAFETY: all-zero is a valid bpf_attr.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the prog-load members of the union.
+    unsafe {
+        let u = &mut attr.__bindgen_anon_3;
+        u.prog_type = bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER as u32;
+        u.insn_cnt = prog.len() as u32;
+        u.insns = prog.as_ptr() as u64;
+        u.license = license.as_ptr() as u64;
+    }
+    // SAFETY: attr, the instructions and the license outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_PROG_LOAD as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a new descriptor that nothing else owns; closed on drop.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Probes {
+        Probes {
+            ring_buffer: true,
+            task_storage: true,
+            task_pt_regs: true,
+            current_task_btf: true,
+            cmpxchg: true,
+            syscall_tracepoints: true,
+            overflow_reason: true,
+            recursion_misses: true,
+            sock_diag: true,
+            ancestor_cgroup: true,
+        }
+    }
+
+    #[test]
+    fn a_kernel_with_everything_runs_the_current_programs_and_has_no_notice() {
+        let c = all().capabilities("6.18".into());
+        assert_eq!(
+            c.programs,
+            ProgramChoice {
+                compat: false,
+                syscall_hooks: true,
+                overflow_hook: true
+            }
+        );
+        assert!(c.notices().is_empty(), "{:?}", c.notices());
+        assert!(c.list.iter().all(|c| c.available));
+    }
+
+    #[test]
+    fn a_5_10_kernel_gets_the_compat_programs_and_named_losses() {
+        let p = Probes {
+            task_storage: false,
+            task_pt_regs: false,
+            current_task_btf: false,
+            cmpxchg: false,
+            overflow_reason: false,
+            recursion_misses: false,
+            ..all()
+        };
+        let c = p.capabilities("5.10.0-32-cloud-amd64".into());
+        assert!(c.programs.compat);
+        assert!(!c.programs.overflow_hook);
+        assert!(c.has(name::ACCEPT_FAILURES));
+        assert_eq!(
+            c.get(name::ACCEPT_FAILURES).unwrap().via,
+            Some("syscall entry and exit tracepoints")
+        );
+        assert!(!c.has(name::OVERFLOW_EVENTS));
+        let notices = c.notices();
+        assert_eq!(notices.len(), 3, "{notices:?}");
+        assert!(
+            notices[0].starts_with("kernel_programs: this kernel lacks BPF task storage (5.11), ")
+        );
+        assert!(notices[0].contains("bpf_task_pt_regs (5.15)"));
+        assert!(notices[1].starts_with("listen_overflow_events: "));
+        assert!(notices[2].contains("5.12"));
+        assert!(notices.iter().all(|n| !n.contains('\n')));
+    }
+
+    #[test]
+    fn only_bpf_task_pt_regs_missing_still_means_compat() {
+        let c = Probes {
+            task_pt_regs: false,
+            ..all()
+        }
+        .capabilities("5.14".into());
+        assert!(c.programs.compat);
+        let note = c.get(name::PROGRAMS).unwrap().note.clone().unwrap();
+        assert_eq!(
+            note,
+            "this kernel lacks bpf_task_pt_regs (5.15): the programs for older kernels run instead (nothing is lost; they cost a little more)"
+        );
+    }
+
+    #[test]
+    fn without_syscall_tracepoints_the_three_syscall_capabilities_say_what_is_lost() {
+        let c = Probes {
+            syscall_tracepoints: false,
+            ..all()
+        }
+        .capabilities("x".into());
+        assert!(!c.programs.syscall_hooks);
+        for n in [
+            name::ACCEPT_OWNER,
+            name::ACCEPT_FAILURES,
+            name::CONNECT_ERRORS,
+        ] {
+            let cap = c.get(n).unwrap();
+            assert!(!cap.available);
+            assert!(cap.via.is_none());
+            assert!(
+                cap.note
+                    .as_ref()
+                    .unwrap()
+                    .contains("CONFIG_FTRACE_SYSCALLS"),
+                "{cap:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_forms() {
+        let c = Probes {
+            sock_diag: false,
+            ..all()
+        }
+        .capabilities("6.12".into());
+        let v = c.to_json();
+        assert_eq!(v["sock_diag"]["available"], false);
+        assert!(
+            v["sock_diag"]["note"]
+                .as_str()
+                .unwrap()
+                .contains("inet_diag")
+        );
+        assert_eq!(v["accept_owner"]["available"], true);
+        assert_eq!(v["accept_owner"]["via"], "syscall exit tracepoints");
+        assert!(v["accept_owner"].get("note").is_none());
+        let check = c.check_json();
+        assert_eq!(check["kernel"], "6.12");
+        assert_eq!(check["capabilities"][0]["name"], "btf");
+        assert_eq!(
+            check["capabilities"].as_array().unwrap().len(),
+            c.list.len()
+        );
+    }
+}
