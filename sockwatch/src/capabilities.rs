@@ -70,6 +70,11 @@ pub mod name {
     pub const CGROUP_FILTER: &str = "cgroup_filter";
 }
 
+const CURRENT_VIA: &str = "task storage, saved syscall registers, compare-and-swap";
+const COMPAT_VIA: &str = "hash maps by thread, syscall entry hooks";
+const SYSCALL_EXITS: &str = "syscall exit tracepoints";
+const SYSCALL_ENTRIES_AND_EXITS: &str = "syscall entry and exit tracepoints";
+
 /// What the probes found, before it is turned into the list (kept apart so that the wording
 /// and the program choice are tested without a kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,11 +145,7 @@ impl Probes {
                 name: name::PROGRAMS,
                 what: "per-thread state of the programs",
                 available: true,
-                via: Some(if current {
-                    "task storage, saved syscall registers, compare-and-swap"
-                } else {
-                    "hash maps by thread, syscall entry hooks"
-                }),
+                via: Some(if current { CURRENT_VIA } else { COMPAT_VIA }),
                 note: (!current).then(|| {
                     format!(
                         "this kernel lacks {}: the programs for older kernels run instead (nothing is lost; they cost a little more)",
@@ -154,9 +155,9 @@ impl Probes {
             },
         ];
         let syscall_via = self.syscall_tracepoints.then_some(if current {
-            "syscall exit tracepoints"
+            SYSCALL_EXITS
         } else {
-            "syscall entry and exit tracepoints"
+            SYSCALL_ENTRIES_AND_EXITS
         });
         let no_syscalls =
             || "no syscall tracepoints (the kernel needs CONFIG_FTRACE_SYSCALLS=y)".to_string();
@@ -252,6 +253,23 @@ impl Capabilities {
     /// Probes the running kernel. `btf` and `offsets` are the ones the loader uses.
     pub fn probe(btf: &Btf, offsets: &KernelOffsets, tracefs: &Path) -> Self {
         Probes::run(btf, offsets, tracefs).capabilities(kernel_release())
+    }
+
+    /// Runs the compat programs whatever the kernel supports (`--programs compat`).
+    pub fn force_compat(&mut self) {
+        if self.programs.compat {
+            return;
+        }
+        self.programs.compat = true;
+        if let Some(c) = self.list.iter_mut().find(|c| c.name == name::PROGRAMS) {
+            c.via = Some(COMPAT_VIA);
+            c.note = Some("the programs for older kernels, as asked (--programs compat)".into());
+        }
+        for c in self.list.iter_mut().filter(|c| c.available) {
+            if c.via == Some(SYSCALL_EXITS) {
+                c.via = Some(SYSCALL_ENTRIES_AND_EXITS);
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Capability> {
@@ -479,6 +497,19 @@ mod tests {
                 "{cap:?}"
             );
         }
+    }
+
+    #[test]
+    fn forcing_compat_changes_the_programs_and_says_so() {
+        let mut c = all().capabilities("6.18".into());
+        c.force_compat();
+        assert!(c.programs.compat);
+        assert_eq!(c.get(name::PROGRAMS).unwrap().via, Some(COMPAT_VIA));
+        assert_eq!(
+            c.get(name::ACCEPT_FAILURES).unwrap().via,
+            Some(SYSCALL_ENTRIES_AND_EXITS)
+        );
+        assert_eq!(c.notices().len(), 1);
     }
 
     #[test]

@@ -50,6 +50,31 @@ pub enum Command {
     /// Print the per-port summary of recorded JSON Lines files (from `trace --output`), plain,
     /// rotated or compressed, or of directories of them.
     Report(ReportArgs),
+    /// Probe what this kernel lets sockwatch see (BTF, ring buffer, syscall hooks, drop
+    /// reasons, sock_diag, ...), load and attach the programs once, detach them, and print the
+    /// result. Exits non-zero when sockwatch cannot run here.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A table for people, or one JSON object.
+    #[arg(short, long, value_enum, default_value_t = SummaryFormat::Table)]
+    pub format: SummaryFormat,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Which build of the kernel programs to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Programs {
+    /// The one the running kernel supports (probed at start).
+    #[default]
+    Auto,
+    /// The build for kernels before 5.15 (hash maps by thread, syscall entry hooks), which
+    /// also runs on newer kernels: to compare the two.
+    Compat,
 }
 
 /// Summary output formats.
@@ -335,6 +360,10 @@ pub struct KernelArgs {
     /// or mounted automatically).
     #[arg(long, value_name = "PATH")]
     pub tracefs: Option<PathBuf>,
+
+    /// Which build of the kernel programs to load (see `sockwatch check`).
+    #[arg(long, value_enum, default_value_t = Programs::Auto)]
+    pub programs: Programs,
 }
 
 impl KernelArgs {
@@ -345,6 +374,7 @@ impl KernelArgs {
             states: false,
             btf: self.btf.clone(),
             tracefs: self.tracefs.clone(),
+            force_compat: self.programs == Programs::Compat,
         }
     }
 }

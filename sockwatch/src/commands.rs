@@ -2,6 +2,7 @@
 use anyhow::Context as _;
 
 use crate::{
+    check,
     cli::{Cli, Command},
     loader, report,
     session::Outcome,
@@ -13,6 +14,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Top(cli.top));
     match command {
         Command::Report(args) => report::run(args),
+        Command::Check(args) => {
+            loader::require_root()?;
+            tracefs::ensure()?;
+            check::run(args)
+        }
         Command::Trace(args) => live(|rt| rt.block_on(trace::run(args))),
         Command::Top(args) => live(|rt| rt.block_on(top::run(args))),
     }

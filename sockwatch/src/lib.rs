@@ -5,6 +5,7 @@
 //! [`loss`] accounts for every event that could not be delivered.
 pub mod aggregate;
 pub mod capabilities;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod commands;

@@ -115,6 +115,8 @@ pub struct LoadOptions {
     pub btf: PathBuf,
     /// tracefs root for the record formats; `None`: where [`tracefs::root`] finds it.
     pub tracefs: Option<PathBuf>,
+    /// Load the compat programs even where the current ones would load.
+    pub force_compat: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +187,10 @@ pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
     let btf = kernel_btf::read(&opts.btf)?;
     let offsets = kernel_btf::resolve(&btf)?;
     let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
-    let capabilities = Capabilities::probe(&btf, &offsets, tracefs);
+    let mut capabilities = Capabilities::probe(&btf, &offsets, tracefs);
+    if opts.force_compat {
+        capabilities.force_compat();
+    }
     if !capabilities.has(crate::capabilities::name::RING_BUFFER) {
         return Err(LoadError::NoRingBuffer);
     }

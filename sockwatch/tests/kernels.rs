@@ -1,0 +1,221 @@
+//! Root tests of what differs between kernels: the capability probe (`sockwatch check`), the
+//! capabilities recorded in the JSON Lines header, and one connection's whole lifecycle traced
+//! with each build of the kernel programs that this kernel runs (the current one where it
+//! loads, and the compat one everywhere). They are the core of the kernel matrix
+//! (`cargo xtask vmtest`), run on every kernel it boots.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    net::{TcpListener, TcpStream},
+    process::Command,
+};
+
+use common::{assert_nothing_lost, root_or_skip, server::Server, trace_in_new_netns};
+use serde_json::Value;
+
+/// Entry point of the server process (see common::server).
+#[test]
+fn server_process_entry_point() {
+    common::server::entry_point();
+}
+
+fn me() -> u64 {
+    u64::from(std::process::id())
+}
+
+/// `sockwatch check --format json`, which must succeed here.
+fn check(extra: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+        .args(["check", "--format", "json"])
+        .args(extra)
+        .output()
+        .expect("run sockwatch check");
+    assert!(
+        out.status.success(),
+        "check failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("check JSON")
+}
+
+/// The check's capabilities by name.
+fn by_name(check: &Value) -> BTreeMap<String, Value> {
+    check["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .map(|c| (c["name"].as_str().expect("name").to_string(), c.clone()))
+        .collect()
+}
+
+#[test]
+fn check_loads_the_programs_and_names_what_is_missing() {
+    if !root_or_skip("check_loads_the_programs_and_names_what_is_missing") {
+        return;
+    }
+    let v = check(&[]);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("release");
+    assert_eq!(v["kernel"], release.trim());
+    assert_eq!(v["programs"]["loaded"], true, "{v}");
+    let caps = by_name(&v);
+    for core in ["btf", "ring_buffer", "state_changes", "kernel_programs"] {
+        assert_eq!(caps[core]["available"], true, "{core}: {v}");
+    }
+    // The build follows the probe: compat exactly where the programs' per-thread state is not
+    // the current one, and then the note names what the kernel lacks.
+    let compat = v["programs"]["build"] == "compat";
+    let programs = &caps["kernel_programs"];
+    assert_eq!(
+        programs["via"].as_str().unwrap().starts_with("hash maps"),
+        compat,
+        "{programs}"
+    );
+    assert_eq!(programs.get("note").is_some(), compat, "{programs}");
+    // Whatever is missing says why, in one line.
+    for (name, c) in &caps {
+        if c["available"] == false {
+            let note = c["note"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no note"));
+            assert!(!note.is_empty() && !note.contains('\n'), "{name}: {note}");
+        }
+    }
+    // The compat build runs on every kernel, this one included.
+    let forced = check(&["--programs", "compat"]);
+    assert_eq!(forced["programs"]["build"], "compat");
+    assert_eq!(forced["programs"]["loaded"], true, "{forced}");
+}
+
+#[test]
+fn the_header_records_what_check_reports() {
+    if !root_or_skip("the_header_records_what_check_reports") {
+        return;
+    }
+    let caps = by_name(&check(&[]));
+    let (t, ()) = trace_in_new_netns(&["--max-sockets", "65536"], || {});
+    let header: Value =
+        serde_json::from_str(t.raw.lines().next().expect("a first line")).expect("header JSON");
+    assert_eq!(header["event"], "header");
+    let recorded = header["capabilities"].as_object().expect("capabilities");
+    assert_eq!(
+        recorded.keys().collect::<Vec<_>>(),
+        caps.keys().collect::<Vec<_>>()
+    );
+    for (name, c) in &caps {
+        assert_eq!(recorded[name]["available"], c["available"], "{name}");
+        assert_eq!(recorded[name].get("via"), c.get("via"), "{name}");
+        assert_eq!(recorded[name].get("note"), c.get("note"), "{name}");
+    }
+    assert_nothing_lost(&t.lost);
+}
+
+#[test]
+fn lifecycle_with_the_programs_this_kernel_picks() {
+    if !root_or_skip("lifecycle_with_the_programs_this_kernel_picks") {
+        return;
+    }
+    lifecycle("auto");
+}
+
+#[test]
+fn lifecycle_with_the_compat_programs() {
+    if !root_or_skip("lifecycle_with_the_compat_programs") {
+        return;
+    }
+    lifecycle("compat");
+}
+
+/// In a new namespace: a server process accepts one connection; with its fd limit reached, its
+/// accept() fails twice with EMFILE on a second, queued connection, which it then accepts; a
+/// connect to a closed port is refused. Every event is asserted: 5-tuples, pids, errors.
+fn lifecycle(programs: &str) {
+    const FAILS: usize = 2;
+    let args = ["--max-sockets", "65536", "--programs", programs];
+    let (t, (server_pid, port, clients, refused)) = trace_in_new_netns(&args, || {
+        let mut server = Server::start(None);
+        let port = server.listen("127.0.0.1:0");
+        let first = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let first_port = first.local_addr().expect("addr").port();
+        drop(first);
+        server.ask("accept 1");
+        server.ask("fill-fds");
+        let second = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let second_port = second.local_addr().expect("addr").port();
+        server.ask(&format!("fail {FAILS}"));
+        server.ask("restore-fds");
+        drop(second);
+        server.ask("accept 1");
+        // A port nobody listens on: bound once, then closed.
+        let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed_port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let err = TcpStream::connect(("127.0.0.1", closed_port)).expect_err("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        let pid = server.pid();
+        server.stop();
+        (pid, port, [first_port, second_port], closed_port)
+    });
+    assert_ne!(server_pid, me());
+    let port = u64::from(port);
+    let events: Vec<&Value> = t.events.iter().collect();
+    let of = |kind: &str, local: u64, peer: u64| -> Vec<&Value> {
+        events
+            .iter()
+            .copied()
+            .filter(|e| {
+                e["event"] == kind
+                    && e["local_port"].as_u64() == Some(local)
+                    && e["peer_port"].as_u64() == Some(peer)
+            })
+            .collect()
+    };
+    let one = |kind: &str, local: u64, peer: u64| -> &Value {
+        let found = of(kind, local, peer);
+        assert_eq!(found.len(), 1, "{kind} {local}->{peer}: {events:?}");
+        found[0]
+    };
+
+    let listen = one("listen", port, 0);
+    assert_eq!(listen["pid"].as_u64(), Some(server_pid));
+    for client in clients.map(u64::from) {
+        let connect = one("connect", client, port);
+        assert_eq!(connect["pid"].as_u64(), Some(me()), "{connect}");
+        assert_eq!(connect["local_addr"], "127.0.0.1");
+        assert_eq!(connect["peer_addr"], "127.0.0.1");
+        assert_eq!(connect["netns"].as_u64(), Some(t.netns));
+        let active = one("established", client, port);
+        assert_eq!(active["direction"], "active");
+        assert_eq!(active["pid"].as_u64(), Some(me()));
+        let passive = one("established", port, client);
+        assert_eq!(passive["direction"], "passive");
+        let accept = one("accept", port, client);
+        assert_eq!(accept["pid"].as_u64(), Some(server_pid), "{accept}");
+        assert_eq!(accept["local_addr"], "127.0.0.1");
+        assert_eq!(one("close", client, port)["pid"].as_u64(), Some(me()));
+        assert_eq!(one("close", port, client)["pid"].as_u64(), Some(server_pid));
+    }
+    let failures = of("accept_failed", port, 0);
+    assert_eq!(failures.len(), FAILS, "{events:?}");
+    for f in failures {
+        assert_eq!(f["errno"], "EMFILE");
+        assert_eq!(f["pid"].as_u64(), Some(server_pid));
+        assert_eq!(f["local_addr"], "127.0.0.1");
+    }
+    let refused_events: Vec<&Value> = events
+        .iter()
+        .copied()
+        .filter(|e| e["peer_port"].as_u64() == Some(u64::from(refused)))
+        .collect();
+    assert_eq!(
+        common::kinds(refused_events.iter().copied()),
+        ["connect", "connect_failed", "close"],
+        "{refused_events:?}"
+    );
+    let failed = refused_events[1];
+    assert_eq!(failed["errno"], "ECONNREFUSED");
+    assert_eq!(failed["reason"], "refused");
+    assert_eq!(failed["pid"].as_u64(), Some(me()));
+    assert_nothing_lost(&t.lost);
+}
