@@ -298,6 +298,11 @@ fn cgroup_filter_keeps_processes_below_the_directory() {
         eprintln!("SKIPPED cgroup_filter_keeps_processes_below_the_directory: no cgroup v2");
         return;
     };
+    if !common::kernel_has("cgroup_filter") {
+        // `sockwatch check` names what is missing; the refusal is tested below.
+        eprintln!("SKIPPED cgroup_filter_keeps_processes_below_the_directory: no cgroup filter");
+        return;
+    }
     let dir = cg.parent.to_str().expect("utf-8 path").to_string();
     let args = [SMALL_MAPS, &["--cgroup", dir.as_str()]].concat();
     let child_id = fs::metadata(&cg.child).expect("child cgroup").ino();
@@ -513,4 +518,29 @@ fn states_mode_reports_every_transition() {
         COMPLETE
     );
     assert_nothing_lost(&t.lost);
+}
+
+/// Where the kernel cannot filter by cgroup, `--cgroup` is refused with the reason, before
+/// anything is loaded.
+#[test]
+fn cgroup_filter_without_the_kernel_helper_is_a_clear_error() {
+    if !root_or_skip("cgroup_filter_without_the_kernel_helper_is_a_clear_error") {
+        return;
+    }
+    if common::kernel_has("cgroup_filter") {
+        eprintln!(
+            "SKIPPED cgroup_filter_without_the_kernel_helper_is_a_clear_error: this kernel has it"
+        );
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+        .args(["trace", "--duration", "1", "--cgroup", "/sys/fs/cgroup"])
+        .output()
+        .expect("run sockwatch");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sockwatch: error: --cgroup needs bpf_get_current_ancestor_cgroup_id"),
+        "{err}"
+    );
 }

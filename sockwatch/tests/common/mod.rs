@@ -404,3 +404,20 @@ pub fn assert_nothing_lost(lost: &Value) {
     }
     assert_eq!(lost["total"].as_u64(), Some(0), "{lost}");
 }
+
+/// Whether this kernel offers `capability` (a name of `sockwatch check`), for tests of what some
+/// kernels cannot see.
+pub fn kernel_has(capability: &str) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+        .args(["check", "--format", "json"])
+        .output()
+        .expect("run sockwatch check");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    v["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .find(|c| c["name"] == capability)
+        .unwrap_or_else(|| panic!("no capability {capability} in {v}"))["available"]
+        == true
+}
