@@ -27,8 +27,13 @@ const MAX_LINE_ERRORS_SHOWN: u64 = 10;
 /// a longer line is not one of them, and is skipped without being held in memory.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// Starts the line naming what the recorded kernel did not let sockwatch see.
+pub const NOT_SEEN: &str = "not seen in this recording";
+
 pub struct Read {
     pub summary: Summary,
+    /// What the kernel let the recorded runs see (their headers' merged), when known.
+    pub capabilities: Option<serde_json::Map<String, serde_json::Value>>,
     pub bad_lines: u64,
 }
 
@@ -156,6 +161,7 @@ pub fn read(args: &ReportArgs) -> anyhow::Result<Read> {
     }
     Ok(Read {
         summary: agg.summary(),
+        capabilities: agg.capabilities().cloned(),
         bad_lines,
     })
 }
@@ -165,9 +171,17 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     match args.format {
         SummaryFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&read.summary).context("formatting the summary")?
+            serde_json::to_string_pretty(
+                &read.summary.with_capabilities(read.capabilities.as_ref())
+            )
+            .context("formatting the summary")?
         ),
-        SummaryFormat::Table => print!("{}", view::render(&read.summary, usize::MAX)),
+        SummaryFormat::Table => {
+            print!("{}", view::render(&read.summary, usize::MAX));
+            if let Some(line) = view::not_seen(read.capabilities.as_ref(), NOT_SEEN) {
+                print!("\n{line}");
+            }
+        }
     }
     Ok(())
 }

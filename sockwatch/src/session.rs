@@ -57,6 +57,9 @@ pub struct Outcome {
     pub quiet: Quiet,
     pub loss: Loss,
     pub summary: Option<Summary>,
+    /// What the kernel let the run see (`Capabilities::to_json`), when aggregating: the
+    /// summary's `capabilities` (see `Summary::with_capabilities`).
+    pub capabilities: Option<serde_json::Map<String, serde_json::Value>>,
     /// Host state that could not be read (not fatal).
     pub sampler_errors: (u64, Option<String>),
 }
@@ -144,7 +147,11 @@ pub async fn run(
     let clock = WallClock::new();
     let mut pipe = Pipeline {
         export: opts.export,
-        agg: opts.aggregate.then(Aggregator::new),
+        agg: opts.aggregate.then(|| {
+            let mut agg = Aggregator::new();
+            agg.set_capabilities(opts.kernel.capabilities.to_json());
+            agg
+        }),
         filter: opts.filter,
         keep_all: Filter::default(),
         clock,
@@ -301,6 +308,7 @@ pub async fn run(
         quiet,
         loss,
         summary,
+        capabilities: pipe.agg.as_ref().and_then(|a| a.capabilities().cloned()),
         sampler_errors: (sampler.errors, sampler.first_error),
     })
 }

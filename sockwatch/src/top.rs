@@ -18,6 +18,9 @@ use crate::{
 /// Rows per table on screen.
 const MAX_ROWS: usize = 20;
 
+/// Starts the line naming what this kernel does not let sockwatch see.
+pub const NOT_SEEN: &str = "not seen on this kernel";
+
 pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     // First: a taken port must not cost an existing --output file its contents.
     let mut metrics = metrics_server::start(args.run.metrics).await?;
@@ -25,6 +28,8 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
     loader::announce(&kernel.capabilities);
+    // Under the live table's first line (and after the final tables) while anything is missing.
+    let not_seen = view::not_seen(kernel.capabilities.to_json().as_object(), NOT_SEEN);
     let mut worker = None;
     let export = match &args.output {
         Some(path) => {
@@ -94,6 +99,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
                 summary.listeners.len(),
                 loss.total()
             );
+            if let Some(line) = &not_seen {
+                out.extend_from_slice(line.as_bytes());
+            }
             out.extend_from_slice(view::render(summary, MAX_ROWS).as_bytes());
             if !tty {
                 out.push(b'\n');
@@ -114,9 +122,17 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
         match args.format {
             SummaryFormat::Json => println!(
                 "{}",
-                serde_json::to_string_pretty(summary).context("formatting the summary")?
+                serde_json::to_string_pretty(
+                    &summary.with_capabilities(outcome.capabilities.as_ref())
+                )
+                .context("formatting the summary")?
             ),
-            SummaryFormat::Table => print!("{}", view::render(summary, usize::MAX)),
+            SummaryFormat::Table => {
+                print!("{}", view::render(summary, usize::MAX));
+                if let Some(line) = &not_seen {
+                    print!("\n{line}");
+                }
+            }
         }
     }
     Ok(outcome)

@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use comfy_table::{Table, presets::NOTHING};
 
-use crate::aggregate::Summary;
+use crate::aggregate::{Summary, capabilities};
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -33,6 +33,27 @@ pub fn duration(ns: Option<u64>) -> String {
         Some(ns) if ns < 1_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
         Some(ns) => format!("{:.1}s", ns as f64 / 1e9),
     }
+}
+
+/// One line naming what the kernel did not let the run see (the capabilities not available,
+/// each with its note): `{whose}: listen_overflow_events (no TCP_LISTEN_OVERFLOW ...); ...`,
+/// newline included. `None` when everything was available or nothing is known.
+pub fn not_seen(
+    caps: Option<&serde_json::Map<String, serde_json::Value>>,
+    whose: &str,
+) -> Option<String> {
+    let missing: Vec<String> = capabilities::missing(caps?)
+        .map(|(name, note)| match note {
+            Some(note) => format!("{name} ({note})"),
+            None => name.to_string(),
+        })
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    // A hand-edited note must not break the line.
+    let line = crate::recordings::one_line(&missing.join("; "));
+    Some(format!("{whose}: {line}\n"))
 }
 
 /// Renders the summary; `max_rows` bounds each table (busiest first).
@@ -174,5 +195,34 @@ mod tests {
         let text = render(&a.summary(), 10);
         assert!(text.contains("WARNING: near the open-file limit"));
         assert!(text.contains("42") && text.contains("srv") && text.contains("95"));
+    }
+
+    #[test]
+    fn one_line_names_what_was_not_seen() {
+        let caps = serde_json::json!({
+            "accept_failures": {"available": true, "via": "syscall exit tracepoints"},
+            "kernel_programs": {"available": true, "via": "hash maps", "note": "nothing is lost"},
+            "listen_overflow_events": {
+                "available": false,
+                "via": "per-namespace TcpExt ListenOverflows only",
+                "note": "no TCP_LISTEN_OVERFLOW drop reason (kernels after 6.12 have it)",
+            },
+            "recursion_misses": {"available": false},
+            "sock_diag": {"available": false, "note": "edited\nby hand"},
+        });
+        assert_eq!(
+            not_seen(caps.as_object(), "not seen on this kernel").as_deref(),
+            Some(
+                "not seen on this kernel: listen_overflow_events (no TCP_LISTEN_OVERFLOW drop \
+                 reason (kernels after 6.12 have it)); recursion_misses; sock_diag (edited\\nby \
+                 hand)\n"
+            )
+        );
+        // Everything available (fallbacks with notes included), or nothing known: no line.
+        let all = serde_json::json!({
+            "kernel_programs": {"available": true, "note": "nothing is lost"},
+        });
+        assert_eq!(not_seen(all.as_object(), "x"), None);
+        assert_eq!(not_seen(None, "x"), None);
     }
 }

@@ -398,3 +398,65 @@ fn compressed_files_are_read_and_a_cut_one_keeps_its_first_lines() {
         assert_eq!(out.status.code(), Some(1));
     }
 }
+
+/// A header as a run on a kernel without the listen-overflow drop reason writes it: one
+/// capability missing, one fallback that loses nothing (kernel_programs).
+const HEADER_WITH_CAPABILITIES: &str = r#"{"time":"2026-11-21T09:45:27.000000000Z","event":"header","schema":1,"sockwatch":"0.1.0","started":"2026-11-21T09:45:27.000000000Z","part":1,"capabilities":{"accept_failures":{"available":true,"via":"syscall entry and exit tracepoints"},"kernel_programs":{"available":true,"via":"hash maps by thread, syscall entry hooks","note":"this kernel lacks BPF task storage (5.11): the programs for older kernels run instead (nothing is lost; they cost a little more)"},"listen_overflow_events":{"available":false,"via":"per-namespace TcpExt ListenOverflows only","note":"no TCP_LISTEN_OVERFLOW drop reason (kernels after 6.12 have it): overflows are counted per network namespace, not per listener"},"state_changes":{"available":true,"via":"sock:inet_sock_set_state (raw tracepoint)"}}}"#;
+
+const NOT_SEEN: &str = "not seen in this recording: listen_overflow_events (no TCP_LISTEN_OVERFLOW \
+     drop reason (kernels after 6.12 have it): overflows are counted per network namespace, not \
+     per listener)";
+
+#[test]
+fn the_recorded_capabilities_are_in_the_summary_and_what_was_not_seen_is_named() {
+    let dir = TempDir::new("capabilities");
+    let f = dir.file(
+        "run.jsonl",
+        lines(&[HEADER_WITH_CAPABILITIES, LISTEN, ACCEPT, LOST]),
+    );
+    let s = summary(&report(&["--format", "json", "--strict"], &[&f]));
+    assert_eq!((s["events"].as_u64(), accepted_on_8080(&s)), (Some(2), 1));
+    let header: Value = serde_json::from_str(HEADER_WITH_CAPABILITIES).unwrap();
+    assert_eq!(s["capabilities"], header["capabilities"]);
+    assert_eq!(
+        s["capabilities"]["listen_overflow_events"]["available"],
+        false
+    );
+
+    let out = report(&[], &[&f]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{:?}", stderr_lines(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let named: Vec<&str> = text.lines().filter(|l| l.starts_with("not seen")).collect();
+    assert_eq!(named, vec![NOT_SEEN], "{text}");
+    // Last, after a blank line; the tables above it as without capabilities.
+    assert!(text.ends_with(&format!("\n\n{NOT_SEEN}\n")), "{text}");
+    let plain = dir.file("plain.jsonl", lines(&[HEADER, LISTEN, ACCEPT, LOST]));
+    let out = report(&[], &[&plain]);
+    let plain_text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, format!("{plain_text}\n{NOT_SEEN}\n"));
+
+    // A recording from before capabilities: no key, no line.
+    let s = summary(&report(&["--format", "json"], &[&plain]));
+    assert!(s.get("capabilities").is_none(), "{s}");
+    assert!(!plain_text.contains("not seen"), "{plain_text}");
+
+    // Everything available: the key, and no line.
+    let all = HEADER_WITH_CAPABILITIES.replace(
+        r#""listen_overflow_events":{"available":false"#,
+        r#""listen_overflow_events":{"available":true"#,
+    );
+    let full = dir.file("full.jsonl", lines(&[&all, LISTEN, ACCEPT, LOST]));
+    let s = summary(&report(&["--format", "json"], &[&full]));
+    assert_eq!(
+        s["capabilities"]["listen_overflow_events"]["available"],
+        true
+    );
+    let out = report(&[], &[&full]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), plain_text);
+
+    // Two runs, one of which lacked it: missing in the report over both.
+    let s = summary(&report(&["--format", "json"], &[&full, &f]));
+    assert_eq!(s["capabilities"], header["capabilities"]);
+    assert_eq!(accepted_on_8080(&s), 2);
+}

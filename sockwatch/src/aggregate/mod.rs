@@ -2,6 +2,7 @@
 //!
 //! The live view and `sockwatch report` feed the same records, in the same order, through this
 //! module, so their summaries agree exactly. Nothing here reads the clock or the host.
+pub mod capabilities;
 pub mod expiry;
 mod hist;
 mod input;
@@ -12,7 +13,7 @@ pub use expiry::Expiry;
 pub use input::{Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample};
 pub use summary::{
     ListenerSummary, LossSummary, NamespaceSummary, OutboundProcess, OutboundSummary,
-    ProcessSummary, Summary,
+    ProcessSummary, Summary, SummaryOutput,
 };
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -103,6 +104,8 @@ pub struct Aggregator {
     loss: Option<Loss>,
     /// Open connections expired because the kernel no longer had them (missed closes).
     expired: u64,
+    /// What the kernel let the run see (the header's `capabilities`), when known.
+    capabilities: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The listening port an accepted connection counts on.
@@ -430,6 +433,28 @@ impl Aggregator {
     /// The run's losses (the `lost` record).
     pub fn set_loss(&mut self, l: Loss) {
         self.loss = Some(l);
+    }
+
+    /// What the kernel let the run see: `Capabilities::to_json`'s object (anything else leaves
+    /// it unknown).
+    pub fn set_capabilities(&mut self, caps: serde_json::Value) {
+        self.capabilities = match caps {
+            serde_json::Value::Object(m) => Some(m),
+            _ => None,
+        };
+    }
+
+    /// Another file's header capabilities: merged with those held (see [`capabilities`]).
+    pub fn merge_capabilities(&mut self, caps: serde_json::Map<String, serde_json::Value>) {
+        match &mut self.capabilities {
+            Some(held) => capabilities::merge(held, caps),
+            None => self.capabilities = Some(caps),
+        }
+    }
+
+    /// The capabilities held, if any.
+    pub fn capabilities(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.capabilities.as_ref()
     }
 }
 

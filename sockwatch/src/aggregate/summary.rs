@@ -2,6 +2,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::{Aggregator, FD_WARN_PERCENT, LEAK_RISES};
 use crate::{
@@ -142,6 +143,31 @@ pub struct Summary {
     pub stats: Option<Quiet>,
     /// Events lost, by cause (known at the end of a run).
     pub lost: Option<LossSummary>,
+}
+
+impl Summary {
+    /// The summary as `--format json` prints it, with what the kernel let the run see
+    /// (`Aggregator::capabilities`).
+    pub fn with_capabilities<'a>(
+        &'a self,
+        capabilities: Option<&'a Map<String, Value>>,
+    ) -> SummaryOutput<'a> {
+        SummaryOutput {
+            summary: self,
+            capabilities,
+        }
+    }
+}
+
+/// What `--format json` prints (`top` at its end, `report`): the summary's keys, then
+/// `capabilities`, the header's object (`{"<name>": {"available": …, "via": …, "note": …}}`),
+/// absent when unknown (a recording from before capabilities were probed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SummaryOutput<'a> {
+    #[serde(flatten)]
+    pub summary: &'a Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<&'a Map<String, Value>>,
 }
 
 /// The loss counters with their total, as in the `lost` record.

@@ -457,3 +457,50 @@ fn expiry_compares_ipv4_mapped_addresses_as_ipv4() {
         assert!(e.check([mapped], |c| *c == plain, |_| true, t).is_empty());
     }
 }
+
+#[test]
+fn the_summary_json_has_capabilities_only_when_known() {
+    let mut a = Aggregator::new();
+    a.event(&passive(EventKind::Accept, S, 40000));
+    let s = a.summary();
+    // Unknown (a recording from before they were probed): no key, and the very text the
+    // summary alone prints.
+    assert!(a.capabilities().is_none());
+    let plain = serde_json::to_string_pretty(&s).unwrap();
+    let without = serde_json::to_string_pretty(&s.with_capabilities(a.capabilities())).unwrap();
+    assert_eq!(without, plain);
+    assert!(!without.contains("capabilities"));
+
+    let caps = serde_json::json!({
+        "accept_failures": {"available": true, "via": "syscall exit tracepoints"},
+        "listen_overflow_events": {"available": false, "note": "no drop reason"},
+    });
+    a.set_capabilities(caps.clone());
+    let v = serde_json::to_value(s.with_capabilities(a.capabilities())).unwrap();
+    assert_eq!(v["capabilities"], caps);
+    // The summary's own keys are all there, unchanged.
+    let mut rest = v.as_object().unwrap().clone();
+    rest.remove("capabilities");
+    assert_eq!(
+        serde_json::Value::Object(rest),
+        serde_json::to_value(&s).unwrap()
+    );
+    // Last, after the summary's keys.
+    let text = serde_json::to_string_pretty(&s.with_capabilities(a.capabilities())).unwrap();
+    assert!(text.starts_with(&plain[..plain.len() - 2]), "{text}");
+
+    // Merging another header's: missing in either means missing.
+    a.merge_capabilities(
+        serde_json::json!({"accept_failures": {"available": false, "note": "no syscalls"}})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let caps = a.capabilities().unwrap();
+    assert_eq!(caps["accept_failures"]["note"], "no syscalls");
+    assert_eq!(caps["listen_overflow_events"]["available"], false);
+
+    // Not an object: unknown.
+    a.set_capabilities(serde_json::Value::Null);
+    assert!(a.capabilities().is_none());
+}

@@ -44,6 +44,8 @@ struct Line<'a> {
     limit: Option<u64>,
     /// The header record's.
     schema: Option<u64>,
+    /// The header record's: what the kernel let the run see.
+    capabilities: Option<serde_json::Value>,
 }
 
 /// What one exported line was.
@@ -75,6 +77,10 @@ pub enum LineError {
          the sockwatch that wrote it, or a newer one"
     )]
     NewerSchema(u64),
+    #[error(
+        "header capabilities: {0} (expected {{\"<name>\": {{\"available\": true|false, ...}}, ...}})"
+    )]
+    Capabilities(String),
 }
 
 impl LineError {
@@ -146,6 +152,24 @@ fn parse_time(s: &str) -> Result<i64, LineError> {
         .ok_or_else(|| LineError::Time(s.to_string()))
 }
 
+/// A header's `capabilities`, checked: an object of objects, each with a boolean `available`.
+fn header_capabilities(
+    caps: serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, LineError> {
+    let serde_json::Value::Object(caps) = caps else {
+        return Err(LineError::Capabilities("not an object".to_string()));
+    };
+    if let Some((name, _)) = caps
+        .iter()
+        .find(|(_, entry)| !entry.get("available").is_some_and(|a| a.is_boolean()))
+    {
+        return Err(LineError::Capabilities(format!(
+            "{name:?} lacks a boolean \"available\""
+        )));
+    }
+    Ok(caps)
+}
+
 /// Feeds one exported line.
 pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Result<Fed, LineError> {
     let line: Line = serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
@@ -160,6 +184,9 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
             let schema = need(line.schema, kind, "schema")?;
             if schema > SCHEMA {
                 return Err(LineError::NewerSchema(schema));
+            }
+            if let Some(caps) = line.capabilities {
+                agg.merge_capabilities(header_capabilities(caps)?);
             }
             Ok(Fed::Header)
         }

@@ -359,3 +359,135 @@ fn established_again_on_open_addresses_expires_the_connection_that_had_them() {
     assert_eq!(agg.expired(), 1);
     assert_eq!(s.listeners[0].established_now, 1);
 }
+
+/// A header line as a run on a kernel with these probes writes it.
+fn header_line(probes: crate::capabilities::Probes, part: u64) -> String {
+    let caps = probes.capabilities("test".into()).to_json().to_string();
+    let mut out = Vec::new();
+    crate::sink::header::write_jsonl(&mut out, 2_000_000_000, 1_000_000_000, part, Some(&caps))
+        .unwrap();
+    String::from_utf8(out).unwrap().trim_end().to_string()
+}
+
+fn all_probes() -> crate::capabilities::Probes {
+    crate::capabilities::Probes {
+        ring_buffer: true,
+        task_storage: true,
+        task_pt_regs: true,
+        current_task_btf: true,
+        cmpxchg: true,
+        syscall_tracepoints: true,
+        overflow_reason: true,
+        recursion_misses: true,
+        sock_diag: true,
+        ancestor_cgroup: true,
+    }
+}
+
+#[test]
+fn header_capabilities_are_read_and_merged_across_files() {
+    use crate::capabilities::{Probes, name};
+    let f = Filter::default();
+    let full = header_line(all_probes(), 1);
+    let older = header_line(
+        Probes {
+            overflow_reason: false,
+            task_storage: false,
+            ..all_probes()
+        },
+        1,
+    );
+    let no_syscalls = header_line(
+        Probes {
+            syscall_tracepoints: false,
+            ..all_probes()
+        },
+        1,
+    );
+
+    // One file: its header's, as written.
+    let mut a = Aggregator::new();
+    assert_eq!(exported_line(&mut a, &f, &full), Ok(Fed::Header));
+    let written = all_probes().capabilities("test".into()).to_json();
+    assert_eq!(a.capabilities(), written.as_object());
+    // Its next rotation part: the same.
+    exported_line(&mut a, &f, &full).unwrap();
+    assert_eq!(a.capabilities(), written.as_object());
+
+    // A run on an older kernel too: what it lacked counts as missing, with its note.
+    exported_line(&mut a, &f, &older).unwrap();
+    let caps = a.capabilities().unwrap();
+    let overflow = &caps[name::OVERFLOW_EVENTS];
+    assert_eq!(overflow["available"], false);
+    assert!(
+        overflow["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("no TCP_LISTEN_OVERFLOW drop reason"),
+        "{overflow}"
+    );
+    // A fallback that loses nothing stays available.
+    assert_eq!(caps[name::PROGRAMS]["available"], true);
+    assert_eq!(caps[name::ACCEPT_FAILURES]["available"], true);
+
+    // And one without syscall tracepoints, in any order: the same result.
+    exported_line(&mut a, &f, &no_syscalls).unwrap();
+    let mut b = Aggregator::new();
+    for line in [&no_syscalls, &older, &full] {
+        exported_line(&mut b, &f, line).unwrap();
+    }
+    for agg in [&a, &b] {
+        let missing: Vec<&str> =
+            crate::aggregate::capabilities::missing(agg.capabilities().unwrap())
+                .map(|(n, _)| n)
+                .collect();
+        assert_eq!(
+            missing,
+            vec![
+                name::ACCEPT_FAILURES,
+                name::ACCEPT_OWNER,
+                name::CONNECT_ERRORS,
+                name::OVERFLOW_EVENTS
+            ]
+        );
+    }
+
+    // A header without capabilities (an older recording) neither sets nor clears them.
+    let mut c = Aggregator::new();
+    let bare = r#"{"time":"2026-01-01T00:00:00Z","event":"header","schema":1,"part":1}"#;
+    exported_line(&mut c, &f, bare).unwrap();
+    assert!(c.capabilities().is_none());
+    exported_line(&mut c, &f, &older).unwrap();
+    exported_line(&mut c, &f, bare).unwrap();
+    assert_eq!(
+        c.capabilities().unwrap()[name::OVERFLOW_EVENTS]["available"],
+        false
+    );
+}
+
+#[test]
+fn hand_edited_header_capabilities_are_named() {
+    let f = Filter::default();
+    let mut a = Aggregator::new();
+    let line = |caps: &str| {
+        format!(
+            r#"{{"time":"2026-01-01T00:00:00Z","event":"header","schema":1,"capabilities":{caps}}}"#
+        )
+    };
+    let e = exported_line(&mut a, &f, &line("[1]")).unwrap_err();
+    assert_eq!(e, LineError::Capabilities("not an object".into()));
+    assert!(!e.is_fatal());
+    let e = exported_line(&mut a, &f, &line(r#"{"sock_diag":{"available":"yes"}}"#)).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(r#"header capabilities: "sock_diag" lacks a boolean "available""#),
+        "{e}"
+    );
+    assert!(a.capabilities().is_none());
+    // A newer schema is refused first, whatever its capabilities.
+    let newer = line("7").replace(r#""schema":1"#, r#""schema":2"#);
+    assert_eq!(
+        exported_line(&mut a, &f, &newer),
+        Err(LineError::NewerSchema(2))
+    );
+}
