@@ -193,10 +193,10 @@ impl Probes {
             via: Some(if self.overflow_reason {
                 "skb:kfree_skb drop reason"
             } else {
-                "per-namespace TcpExt ListenOverflows only"
+                "TcpExt ListenOverflows per namespace"
             }),
             note: (!self.overflow_reason).then(|| {
-                "no TCP_LISTEN_OVERFLOW drop reason (kernels after 6.12 have it): overflows are counted per network namespace, not per listener".to_string()
+                "no TCP_LISTEN_OVERFLOW drop reason (kernels after 6.12 have it): no overflow events; overflows come from the namespace's TcpExt ListenOverflows".to_string()
             }),
         });
         list.push(Capability {
