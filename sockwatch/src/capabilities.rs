@@ -72,8 +72,8 @@ pub mod name {
 
 const CURRENT_VIA: &str = "task storage, saved syscall registers, compare-and-swap";
 const COMPAT_VIA: &str = "hash maps by thread, syscall entry hooks";
-const SYSCALL_EXITS: &str = "syscall exit tracepoints";
-const SYSCALL_ENTRIES_AND_EXITS: &str = "syscall entry and exit tracepoints";
+const VIA_SYSCALL_EXITS: &str = "syscall exit tracepoints";
+const VIA_SYSCALL_ENTRIES_AND_EXITS: &str = "syscall entry and exit tracepoints";
 
 /// What the probes found, before it is turned into the list (kept apart so that the wording
 /// and the program choice are tested without a kernel).
@@ -85,6 +85,8 @@ pub struct Probes {
     pub current_task_btf: bool,
     pub cmpxchg: bool,
     pub syscall_tracepoints: bool,
+    /// When they are missing: the first one not found, and the tracefs looked in.
+    pub syscall_missing: Option<(&'static str, &'static str)>,
     pub overflow_reason: bool,
     pub recursion_misses: bool,
     pub sock_diag: bool,
@@ -92,22 +94,29 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Runs every probe against the running kernel (root needed for the BPF ones).
-    pub fn run(btf: &Btf, offsets: &KernelOffsets, tracefs: &Path) -> Self {
+    /// Runs every probe against the running kernel (root needed for the BPF ones). Fails only
+    /// on syscall tracepoint records that differ from what the programs read.
+    pub fn run(
+        btf: &Btf,
+        offsets: &KernelOffsets,
+        tracefs: &Path,
+    ) -> Result<Self, tp_format::FormatError> {
         let helper = |h| is_helper_supported(ProgramType::TracePoint, h).unwrap_or(false);
-        Self {
+        let syscall_missing = missing_syscall_tracepoint(tracefs)?;
+        Ok(Self {
             ring_buffer: is_map_supported(MapType::RingBuf).unwrap_or(false),
             task_storage: is_map_supported(MapType::TaskStorage).unwrap_or(false),
             task_pt_regs: helper(BpfHelper::BPF_FUNC_task_pt_regs),
             current_task_btf: helper(BpfHelper::BPF_FUNC_get_current_task_btf),
             cmpxchg: cmpxchg_supported(),
-            syscall_tracepoints: syscall_exit_ret(tracefs).is_ok(),
+            syscall_tracepoints: syscall_missing.is_none(),
+            syscall_missing,
             overflow_reason: offsets.drop_reason_listen_overflow != NO_DROP_REASON,
             recursion_misses: kernel_btf::field_offset(btf, "bpf_prog_info", &["recursion_misses"])
                 .is_ok(),
             sock_diag: sock_diag_works(),
             ancestor_cgroup: helper(BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id),
-        }
+        })
     }
 
     /// The program choice and the list, in a stable order.
@@ -155,12 +164,16 @@ impl Probes {
             },
         ];
         let syscall_via = self.syscall_tracepoints.then_some(if current {
-            SYSCALL_EXITS
+            VIA_SYSCALL_EXITS
         } else {
-            SYSCALL_ENTRIES_AND_EXITS
+            VIA_SYSCALL_ENTRIES_AND_EXITS
         });
-        let no_syscalls =
-            || "no syscall tracepoints (the kernel needs CONFIG_FTRACE_SYSCALLS=y)".to_string();
+        let no_syscalls = || match self.syscall_missing {
+            Some((event, tracefs)) => format!(
+                "no syscall tracepoint syscalls:{event} in {tracefs} (the kernel needs CONFIG_FTRACE_SYSCALLS=y, or --tracefs is not where tracefs is mounted)"
+            ),
+            None => "no syscall tracepoints".to_string(),
+        };
         for (name, what, lost) in [
             (
                 name::ACCEPT_OWNER,
@@ -251,8 +264,12 @@ impl Probes {
 
 impl Capabilities {
     /// Probes the running kernel. `btf` and `offsets` are the ones the loader uses.
-    pub fn probe(btf: &Btf, offsets: &KernelOffsets, tracefs: &Path) -> Self {
-        Probes::run(btf, offsets, tracefs).capabilities(kernel_release())
+    pub fn probe(
+        btf: &Btf,
+        offsets: &KernelOffsets,
+        tracefs: &Path,
+    ) -> Result<Self, tp_format::FormatError> {
+        Ok(Probes::run(btf, offsets, tracefs)?.capabilities(kernel_release()))
     }
 
     /// Runs the compat programs whatever the kernel supports (`--programs compat`).
@@ -266,8 +283,8 @@ impl Capabilities {
             c.note = Some("the programs for older kernels, as asked (--programs compat)".into());
         }
         for c in self.list.iter_mut().filter(|c| c.available) {
-            if c.via == Some(SYSCALL_EXITS) {
-                c.via = Some(SYSCALL_ENTRIES_AND_EXITS);
+            if c.via == Some(VIA_SYSCALL_EXITS) {
+                c.via = Some(VIA_SYSCALL_ENTRIES_AND_EXITS);
             }
         }
     }
@@ -322,11 +339,38 @@ pub fn kernel_release() -> String {
 
 /// Offset of `ret` in the accept/connect syscall exit records.
 pub fn syscall_exit_ret(tracefs: &Path) -> Result<u32, tp_format::FormatError> {
-    tp_format::common_offset(
-        tracefs,
-        &["sys_exit_connect", "sys_exit_accept", "sys_exit_accept4"],
-        "ret",
-    )
+    tp_format::common_offset(tracefs, &SYSCALL_EXITS, "ret")
+}
+
+/// The syscall tracepoints either build of the programs attaches to.
+pub const SYSCALL_EXITS: [&str; 3] = ["sys_exit_connect", "sys_exit_accept", "sys_exit_accept4"];
+pub const SYSCALL_ENTRIES: [&str; 3] =
+    ["sys_enter_connect", "sys_enter_accept", "sys_enter_accept4"];
+
+/// The first syscall tracepoint that is absent (a kernel without CONFIG_FTRACE_SYSCALLS, or a
+/// `--tracefs` that is not tracefs), or None when all are there. Records that are there but
+/// differ from what the programs read are an error: the programs cannot run on them.
+fn missing_syscall_tracepoint(
+    tracefs: &Path,
+) -> Result<Option<(&'static str, &'static str)>, tp_format::FormatError> {
+    use tp_format::FormatError;
+    for event in SYSCALL_EXITS.iter().chain(&SYSCALL_ENTRIES) {
+        let field = if event.starts_with("sys_exit") {
+            "ret"
+        } else {
+            "fd"
+        };
+        match tp_format::field_offset(tracefs, "syscalls", event, field) {
+            Ok(_) => {}
+            Err(FormatError::Absent { .. }) => {
+                // Kept for the rest of the run, in the capability's note.
+                let shown: &'static str = Box::leak(tracefs.display().to_string().into());
+                return Ok(Some((event, shown)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Whether sock_diag answers a TCP dump in our own namespace.
@@ -405,6 +449,7 @@ mod tests {
             current_task_btf: true,
             cmpxchg: true,
             syscall_tracepoints: true,
+            syscall_missing: None,
             overflow_reason: true,
             recursion_misses: true,
             sock_diag: true,
@@ -477,6 +522,7 @@ mod tests {
     fn without_syscall_tracepoints_the_three_syscall_capabilities_say_what_is_lost() {
         let c = Probes {
             syscall_tracepoints: false,
+            syscall_missing: Some(("sys_exit_accept4", "/sys/kernel/tracing")),
             ..all()
         }
         .capabilities("x".into());
@@ -489,12 +535,13 @@ mod tests {
             let cap = c.get(n).unwrap();
             assert!(!cap.available);
             assert!(cap.via.is_none());
+            let note = cap.note.as_ref().unwrap();
             assert!(
-                cap.note
-                    .as_ref()
-                    .unwrap()
-                    .contains("CONFIG_FTRACE_SYSCALLS"),
-                "{cap:?}"
+                note.starts_with(
+                    "no syscall tracepoint syscalls:sys_exit_accept4 in /sys/kernel/tracing \
+                     (the kernel needs CONFIG_FTRACE_SYSCALLS=y"
+                ),
+                "{note}"
             );
         }
     }
@@ -507,7 +554,7 @@ mod tests {
         assert_eq!(c.get(name::PROGRAMS).unwrap().via, Some(COMPAT_VIA));
         assert_eq!(
             c.get(name::ACCEPT_FAILURES).unwrap().via,
-            Some(SYSCALL_ENTRIES_AND_EXITS)
+            Some(VIA_SYSCALL_ENTRIES_AND_EXITS)
         );
         assert_eq!(c.notices().len(), 1);
     }

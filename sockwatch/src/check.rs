@@ -81,6 +81,7 @@ mod tests {
             current_task_btf: true,
             cmpxchg: true,
             syscall_tracepoints: true,
+            syscall_missing: None,
             overflow_reason: false,
             recursion_misses: true,
             sock_diag: true,

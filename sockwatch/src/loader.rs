@@ -139,6 +139,8 @@ pub enum LoadError {
     Filter(#[from] FilterError),
     #[error("loading the eBPF object failed: {0}")]
     Object(String),
+    #[error("probing the kernel's BPF features failed: {0}")]
+    Probe(String),
     #[error("eBPF program {name} is missing from the object (build problem)")]
     MissingProgram { name: &'static str },
     #[error("loading eBPF program {name} failed: {detail}")]
@@ -186,8 +188,13 @@ pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
     require_root()?;
     let btf = kernel_btf::read(&opts.btf)?;
     let offsets = kernel_btf::resolve(&btf)?;
+    // First, so that a kernel refusing bpf() itself (a user namespace, lockdown, seccomp) is
+    // named as that, not as missing features.
+    if let Err(e) = aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
+        return Err(LoadError::Probe(with_causes(&e)));
+    }
     let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
-    let mut capabilities = Capabilities::probe(&btf, &offsets, tracefs);
+    let mut capabilities = Capabilities::probe(&btf, &offsets, tracefs)?;
     if opts.force_compat {
         capabilities.force_compat();
     }
@@ -244,7 +251,7 @@ impl Tracer {
             offsets.sys_exit_ret = crate::capabilities::syscall_exit_ret(tracefs)?;
         }
         if choice.compat && choice.syscall_hooks {
-            let entries = ["sys_enter_connect", "sys_enter_accept", "sys_enter_accept4"];
+            let entries = crate::capabilities::SYSCALL_ENTRIES;
             offsets.sys_enter_arg0 = tp_format::common_offset(tracefs, &entries, "fd")?;
             // connect's address (at accept's entry the same slot holds the peer-address pointer,
             // which its exit does not use).

@@ -1,6 +1,7 @@
-//! Start-up on a kernel that lacks what sockwatch needs: no BTF, BTF without a needed type or
-//! field, no syscall tracepoints. Each is one clear line naming what is missing and the fix,
-//! exit code 1 (2 is for wrong options), and nothing attached (no ready file).
+//! Start-up on a kernel that lacks what sockwatch needs (no BTF, BTF without a needed type or
+//! field): one clear line naming what is missing and the fix, exit code 1 (2 is for wrong
+//! options), and nothing attached (no ready file). And on one that lacks what sockwatch can do
+//! without (syscall tracepoints): a note per capability lost, and the rest traced.
 mod common;
 
 use std::{
@@ -159,35 +160,77 @@ fn btf_without_a_needed_type_or_field_names_it() {
 }
 
 #[test]
-fn absent_syscall_tracepoint_is_named() {
-    if !common::root_or_skip("absent_syscall_tracepoint_is_named") {
+fn absent_syscall_tracepoints_are_named_and_the_rest_is_traced() {
+    if !common::root_or_skip("absent_syscall_tracepoints_are_named_and_the_rest_is_traced") {
         return;
     }
     // A tracefs copy holding every format sockwatch reads but sys_exit_accept4's, as on a
     // kernel without that tracepoint.
     let dir = common::TempDir::new("tracefs");
     let fake = dir.path().join("tracefs");
-    copy_formats(&["sys_exit_connect", "sys_exit_accept"], &fake);
-    let line = fails_at_startup(&["--tracefs", fake.to_str().unwrap()], dir.path());
+    let fake_arg = fake.to_str().expect("utf-8 path");
+    copy_formats(
+        &[
+            "sys_exit_connect",
+            "sys_exit_accept",
+            "sys_enter_connect",
+            "sys_enter_accept",
+            "sys_enter_accept4",
+        ],
+        &fake,
+    );
+    let run = |fake: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+            .args(["trace", "--duration", "1", "--format", "jsonl", "--tracefs"])
+            .arg(fake)
+            .output()
+            .expect("run sockwatch")
+    };
+    let out = run(&fake);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Named once per capability lost, in one line each.
+    let notes: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("no syscall tracepoint"))
+        .collect();
+    let want = format!(
+        ": no syscall tracepoint syscalls:sys_exit_accept4 in {fake_arg} (the kernel needs \
+         CONFIG_FTRACE_SYSCALLS=y, or --tracefs is not where tracefs is mounted): "
+    );
+    assert_eq!(notes.len(), 3, "{err}");
+    for (note, name) in notes
+        .iter()
+        .zip(["accept_owner", "accept_failures", "connect_errors"])
+    {
+        assert!(
+            note.starts_with(&format!("sockwatch: note: {name}{want}")),
+            "{note}"
+        );
+    }
+    // The rest is traced: a connection's lifecycle, without what only the syscall hooks see.
+    let (t, ()) = common::trace_in_new_netns(&["--tracefs", fake_arg], || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        drop((c, s));
+    });
+    let header: serde_json::Value =
+        serde_json::from_str(t.raw.lines().next().expect("header")).expect("JSON");
     assert_eq!(
-        line,
-        format!(
-            "syscall tracepoint syscalls:sys_exit_accept4 not found (no {}/events/syscalls/\
-             sys_exit_accept4/format): the kernel needs CONFIG_FTRACE_SYSCALLS=y for syscall \
-             tracepoints, or --tracefs PATH is not where tracefs is mounted",
-            fake.display()
-        )
+        header["capabilities"]["accept_failures"]["available"],
+        false
     );
-    // With the file back, the same directory is accepted: the run gets ready and stops.
+    let kinds = common::kinds(t.events.iter());
+    for kind in ["listen", "connect", "established", "close"] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    assert!(!kinds.contains(&"accept"), "{kinds:?}");
+    common::assert_nothing_lost(&t.lost);
+    // With the file back, nothing is missing.
     copy_formats(&["sys_exit_accept4"], &fake);
-    let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
-        .args(["trace", "--duration", "1", "--format", "jsonl", "--tracefs"])
-        .arg(&fake)
-        .output()
-        .expect("run sockwatch");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(&fake);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("no syscall tracepoint"), "{err}");
 }

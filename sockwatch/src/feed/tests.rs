@@ -377,6 +377,7 @@ fn all_probes() -> crate::capabilities::Probes {
         current_task_btf: true,
         cmpxchg: true,
         syscall_tracepoints: true,
+        syscall_missing: None,
         overflow_reason: true,
         recursion_misses: true,
         sock_diag: true,
