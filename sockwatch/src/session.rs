@@ -167,6 +167,8 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     tracer.attach()?;
+    // Once running: a run that fails before this names only its error.
+    crate::loader::announce(&opts.kernel.capabilities);
     if pipe.wants_samples() {
         // After attaching: whatever the snapshot misses, the events see.
         let snap = sampler.snapshot(now_ns(&clock));

@@ -27,7 +27,6 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     let load = args.run.kernel.load_options();
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
-    loader::announce(&kernel.capabilities);
     // Under the live table's first line (and after the final tables) while anything is missing.
     let not_seen = view::not_seen(kernel.capabilities.to_json().as_object(), NOT_SEEN);
     let mut worker = None;

@@ -21,7 +21,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     };
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
-    loader::announce(&kernel.capabilities);
     let clock = WallClock::new();
     let header = FileHeader {
         format: args.format,

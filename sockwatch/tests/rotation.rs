@@ -318,8 +318,12 @@ fn signals_during_rotation_leave_every_file_valid() {
         let mut child = spawn_sockwatch(&args, &out, &ready);
         wait_ready(&mut child, &ready);
         let ours = programs_of(child.id());
-        // Every program: two syscall exits, kfree_skb and the two on the state tracepoint.
-        assert_eq!(ours.len(), 5, "programs of this instance: {ours:?}");
+        // Every program this kernel takes (see `expected_programs`).
+        assert_eq!(
+            ours.len(),
+            common::bpf::expected_programs(),
+            "programs of this instance: {ours:?}"
+        );
         assert!(ours.iter().all(|id| sockwatch_program_ids().contains(id)));
 
         // Connections that must all be in the files, made and settled first.

@@ -62,6 +62,7 @@ const PROGS: &[&str] = &[
     "inet_sock_set_s",
     "sys_exit_connec",
     "sys_exit_accept",
+    "sys_enter_socke",
     "kfree_skb",
     "tcp_states",
     "state_nested",
@@ -70,7 +71,7 @@ const PROGS: &[&str] = &[
 /// sockwatch's programs and maps (names as the kernel keeps them: 15 bytes at most) that are
 /// loaded right now.
 pub fn sockwatch_objects() -> Vec<String> {
-    const MAPS: &[&str] = &["SOCKS", "CONNECTING"];
+    const MAPS: &[&str] = &["SOCKS", "CONNECTING", "ARGS", "PENDING"];
     // struct bpf_prog_info: name at byte 64; struct bpf_map_info: name at byte 24.
     let progs = names(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, 64);
     let maps = names(BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_FD_BY_ID, 24);
@@ -79,6 +80,19 @@ pub fn sockwatch_objects() -> Vec<String> {
         .filter(|n| PROGS.contains(&n.as_str()))
         .chain(maps.into_iter().filter(|n| MAPS.contains(&n.as_str())))
         .collect()
+}
+
+/// How many programs sockwatch attaches on this kernel (without `--states`), as `sockwatch check`
+/// says: the two on the state tracepoint, the two syscall exits, the compat build's syscall
+/// entry hook and kfree_skb where the kernel has what they need.
+pub fn expected_programs() -> usize {
+    let check = super::check_json();
+    let has = |name: &str| super::capability(&check, name)["available"] == true;
+    let compat = check["programs"]["build"] == "compat";
+    let syscalls = has("accept_owner");
+    2 + if syscalls { 2 } else { 0 }
+        + usize::from(syscalls && compat)
+        + usize::from(has("listen_overflow_events"))
 }
 
 /// Ids of the sockwatch programs loaded right now. Ids are not reused while the system runs,

@@ -405,19 +405,27 @@ pub fn assert_nothing_lost(lost: &Value) {
     assert_eq!(lost["total"].as_u64(), Some(0), "{lost}");
 }
 
-/// Whether this kernel offers `capability` (a name of `sockwatch check`), for tests of what some
-/// kernels cannot see.
-pub fn kernel_has(capability: &str) -> bool {
+/// `sockwatch check --format json` on this kernel.
+pub fn check_json() -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
         .args(["check", "--format", "json"])
         .output()
         .expect("run sockwatch check");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
-    v["capabilities"]
+    serde_json::from_slice(&out.stdout).expect("check JSON")
+}
+
+/// One capability of a [`check_json`] result.
+pub fn capability<'a>(check: &'a Value, name: &str) -> &'a Value {
+    check["capabilities"]
         .as_array()
         .expect("capabilities")
         .iter()
-        .find(|c| c["name"] == capability)
-        .unwrap_or_else(|| panic!("no capability {capability} in {v}"))["available"]
-        == true
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no capability {name} in {check}"))
+}
+
+/// Whether this kernel offers `capability` (a name of `sockwatch check`), for tests of what some
+/// kernels cannot see.
+pub fn kernel_has(name: &str) -> bool {
+    capability(&check_json(), name)["available"] == true
 }
