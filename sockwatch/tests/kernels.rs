@@ -8,10 +8,13 @@ mod common;
 use std::{
     collections::BTreeMap,
     net::{TcpListener, TcpStream},
+    os::unix::fs::MetadataExt,
     process::Command,
 };
 
-use common::{assert_nothing_lost, root_or_skip, server::Server, trace_in_new_netns};
+use common::{
+    assert_nothing_lost, root_or_skip, run_in_new_netns, server::Server, trace_in_new_netns,
+};
 use serde_json::Value;
 
 /// Entry point of the server process (see common::server).
@@ -129,7 +132,8 @@ fn lifecycle_with_the_compat_programs() {
 
 /// In a new namespace: a server process accepts one connection; with its fd limit reached, its
 /// accept() fails twice with EMFILE on a second, queued connection, which it then accepts; a
-/// connect to a closed port is refused. Every event is asserted: 5-tuples, pids, errors.
+/// connect to a closed port is refused; one without a route fails before any packet. Every
+/// event is asserted: 5-tuples, pids, errors.
 fn lifecycle(programs: &str) {
     const FAILS: usize = 2;
     let args = ["--max-sockets", "65536", "--programs", programs];
@@ -153,10 +157,17 @@ fn lifecycle(programs: &str) {
         drop(closed);
         let err = TcpStream::connect(("127.0.0.1", closed_port)).expect_err("refused");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        let unreachable = unreachable_connect(closed_port);
         let pid = server.pid();
         server.stop();
-        (pid, port, [first_port, second_port], closed_port)
+        (
+            pid,
+            port,
+            [first_port, second_port],
+            (closed_port, unreachable),
+        )
     });
+    let (refused, no_route_netns) = refused;
     assert_ne!(server_pid, me());
     let port = u64::from(port);
     let events: Vec<&Value> = t.events.iter().collect();
@@ -217,5 +228,78 @@ fn lifecycle(programs: &str) {
     assert_eq!(failed["errno"], "ECONNREFUSED");
     assert_eq!(failed["reason"], "refused");
     assert_eq!(failed["pid"].as_u64(), Some(me()));
+    // No route: connect() failed before any packet, seen from the syscall's arguments.
+    let early = t.in_netns(no_route_netns);
+    assert_eq!(
+        common::kinds(early.iter().copied()),
+        ["connect_failed"],
+        "{early:?}"
+    );
+    assert_eq!(early[0]["errno"], "ENETUNREACH");
+    assert_eq!(early[0]["peer_addr"], "127.0.0.1");
+    assert_eq!(early[0]["peer_port"].as_u64(), Some(u64::from(refused)));
+    assert_eq!(early[0]["pid"].as_u64(), Some(me()));
+    assert_nothing_lost(&t.lost);
+}
+
+/// connect() to 127.0.0.1:`port` from a thread in a namespace of its own whose loopback is
+/// down: it fails with ENETUNREACH before any packet. Returns the namespace.
+fn unreachable_connect(port: u16) -> u64 {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("sw-noroute".into())
+            .spawn_scoped(s, || {
+                // SAFETY: unshare affects this thread only.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+                let ns = std::fs::metadata("/proc/thread-self/ns/net")
+                    .expect("netns")
+                    .ino();
+                let err = TcpStream::connect(("127.0.0.1", port)).expect_err("no route");
+                assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH));
+                ns
+            })
+            .expect("spawn")
+            .join()
+            .expect("thread")
+    })
+}
+
+/// `top --format json` counts a port's accepted connections exactly, on every kernel.
+#[test]
+fn top_counts_a_ports_connections_exactly() {
+    if !root_or_skip("top_counts_a_ports_connections_exactly") {
+        return;
+    }
+    const N: u64 = 8;
+    let top = [
+        "top",
+        "--format",
+        "json",
+        "--interval",
+        "0.2",
+        "--max-sockets",
+        "65536",
+    ];
+    let (t, stdout, port) = run_in_new_netns(&top, libc::SIGTERM, |_| {
+        let mut server = Server::start(None);
+        let port = server.listen("127.0.0.1:0");
+        for _ in 0..N {
+            drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+        }
+        server.ask(&format!("accept {N}"));
+        server.stop();
+        port
+    });
+    let summary: Value = serde_json::from_str(&stdout).expect("summary JSON");
+    let listener = summary["listeners"]
+        .as_array()
+        .expect("listeners")
+        .iter()
+        .find(|l| l["netns"].as_u64() == Some(t.netns) && l["port"] == port)
+        .unwrap_or_else(|| panic!("no listener on {port}: {summary}"));
+    assert_eq!(listener["accepted"].as_u64(), Some(N), "{listener}");
+    assert_eq!(listener["closed"].as_u64(), Some(N), "{listener}");
+    assert_eq!(listener["established_now"].as_u64(), Some(0), "{listener}");
+    assert!(summary["capabilities"].is_object(), "{summary}");
     assert_nothing_lost(&t.lost);
 }
