@@ -1,7 +1,8 @@
-//! `cargo xtask run | test | bench`: prepares the toolchain, then builds and runs sockwatch, its
-//! tests, or the benchmark.
+//! `cargo xtask run | test | bench | vmtest`: prepares the toolchain, then builds and runs
+//! sockwatch, its tests, the benchmark, or the tests on other kernels under qemu.
 mod bench;
 mod toolchain;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -23,8 +24,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit tests and the root integration tests that load the real programs.
+    /// Run every test: unit tests and the root integration tests that load the real programs,
+    /// then the core integration tests on each Debian kernel under qemu (see `vmtest`).
     Test {
+        /// Skip the kernel matrix (the qemu VMs).
+        #[arg(long)]
+        no_vm: bool,
+        /// Run every integration test on each kernel, not just the core set.
+        #[arg(long, conflicts_with = "no_vm")]
+        vm_full: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -33,6 +41,9 @@ enum Task {
     /// top` vs the hooks alone (programs that return at once) (vs bpftrace when on PATH);
     /// results in target/bench/results.json.
     Bench(bench::BenchArgs),
+    /// Boot Debian's kernels (5.10, 6.1, 6.12, testing) under qemu and run the integration
+    /// tests in each; results in target/vm/results.json, the support table in docs/kernels.md.
+    Vmtest(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,20 +96,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             status(cmd.args(&args))
         }
-        Task::Test { args } => {
+        Task::Test {
+            no_vm,
+            vm_full,
+            args,
+        } => {
             if !is_root() {
                 eprintln!(
                     "xtask: not root: the integration tests that load eBPF programs will be skipped \
                      (run `sudo -E cargo xtask test` to include them)"
                 );
             }
-            status(
+            let host = status(
                 Command::new("cargo")
                     .args(["test", "--workspace", "--all-targets"])
                     .args(&args),
-            )
+            )?;
+            if host != ExitCode::SUCCESS {
+                eprintln!("xtask: the host tests failed; the kernel matrix did not run");
+                return Ok(host);
+            }
+            if no_vm {
+                return Ok(host);
+            }
+            // vm::run says how long the matrix took and ends with its totals line.
+            vm::run(&vm::VmArgs {
+                full: vm_full,
+                ..Default::default()
+            })
         }
         Task::Bench(args) => bench::run(&args),
+        Task::Vmtest(args) => vm::run(&args),
     }
 }
 
