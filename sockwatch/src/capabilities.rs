@@ -94,6 +94,24 @@ pub struct Probes {
 }
 
 impl Probes {
+    /// A kernel that has everything (for tests: change a field or two from it).
+    #[cfg(test)]
+    pub(crate) fn everything() -> Self {
+        Self {
+            ring_buffer: true,
+            task_storage: true,
+            task_pt_regs: true,
+            current_task_btf: true,
+            cmpxchg: true,
+            syscall_tracepoints: true,
+            syscall_missing: None,
+            overflow_reason: true,
+            recursion_misses: true,
+            sock_diag: true,
+            ancestor_cgroup: true,
+        }
+    }
+
     /// Runs every probe against the running kernel (root needed for the BPF ones). Fails only
     /// on syscall tracepoint records that differ from what the programs read.
     pub fn run(
@@ -442,19 +460,7 @@ mod tests {
     use super::*;
 
     fn all() -> Probes {
-        Probes {
-            ring_buffer: true,
-            task_storage: true,
-            task_pt_regs: true,
-            current_task_btf: true,
-            cmpxchg: true,
-            syscall_tracepoints: true,
-            syscall_missing: None,
-            overflow_reason: true,
-            recursion_misses: true,
-            sock_diag: true,
-            ancestor_cgroup: true,
-        }
+        Probes::everything()
     }
 
     #[test]

@@ -75,17 +75,8 @@ mod tests {
     #[test]
     fn table_names_what_is_missing_and_the_outcome() {
         let caps = Probes {
-            ring_buffer: true,
-            task_storage: true,
-            task_pt_regs: true,
-            current_task_btf: true,
-            cmpxchg: true,
-            syscall_tracepoints: true,
-            syscall_missing: None,
             overflow_reason: false,
-            recursion_misses: true,
-            sock_diag: true,
-            ancestor_cgroup: true,
+            ..Probes::everything()
         }
         .capabilities("6.1.0-50-cloud-amd64".into());
         let text = table(&caps, "current", None);

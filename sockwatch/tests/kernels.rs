@@ -271,16 +271,7 @@ fn top_counts_a_ports_connections_exactly() {
         return;
     }
     const N: u64 = 8;
-    let top = [
-        "top",
-        "--format",
-        "json",
-        "--interval",
-        "0.2",
-        "--max-sockets",
-        "65536",
-    ];
-    let (t, stdout, port) = run_in_new_netns(&top, libc::SIGTERM, |_| {
+    let (t, stdout, port) = run_in_new_netns(common::TOP_JSON, libc::SIGTERM, |_| {
         let mut server = Server::start(None);
         let port = server.listen("127.0.0.1:0");
         for _ in 0..N {

@@ -15,15 +15,7 @@ use std::{
 use common::{assert_nothing_lost, root_or_skip, run_in_new_netns, server::Server, wait_for_line};
 use serde_json::Value;
 
-const TOP: &[&str] = &[
-    "top",
-    "--format",
-    "json",
-    "--interval",
-    "0.2",
-    "--max-sockets",
-    "65536",
-];
+const TOP: &[&str] = common::TOP_JSON;
 
 /// Entry point of the server process (see common::server).
 #[test]

@@ -370,19 +370,7 @@ fn header_line(probes: crate::capabilities::Probes, part: u64) -> String {
 }
 
 fn all_probes() -> crate::capabilities::Probes {
-    crate::capabilities::Probes {
-        ring_buffer: true,
-        task_storage: true,
-        task_pt_regs: true,
-        current_task_btf: true,
-        cmpxchg: true,
-        syscall_tracepoints: true,
-        syscall_missing: None,
-        overflow_reason: true,
-        recursion_misses: true,
-        sock_diag: true,
-        ancestor_cgroup: true,
-    }
+    crate::capabilities::Probes::everything()
 }
 
 #[test]

@@ -18,6 +18,17 @@ use std::{
 
 use serde_json::Value;
 
+/// `top` with one JSON summary at its end, sampling often, with small maps.
+pub const TOP_JSON: &[&str] = &[
+    "top",
+    "--format",
+    "json",
+    "--interval",
+    "0.2",
+    "--max-sockets",
+    "65536",
+];
+
 /// True when the test may load BPF. Without root it says it skipped, except in CI
 /// (CI=true), where missing root is a failure.
 pub fn root_or_skip(test: &str) -> bool {
