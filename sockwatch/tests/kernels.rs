@@ -9,7 +9,6 @@ use std::{
     collections::BTreeMap,
     net::{TcpListener, TcpStream},
     os::unix::fs::MetadataExt,
-    process::Command,
 };
 
 use common::{
@@ -27,22 +26,6 @@ fn me() -> u64 {
     u64::from(std::process::id())
 }
 
-/// `sockwatch check --format json`, which must succeed here.
-fn check(extra: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
-        .args(["check", "--format", "json"])
-        .args(extra)
-        .output()
-        .expect("run sockwatch check");
-    assert!(
-        out.status.success(),
-        "check failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("check JSON")
-}
-
 /// The check's capabilities by name.
 fn by_name(check: &Value) -> BTreeMap<String, Value> {
     check["capabilities"]
@@ -58,7 +41,7 @@ fn check_loads_the_programs_and_names_what_is_missing() {
     if !root_or_skip("check_loads_the_programs_and_names_what_is_missing") {
         return;
     }
-    let v = check(&[]);
+    let v = common::check_json();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("release");
     assert_eq!(v["kernel"], release.trim());
     assert_eq!(v["programs"]["loaded"], true, "{v}");
@@ -86,7 +69,7 @@ fn check_loads_the_programs_and_names_what_is_missing() {
         }
     }
     // The compat build runs on every kernel, this one included.
-    let forced = check(&["--programs", "compat"]);
+    let forced = common::check_json_with(&["--programs", "compat"]);
     assert_eq!(forced["programs"]["build"], "compat");
     assert_eq!(forced["programs"]["loaded"], true, "{forced}");
 }
@@ -96,7 +79,7 @@ fn the_header_records_what_check_reports() {
     if !root_or_skip("the_header_records_what_check_reports") {
         return;
     }
-    let caps = by_name(&check(&[]));
+    let caps = by_name(&common::check_json());
     let (t, ()) = trace_in_new_netns(&["--max-sockets", "65536"], || {});
     let header: Value =
         serde_json::from_str(t.raw.lines().next().expect("a first line")).expect("header JSON");

@@ -416,12 +416,24 @@ pub fn assert_nothing_lost(lost: &Value) {
     assert_eq!(lost["total"].as_u64(), Some(0), "{lost}");
 }
 
-/// `sockwatch check --format json` on this kernel.
+/// `sockwatch check --format json` on this kernel, which must succeed.
 pub fn check_json() -> Value {
+    check_json_with(&[])
+}
+
+/// As [`check_json`], with more arguments (`--programs compat`, ...).
+pub fn check_json_with(extra: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_sockwatch"))
         .args(["check", "--format", "json"])
+        .args(extra)
         .output()
         .expect("run sockwatch check");
+    assert!(
+        out.status.success(),
+        "check failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("check JSON")
 }
 
