@@ -207,6 +207,21 @@ pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
     })
 }
 
+impl KernelSupport {
+    /// Whether the kernel can apply `filter` (`--cgroup` needs a helper 5.10 lacks): checked
+    /// before any output file is touched.
+    pub fn supports(&self, filter: &Filter) -> Result<(), LoadError> {
+        if filter.cgroup.is_some()
+            && !self
+                .capabilities
+                .has(crate::capabilities::name::CGROUP_FILTER)
+        {
+            return Err(LoadError::NoCgroupFilter);
+        }
+        Ok(())
+    }
+}
+
 /// Names, once on stderr, each capability this kernel lacks (or replaces by a fallback), in one
 /// line each: what is missing, what is lost, which kernel adds it.
 pub fn announce(caps: &Capabilities) {
@@ -235,13 +250,7 @@ impl Tracer {
     ) -> Result<Self, LoadError> {
         require_root()?;
         let choice = kernel.capabilities.programs;
-        if filter.cgroup.is_some()
-            && !kernel
-                .capabilities
-                .has(crate::capabilities::name::CGROUP_FILTER)
-        {
-            return Err(LoadError::NoCgroupFilter);
-        }
+        kernel.supports(filter)?;
         let filter = filter.kernel_config()?;
         let mut offsets = kernel.offsets;
         // A quarter full wakes the reader; below that it drains on its timer (POLL_INTERVAL).

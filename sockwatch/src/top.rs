@@ -27,6 +27,8 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     let load = args.run.kernel.load_options();
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
+    let filter = args.filter.filter();
+    kernel.supports(&filter)?;
     // Under the live table's first line (and after the final tables) while anything is missing.
     let not_seen = view::not_seen(kernel.capabilities.to_json().as_object(), NOT_SEEN);
     let mut worker = None;
@@ -65,7 +67,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
             ready_file: args.run.ready_file,
             expire_interval: Duration::from_secs(args.run.expire_interval),
             interval: Duration::from_secs_f64(interval),
-            filter: args.filter.filter(),
+            filter,
             export,
             aggregate: true,
         },

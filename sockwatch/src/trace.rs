@@ -21,6 +21,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     };
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
+    let filter = args.filter.filter();
+    kernel.supports(&filter)?;
     let clock = WallClock::new();
     let header = FileHeader {
         format: args.format,
@@ -57,7 +59,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
             ready_file: args.run.ready_file,
             interval: std::time::Duration::from_secs_f64(args.run.interval),
             expire_interval: std::time::Duration::from_secs(args.run.expire_interval),
-            filter: args.filter.filter(),
+            filter,
             export: Some(Export {
                 sink,
                 flush_each_batch: interactive,

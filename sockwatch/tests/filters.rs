@@ -540,14 +540,31 @@ fn cgroup_filter_without_the_kernel_helper_is_a_clear_error() {
         );
         return;
     }
+    // An earlier recording at the output path is left as it was.
+    let dir = common::TempDir::new("nocgroup");
+    let kept = dir.path().join("kept.jsonl");
+    fs::write(&kept, "earlier\n").expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sockwatch"))
-        .args(["trace", "--duration", "1", "--cgroup", "/sys/fs/cgroup"])
+        .args([
+            "trace",
+            "--duration",
+            "1",
+            "--cgroup",
+            "/sys/fs/cgroup",
+            "--output",
+        ])
+        .arg(&kept)
         .output()
         .expect("run sockwatch");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("sockwatch: error: --cgroup needs bpf_get_current_ancestor_cgroup_id"),
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            "sockwatch: error: --cgroup needs bpf_get_current_ancestor_cgroup_id in tracepoint \
+          programs, which this kernel lacks: filter by --pid or --comm instead"
+        ],
         "{err}"
     );
+    assert_eq!(fs::read_to_string(&kept).expect("read"), "earlier\n");
 }
