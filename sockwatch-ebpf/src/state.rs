@@ -311,6 +311,10 @@ fn handle_step(sk: u64, old: u8, new: u8) {
             if info.is_none() && !is_tcp(sk, &off) {
                 return;
             }
+            if old == st::SYN_RECV && info.is_some_and(never_seen_child) {
+                // A child socket the application never saw: not a connection's close.
+                return;
+            }
             if old == st::SYN_SENT {
                 // Never established: refused (RST), timed out, unreachable, or closed by the
                 // application while connecting (sk_err 0).
@@ -323,4 +327,13 @@ fn handle_step(sk: u64, old: u8, new: u8) {
         }
         _ => {}
     }
+}
+
+/// A passive socket closed from SYN_RECV without having been established or accepted, such as
+/// a second child of one connection that the kernel dropped (seen on 6.1; most likely the
+/// client's final ACK handled on two CPUs at once). A TCP Fast Open child can be accepted in
+/// SYN_RECV: that one's close counts.
+#[inline(always)]
+fn never_seen_child(info: &sockwatch_common::SockInfo) -> bool {
+    info.flags & flags::PASSIVE != 0 && info.flags & (flags::ESTABLISHED | flags::OWNER_KNOWN) == 0
 }
