@@ -173,6 +173,15 @@ pub fn run_in_new_netns<R: Send>(
     signal: i32,
     scenario: impl FnOnce(&Path) -> R + Send,
 ) -> (Traced, String, R) {
+    run_in_new_netns_with_pid(args, signal, |out, _| scenario(out))
+}
+
+/// As `run_in_new_netns`, and the scenario also gets sockwatch's pid (to stall it, say).
+pub fn run_in_new_netns_with_pid<R: Send>(
+    args: &[&str],
+    signal: i32,
+    scenario: impl FnOnce(&Path, i32) -> R + Send,
+) -> (Traced, String, R) {
     thread::scope(|s| {
         thread::Builder::new()
             .name("sw-netns".into())
@@ -190,7 +199,7 @@ pub fn run_in_new_netns<R: Send>(
                     text
                 });
                 wait_ready(&mut child, &ready);
-                let result = scenario(&out);
+                let result = scenario(&out, child.id() as i32);
                 wait_connections_settled();
                 let status = stop(&mut child, signal);
                 assert!(status, "sockwatch did not exit cleanly on signal {signal}");
