@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use crate::{
-    capabilities::Capabilities,
     cli::{CheckArgs, SummaryFormat},
     filter::Filter,
-    loader::{self, Tracer},
+    kernel::capabilities::Capabilities,
+    kernel::loader::{self, Tracer},
 };
 
 pub fn run(args: CheckArgs) -> anyhow::Result<()> {
@@ -70,7 +70,7 @@ fn table(caps: &Capabilities, object: &str, error: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capabilities::Probes;
+    use crate::kernel::capabilities::Probes;
 
     #[test]
     fn table_names_what_is_missing_and_the_outcome() {

@@ -5,9 +5,9 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::{
     compress::Compression,
-    decode::Family,
     filter::{self, Filter},
-    loader::LoadOptions,
+    kernel::decode::Family,
+    kernel::loader::LoadOptions,
     rotate::Rotation,
     sink::Format,
 };
@@ -353,7 +353,7 @@ pub struct KernelArgs {
 
     /// Read the kernel's type information (BTF) from PATH: a BTF file of this very kernel, for
     /// kernels without /sys/kernel/btf/vmlinux (e.g. from the distribution's debug package).
-    #[arg(long, value_name = "PATH", default_value = crate::kernel_btf::VMLINUX_BTF)]
+    #[arg(long, value_name = "PATH", default_value = crate::kernel::btf::VMLINUX_BTF)]
     pub btf: PathBuf,
 
     /// Where tracefs is mounted, for the syscall tracepoints' record formats (default: found,

@@ -4,9 +4,11 @@ use anyhow::Context as _;
 use crate::{
     check,
     cli::{Cli, Command},
-    loader, report,
+    kernel::loader,
+    kernel::tracefs,
+    report,
     session::Outcome,
-    top, trace, tracefs,
+    top, trace,
 };
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

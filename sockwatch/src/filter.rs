@@ -15,7 +15,7 @@ use sockwatch_common::{AF_INET, AF_INET6, COMM_LEN, FilterConfig, MAX_FILTER_POR
 
 use crate::{
     aggregate::{Existing, Obs},
-    decode::{Family, KIND_NAMES},
+    kernel::decode::{Family, KIND_NAMES},
 };
 
 #[derive(Debug, Clone, Default)]

@@ -11,9 +11,9 @@ use sockwatch_common::{AF_INET, AF_INET6, CONN_EVENT_SIZE, ConnEvent};
 use crate::{
     aggregate::Aggregator,
     clock::WallClock,
-    decode::{self, DecodeError, Family},
     feed::{self, Fed, LineError},
     filter::Filter,
+    kernel::decode::{self, DecodeError, Family},
     sink::{JsonlSink, Sink, TextSink},
 };
 

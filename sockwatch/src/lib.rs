@@ -1,23 +1,20 @@
 //! sockwatch: a TCP connection tracer built on eBPF.
 //!
-//! Data path: eBPF programs (sockwatch-ebpf) -> ring buffer -> [`source`] -> [`decode`] ->
-//! [`sink`]. [`loader`] loads and attaches the programs with offsets from [`kernel_btf`];
-//! [`loss`] accounts for every event that could not be delivered.
+//! Data path: eBPF programs (sockwatch-ebpf) -> ring buffer -> [`kernel::source`] ->
+//! [`kernel::decode`] -> [`sink`]. [`kernel::loader`] loads and attaches the programs with
+//! offsets from [`kernel::btf`]; [`kernel::loss`] accounts for every event that could not be
+//! delivered.
 pub mod aggregate;
-pub mod capabilities;
 pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod committed;
 pub mod compress;
-pub mod decode;
 pub mod feed;
 pub mod filter;
 pub mod host;
-pub mod kernel_btf;
-pub mod loader;
-pub mod loss;
+pub mod kernel;
 pub mod metrics;
 pub mod metrics_server;
 pub mod metrics_text;
@@ -28,16 +25,11 @@ pub mod rotate;
 pub mod sampler;
 pub mod session;
 pub mod sink;
-pub mod source;
 pub mod top;
-pub mod tp_format;
 pub mod trace;
-pub mod tracefs;
 pub mod view;
 
 #[cfg(test)]
 mod fuzz_tests;
-#[cfg(test)]
-mod object_tests;
 #[cfg(test)]
 mod test_dir;

@@ -9,7 +9,7 @@ use std::{
     hash::Hash,
 };
 
-use crate::{aggregate::Summary, loss::Loss};
+use crate::{aggregate::Summary, kernel::loss::Loss};
 
 /// Labelled entries per table (listeners, outbound, namespaces).
 pub const MAX_SERIES: usize = 100;

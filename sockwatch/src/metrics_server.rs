@@ -25,7 +25,7 @@ use tokio::{
 
 use crate::{
     aggregate::Summary,
-    loss::Loss,
+    kernel::loss::Loss,
     metrics::Selector,
     metrics_text::{self, Exposition, ProcessStats, Shared},
 };

@@ -283,7 +283,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        loss::Loss,
+        kernel::loss::Loss,
         metrics::{ListenerRow, NamespaceRow, OutboundRow, Unlisted},
     };
 

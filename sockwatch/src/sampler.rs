@@ -11,9 +11,9 @@ use sockwatch_common::tcp_state;
 
 use crate::{
     aggregate::{Conn, Existing, Expired, FdSample, NetstatSample, QueueSample, expiry},
-    decode::Family,
     feed::Sample,
     host::{self, DiagSocket, Netns},
+    kernel::decode::Family,
 };
 
 /// A sample that owns its process name (the borrowed [`Sample`] is made from it on use).

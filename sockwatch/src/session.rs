@@ -18,14 +18,14 @@ use tokio::{
 use crate::{
     aggregate::{Aggregator, Conn, Expiry, Summary, expiry},
     clock::WallClock,
-    decode::{self, EventKind},
     feed,
     filter::Filter,
-    loader::{KernelSupport, LoadOptions, Tracer},
-    loss::{Loss, Quiet},
+    kernel::decode::{self, EventKind},
+    kernel::loader::{KernelSupport, LoadOptions, Tracer},
+    kernel::loss::{Loss, Quiet},
+    kernel::source::Source,
     sampler::{KernelConns, Owned, Sampler},
     sink::Sink,
-    source::Source,
 };
 
 /// Where the event stream is written.
@@ -39,7 +39,7 @@ pub struct Export {
 
 pub struct SessionOptions {
     pub load: LoadOptions,
-    /// What the kernel offers (from [`crate::loader::inspect`]).
+    /// What the kernel offers (from [`crate::kernel::loader::inspect`]).
     pub kernel: KernelSupport,
     pub duration: Option<Duration>,
     pub ready_file: Option<PathBuf>,
@@ -168,7 +168,7 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     tracer.attach()?;
     // Once running: a run that fails before this names only its error.
-    crate::loader::announce(&opts.kernel.capabilities);
+    crate::kernel::loader::announce(&opts.kernel.capabilities);
     if pipe.wants_samples() {
         // After attaching: whatever the snapshot misses, the events see.
         let snap = sampler.snapshot(now_ns(&clock));
@@ -190,7 +190,7 @@ pub async fn run(
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut flush_tick = interval(Duration::from_millis(500));
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut drain_tick = interval(crate::loader::POLL_INTERVAL);
+    let mut drain_tick = interval(crate::kernel::loader::POLL_INTERVAL);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sample_tick = interval(opts.interval);
     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
-    loader, metrics_server, rotate,
+    kernel::loader,
+    metrics_server, rotate,
     session::{self, Export, Outcome, SessionOptions},
     sink::{self, FileHeader, Format, JsonlSink},
     view,

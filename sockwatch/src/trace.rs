@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use crate::{
     cli::TraceArgs,
     clock::WallClock,
-    loader::{self, LoadOptions},
+    kernel::loader::{self, LoadOptions},
     metrics_server, rotate,
     session::{self, Export, Outcome, SessionOptions},
     sink::{self, FileHeader, Format},

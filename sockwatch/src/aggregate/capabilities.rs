@@ -1,4 +1,4 @@
-//! What the kernel let a run see (the header's `capabilities`, see `crate::capabilities`), as
+//! What the kernel let a run see (the header's `capabilities`, see `crate::kernel::capabilities`), as
 //! the summary carries it: `{"<name>": {"available": bool, "via": "…", "note": "…"}, …}`.
 //!
 //! A report over several files (rotation parts, or several runs) merges their headers': a

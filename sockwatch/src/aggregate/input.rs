@@ -2,7 +2,7 @@
 //! and from an exported file.
 use std::net::IpAddr;
 
-use crate::decode::{Direction, EventKind, Family};
+use crate::kernel::decode::{Direction, EventKind, Family};
 
 /// One connection event, as the aggregator needs it (from a kernel event or an exported line).
 #[derive(Debug, Clone, Copy)]

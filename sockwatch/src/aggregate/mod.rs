@@ -22,8 +22,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use foldhash::HashSet;
 
 use crate::{
-    decode::{Direction, EventKind, Family},
-    loss::{Loss, Quiet},
+    kernel::decode::{Direction, EventKind, Family},
+    kernel::loss::{Loss, Quiet},
 };
 use hist::Histogram;
 use live::{ConnKey, Live, Side};

@@ -6,8 +6,8 @@ use serde_json::{Map, Value};
 
 use super::{Aggregator, FD_WARN_PERCENT, LEAK_RISES};
 use crate::{
-    decode::Family,
-    loss::{Loss, Quiet},
+    kernel::decode::Family,
+    kernel::loss::{Loss, Quiet},
 };
 
 impl Aggregator {

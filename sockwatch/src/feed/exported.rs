@@ -6,9 +6,9 @@ use serde::Deserialize;
 use super::{Sample, sample};
 use crate::{
     aggregate::{Aggregator, Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample},
-    decode::{Direction, EventKind, Family},
     filter::Filter,
-    loss::{Loss, Quiet},
+    kernel::decode::{Direction, EventKind, Family},
+    kernel::loss::{Loss, Quiet},
     sink::header::SCHEMA,
 };
 

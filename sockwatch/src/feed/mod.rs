@@ -8,8 +8,8 @@ pub use exported::{Fed, FileStart, LineError, exported_line, file_start};
 use crate::{
     aggregate::{Aggregator, Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample},
     clock::WallClock,
-    decode::{self, Event, EventKind},
     filter::Filter,
+    kernel::decode::{self, Event, EventKind},
 };
 
 /// Host state recorded alongside the events.

@@ -1,8 +1,8 @@
 use super::*;
 use crate::{
     aggregate::Conn,
-    decode::{Comm, Direction, Family, TcpState},
-    loss::{Loss, Quiet},
+    kernel::decode::{Comm, Direction, Family, TcpState},
+    kernel::loss::{Loss, Quiet},
     sink::{JsonlSink, Sink},
 };
 
@@ -361,7 +361,7 @@ fn established_again_on_open_addresses_expires_the_connection_that_had_them() {
 }
 
 /// A header line as a run on a kernel with these probes writes it.
-fn header_line(probes: crate::capabilities::Probes, part: u64) -> String {
+fn header_line(probes: crate::kernel::capabilities::Probes, part: u64) -> String {
     let caps = probes.capabilities("test".into()).to_json().to_string();
     let mut out = Vec::new();
     crate::sink::header::write_jsonl(&mut out, 2_000_000_000, 1_000_000_000, part, Some(&caps))
@@ -369,13 +369,13 @@ fn header_line(probes: crate::capabilities::Probes, part: u64) -> String {
     String::from_utf8(out).unwrap().trim_end().to_string()
 }
 
-fn all_probes() -> crate::capabilities::Probes {
-    crate::capabilities::Probes::everything()
+fn all_probes() -> crate::kernel::capabilities::Probes {
+    crate::kernel::capabilities::Probes::everything()
 }
 
 #[test]
 fn header_capabilities_are_read_and_merged_across_files() {
-    use crate::capabilities::{Probes, name};
+    use crate::kernel::capabilities::{Probes, name};
     let f = Filter::default();
     let full = header_line(all_probes(), 1);
     let older = header_line(

@@ -6,8 +6,8 @@ use super::*;
 use crate::test_dir::TestDir;
 use crate::{
     cli::{FilterArgs, ReportArgs, SummaryFormat},
-    decode::{Comm, Direction, Event, EventKind, Family, TcpState},
-    loss::{Loss, Quiet},
+    kernel::decode::{Comm, Direction, Event, EventKind, Family, TcpState},
+    kernel::loss::{Loss, Quiet},
     report,
     sink::{Format, JsonlSink, Sink},
 };

@@ -6,9 +6,9 @@ use std::io::{self, Write};
 
 use crate::{
     clock::{WallClock, write_rfc3339},
-    decode::{self, Event, EventKind},
     feed::Sample,
-    loss::{Loss, Quiet},
+    kernel::decode::{self, Event, EventKind},
+    kernel::loss::{Loss, Quiet},
     sink::Sink,
 };
 
@@ -149,7 +149,7 @@ impl<W: Write> Sink for CsvSink<W> {
 mod tests {
     use super::*;
     use crate::{
-        decode::{Comm, Direction, Family, TcpState},
+        kernel::decode::{Comm, Direction, Family, TcpState},
         sink::JsonlSink,
     };
     use serde_json::Value;

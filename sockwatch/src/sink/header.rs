@@ -4,7 +4,7 @@
 //! `{"time":"…","event":"header","schema":1,"sockwatch":"0.1.0","started":"…","part":1,
 //! "capabilities":{"accept_failures":{"available":true,"via":"…"},…}}`
 //!
-//! `capabilities` says what the kernel let the run see (see `crate::capabilities`), so that a
+//! `capabilities` says what the kernel let the run see (see `crate::kernel::capabilities`), so that a
 //! reader of the file knows which events could not appear in it.
 //!
 //! `schema` is the major version of the record layout: it changes only when a reader of the

@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     clock::write_rfc3339,
-    decode::{self, Event, EventKind},
+    kernel::decode::{self, Event, EventKind},
 };
 
 const NS_PER_SEC: i128 = 1_000_000_000;

@@ -7,12 +7,12 @@ use serde::{Serialize, Serializer};
 
 use super::json_line::{self, TimeCache};
 #[cfg(test)]
-use crate::decode::{self, EventKind};
+use crate::kernel::decode::{self, EventKind};
 use crate::{
     clock::{WallClock, write_rfc3339},
-    decode::Event,
     feed::Sample,
-    loss::{Loss, Quiet},
+    kernel::decode::Event,
+    kernel::loss::{Loss, Quiet},
     sink::Sink,
 };
 
@@ -276,7 +276,7 @@ impl<W: Write> Sink for JsonlSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Comm, Direction, EventKind, Family, TcpState};
+    use crate::kernel::decode::{Comm, Direction, EventKind, Family, TcpState};
     use serde_json::{Value, json};
 
     fn event(kind: EventKind) -> Event {

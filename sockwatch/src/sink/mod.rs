@@ -15,9 +15,9 @@ pub use text::TextSink;
 
 use crate::{
     clock::WallClock,
-    decode::Event,
     feed::Sample,
-    loss::{Loss, Quiet},
+    kernel::decode::Event,
+    kernel::loss::{Loss, Quiet},
 };
 
 /// Output formats of `trace`.
@@ -39,14 +39,14 @@ pub struct FileHeader {
     pub format: Format,
     /// When the run started (the same in every file of the run).
     pub started_unix_ns: i128,
-    /// What the kernel let this run see, as a JSON object (see [`crate::capabilities`]);
+    /// What the kernel let this run see, as a JSON object (see [`crate::kernel::capabilities`]);
     /// in the JSON Lines header only. Made once per run (see [`leak_capabilities`]).
     pub capabilities: Option<&'static str>,
 }
 
 /// The capabilities' JSON text for [`FileHeader`], which is `Copy` and written again at the top
 /// of every rotated file: made once per run and kept for the rest of the process.
-pub fn leak_capabilities(caps: &crate::capabilities::Capabilities) -> &'static str {
+pub fn leak_capabilities(caps: &crate::kernel::capabilities::Capabilities) -> &'static str {
     Box::leak(caps.to_json().to_string().into_boxed_str())
 }
 

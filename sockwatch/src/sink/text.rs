@@ -2,9 +2,9 @@ use std::io::{self, Write};
 
 use crate::{
     clock::{WallClock, write_time_of_day},
-    decode::{self, Event, EventKind},
     feed::Sample,
-    loss::{Loss, Quiet},
+    kernel::decode::{self, Event, EventKind},
+    kernel::loss::{Loss, Quiet},
     sink::Sink,
 };
 
@@ -113,7 +113,7 @@ impl<W: Write> Sink for TextSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Comm, Direction, Family, TcpState};
+    use crate::kernel::decode::{Comm, Direction, Family, TcpState};
 
     #[test]
     fn a_close_line_has_all_columns() {

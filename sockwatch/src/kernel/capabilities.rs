@@ -16,7 +16,7 @@ use btf_rs::Btf;
 use serde::Serialize;
 use sockwatch_common::{KernelOffsets, NO_DROP_REASON};
 
-use crate::{kernel_btf, tp_format};
+use crate::{kernel::btf, kernel::tp_format};
 
 /// One thing the kernel may or may not allow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -130,7 +130,7 @@ impl Probes {
             syscall_tracepoints: syscall_missing.is_none(),
             syscall_missing,
             overflow_reason: offsets.drop_reason_listen_overflow != NO_DROP_REASON,
-            recursion_misses: kernel_btf::field_offset(btf, "bpf_prog_info", &["recursion_misses"])
+            recursion_misses: btf::field_offset(btf, "bpf_prog_info", &["recursion_misses"])
                 .is_ok(),
             sock_diag: sock_diag_works(),
             ancestor_cgroup: helper(BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id),

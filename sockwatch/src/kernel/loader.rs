@@ -16,11 +16,12 @@ use aya::{
 use sockwatch_common::{SockInfo, counter};
 
 use crate::{
-    capabilities::{Capabilities, ProgramChoice},
     filter::{Filter, FilterError},
-    kernel_btf::{self, BtfError},
-    loss::KernelCounters,
-    tp_format, tracefs,
+    kernel::btf::{self, BtfError},
+    kernel::capabilities::{Capabilities, ProgramChoice},
+    kernel::loss::KernelCounters,
+    kernel::tp_format,
+    kernel::tracefs,
 };
 
 /// The programs for current kernels.
@@ -111,7 +112,7 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Also report every raw TCP state transition (`trace --states`).
     pub states: bool,
-    /// Kernel BTF file (normally [`kernel_btf::VMLINUX_BTF`]).
+    /// Kernel BTF file (normally [`btf::VMLINUX_BTF`]).
     pub btf: PathBuf,
     /// tracefs root for the record formats; `None`: where [`tracefs::root`] finds it.
     pub tracefs: Option<PathBuf>,
@@ -186,8 +187,8 @@ pub struct KernelSupport {
 /// (BTF, the ring buffer); everything else is in the capabilities.
 pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
     require_root()?;
-    let btf = kernel_btf::read(&opts.btf)?;
-    let offsets = kernel_btf::resolve(&btf)?;
+    let btf = btf::read(&opts.btf)?;
+    let offsets = btf::resolve(&btf)?;
     // First, so that a kernel refusing bpf() itself (a user namespace, lockdown, seccomp) is
     // named as that, not as missing features.
     if let Err(e) = aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
@@ -198,7 +199,7 @@ pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
     if opts.force_compat {
         capabilities.force_compat();
     }
-    if !capabilities.has(crate::capabilities::name::RING_BUFFER) {
+    if !capabilities.has(crate::kernel::capabilities::name::RING_BUFFER) {
         return Err(LoadError::NoRingBuffer);
     }
     Ok(KernelSupport {
@@ -214,7 +215,7 @@ impl KernelSupport {
         if filter.cgroup.is_some()
             && !self
                 .capabilities
-                .has(crate::capabilities::name::CGROUP_FILTER)
+                .has(crate::kernel::capabilities::name::CGROUP_FILTER)
         {
             return Err(LoadError::NoCgroupFilter);
         }
@@ -257,10 +258,10 @@ impl Tracer {
         offsets.wakeup_bytes = opts.ring_bytes / 4;
         let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
         if choice.syscall_hooks {
-            offsets.sys_exit_ret = crate::capabilities::syscall_exit_ret(tracefs)?;
+            offsets.sys_exit_ret = crate::kernel::capabilities::syscall_exit_ret(tracefs)?;
         }
         if choice.compat && choice.syscall_hooks {
-            let entries = crate::capabilities::SYSCALL_ENTRIES;
+            let entries = crate::kernel::capabilities::SYSCALL_ENTRIES;
             offsets.sys_enter_arg0 = tp_format::common_offset(tracefs, &entries, "fd")?;
             // connect's address (at accept's entry the same slot holds the peer-address pointer,
             // which its exit does not use).

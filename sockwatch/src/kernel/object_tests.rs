@@ -1,7 +1,7 @@
 //! Checks on the compiled eBPF object itself.
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget, SectionKind};
 
-use crate::loader::OBJECT;
+use crate::kernel::loader::OBJECT;
 
 /// No program may call memset, memcpy or memmove: in BPF these are byte-at-a-time loops run as
 /// subprograms, which once cost more than the rest of `inet_sock_set_state` (see the

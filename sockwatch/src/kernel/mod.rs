@@ -1,0 +1,20 @@
+//! The kernel side: what the running kernel offers, loading and attaching the eBPF programs,
+//! and turning what they send into events.
+//!
+//! - [`btf`] and [`tp_format`]: struct field and tracepoint record offsets of this kernel.
+//! - [`tracefs`]: tracefs for the syscall tracepoints, without touching the host's mounts.
+//! - [`capabilities`]: what this kernel supports, probed, never inferred from a version.
+//! - [`loader`]: loads, attaches and detaches the programs; reads their counters.
+//! - [`source`] -> [`decode`]: the ring buffer read on the event loop, bytes to events.
+//! - [`loss`]: every way an event can go missing, counted.
+pub mod btf;
+pub mod capabilities;
+pub mod decode;
+pub mod loader;
+pub mod loss;
+pub mod source;
+pub mod tp_format;
+pub mod tracefs;
+
+#[cfg(test)]
+mod object_tests;
