@@ -4,12 +4,12 @@ use std::{path::PathBuf, time::Duration};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::{
-    compress::Compression,
     filter::{self, Filter},
     kernel::decode::Family,
     kernel::loader::LoadOptions,
-    rotate::Rotation,
-    sink::Format,
+    record::compress::Compression,
+    record::rotate::Rotation,
+    record::sink::Format,
 };
 
 #[derive(Debug, Parser)]

@@ -14,7 +14,7 @@ use crate::{
     feed::{self, Fed, LineError},
     filter::Filter,
     kernel::decode::{self, DecodeError, Family},
-    sink::{JsonlSink, Sink, TextSink},
+    record::sink::{JsonlSink, Sink, TextSink},
 };
 
 fn config() -> Config {
@@ -172,7 +172,7 @@ proptest! {
                 ev.ts_ns = raws[0].ts_ns.wrapping_add(i as u64);
             }
             sink.event(&ev).unwrap();
-            expected.extend(crate::sink::serde_event_line(&ev, &clock));
+            expected.extend(crate::record::sink::serde_event_line(&ev, &clock));
         }
         prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
     }

@@ -1,7 +1,7 @@
 //! sockwatch: a TCP connection tracer built on eBPF.
 //!
 //! Data path: eBPF programs (sockwatch-ebpf) -> ring buffer -> [`kernel::source`] ->
-//! [`kernel::decode`] -> [`sink`]. [`kernel::loader`] loads and attaches the programs with
+//! [`kernel::decode`] -> [`record::sink`]. [`kernel::loader`] loads and attaches the programs with
 //! offsets from [`kernel::btf`]; [`kernel::loss`] accounts for every event that could not be
 //! delivered.
 pub mod aggregate;
@@ -9,8 +9,6 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod commands;
-pub mod committed;
-pub mod compress;
 pub mod feed;
 pub mod filter;
 pub mod host;
@@ -18,13 +16,10 @@ pub mod kernel;
 pub mod metrics;
 pub mod metrics_server;
 pub mod metrics_text;
-pub mod output;
-pub mod recordings;
+pub mod record;
 pub mod report;
-pub mod rotate;
 pub mod sampler;
 pub mod session;
-pub mod sink;
 pub mod top;
 pub mod trace;
 pub mod view;

@@ -16,7 +16,7 @@ use crate::{
     cli::{ReportArgs, SummaryFormat},
     feed,
     filter::Filter,
-    recordings::{self, display_name, one_line},
+    record::recordings::{self, display_name, one_line},
     view,
 };
 

@@ -24,8 +24,8 @@ use crate::{
     kernel::loader::{KernelSupport, LoadOptions, Tracer},
     kernel::loss::{Loss, Quiet},
     kernel::source::Source,
+    record::sink::Sink,
     sampler::{KernelConns, Owned, Sampler},
-    sink::Sink,
 };
 
 /// Where the event stream is written.
@@ -181,7 +181,7 @@ pub async fn run(
     pipe.flush().context("writing the start-up snapshot")?;
     if let Some(path) = &opts.ready_file {
         // Same rules as the output: private, and never through a planted symlink.
-        let mut file = crate::output::create(path, false)
+        let mut file = crate::record::output::create(path, false)
             .with_context(|| format!("cannot create ready file {}", path.display()))?;
         writeln!(file, "{}", std::process::id())
             .with_context(|| format!("cannot write ready file {}", path.display()))?;

@@ -10,9 +10,10 @@ use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
     kernel::loader,
-    metrics_server, rotate,
+    metrics_server,
+    record::rotate,
+    record::sink::{self, FileHeader, Format, JsonlSink},
     session::{self, Export, Outcome, SessionOptions},
-    sink::{self, FileHeader, Format, JsonlSink},
     view,
 };
 

@@ -7,9 +7,10 @@ use crate::{
     cli::TraceArgs,
     clock::WallClock,
     kernel::loader::{self, LoadOptions},
-    metrics_server, rotate,
+    metrics_server,
+    record::rotate,
+    record::sink::{self, FileHeader, Format},
     session::{self, Export, Outcome, SessionOptions},
-    sink::{self, FileHeader, Format},
 };
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {

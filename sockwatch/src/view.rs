@@ -52,7 +52,7 @@ pub fn not_seen(
         return None;
     }
     // A hand-edited note must not break the line.
-    let line = crate::recordings::one_line(&missing.join("; "));
+    let line = crate::record::recordings::one_line(&missing.join("; "));
     Some(format!("{whose}: {line}\n"))
 }
 

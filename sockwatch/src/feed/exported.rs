@@ -9,7 +9,7 @@ use crate::{
     filter::Filter,
     kernel::decode::{Direction, EventKind, Family},
     kernel::loss::{Loss, Quiet},
-    sink::header::SCHEMA,
+    record::sink::header::SCHEMA,
 };
 
 /// One exported line, any record type; unknown keys are ignored.

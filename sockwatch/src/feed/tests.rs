@@ -3,7 +3,7 @@ use crate::{
     aggregate::Conn,
     kernel::decode::{Comm, Direction, Family, TcpState},
     kernel::loss::{Loss, Quiet},
-    sink::{JsonlSink, Sink},
+    record::sink::{JsonlSink, Sink},
 };
 
 fn event(kind: EventKind, ts: u64, client_port: u16, direction: Direction) -> Event {
@@ -218,7 +218,8 @@ fn extreme_hand_edited_numbers_neither_panic_nor_wrap() {
 #[test]
 fn header_records_are_checked_not_counted() {
     let mut out = Vec::new();
-    crate::sink::header::write_jsonl(&mut out, 2_000_000_000, 1_000_000_000, 2, None).unwrap();
+    crate::record::sink::header::write_jsonl(&mut out, 2_000_000_000, 1_000_000_000, 2, None)
+        .unwrap();
     let written = String::from_utf8(out).unwrap();
     let mut a = Aggregator::new();
     let f = Filter::default();
@@ -364,8 +365,14 @@ fn established_again_on_open_addresses_expires_the_connection_that_had_them() {
 fn header_line(probes: crate::kernel::capabilities::Probes, part: u64) -> String {
     let caps = probes.capabilities("test".into()).to_json().to_string();
     let mut out = Vec::new();
-    crate::sink::header::write_jsonl(&mut out, 2_000_000_000, 1_000_000_000, part, Some(&caps))
-        .unwrap();
+    crate::record::sink::header::write_jsonl(
+        &mut out,
+        2_000_000_000,
+        1_000_000_000,
+        part,
+        Some(&caps),
+    )
+    .unwrap();
     String::from_utf8(out).unwrap().trim_end().to_string()
 }
 

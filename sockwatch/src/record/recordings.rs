@@ -7,8 +7,8 @@ use std::{
 };
 
 use crate::{
-    compress::{self, Compression},
     feed::{self, FileStart},
+    record::compress::{self, Compression},
     report::MAX_LINE_BYTES,
 };
 
@@ -94,7 +94,7 @@ fn sniff(path: &Path) -> io::Result<Content> {
     let text = text.trim_end();
     Ok(if text.starts_with('{') {
         Content::Jsonl(feed::file_start(text))
-    } else if text.starts_with(&crate::sink::CSV_COLUMNS[..2].join(",")) {
+    } else if text.starts_with(&crate::record::sink::CSV_COLUMNS[..2].join(",")) {
         Content::Csv
     } else if text.starts_with("TIME(UTC)") {
         Content::Text

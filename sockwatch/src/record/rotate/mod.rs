@@ -19,10 +19,10 @@ pub use worker::{Done, Worker};
 
 use crate::{
     clock::WallClock,
-    committed::CommittedFile,
-    compress::Compression,
-    output::{self, CreateError},
-    sink::FileHeader,
+    record::committed::CommittedFile,
+    record::compress::Compression,
+    record::output::{self, CreateError},
+    record::sink::FileHeader,
 };
 
 /// When to rotate, and what to do with rotated files.

@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use crate::output;
+use crate::record::output;
 
 /// Compression of rotated files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

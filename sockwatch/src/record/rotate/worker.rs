@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::names::Naming;
-use crate::compress::{self, CompressError, Compression};
+use crate::record::compress::{self, CompressError, Compression};
 
 /// What the worker did, and what it could not do (none of it fatal: a file it could not
 /// compress stays, complete, uncompressed).

@@ -8,8 +8,8 @@ use crate::{
     cli::{FilterArgs, ReportArgs, SummaryFormat},
     kernel::decode::{Comm, Direction, Event, EventKind, Family, TcpState},
     kernel::loss::{Loss, Quiet},
+    record::sink::{Format, JsonlSink, Sink},
     report,
-    sink::{Format, JsonlSink, Sink},
 };
 
 fn dir(tag: &str) -> TestDir {

@@ -5,7 +5,7 @@ use crate::{
     feed::Sample,
     kernel::decode::{self, Event, EventKind},
     kernel::loss::{Loss, Quiet},
-    sink::Sink,
+    record::sink::Sink,
 };
 
 /// Aligned columns: time (UTC), event, pid, comm, local and peer endpoints, details.

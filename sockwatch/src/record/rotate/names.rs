@@ -11,7 +11,7 @@ use std::{
 
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
 
-use crate::compress::{self, Compression};
+use crate::record::compress::{self, Compression};
 
 const STAMP: &[BorrowedFormatItem<'static>] =
     format_description!("[year][month][day]T[hour][minute][second]Z");

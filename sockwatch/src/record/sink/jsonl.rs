@@ -13,7 +13,7 @@ use crate::{
     feed::Sample,
     kernel::decode::Event,
     kernel::loss::{Loss, Quiet},
-    sink::Sink,
+    record::sink::Sink,
 };
 
 /// One JSON object per line. Each line is built whole in a buffer, then written, so the

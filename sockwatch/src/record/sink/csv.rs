@@ -9,7 +9,7 @@ use crate::{
     feed::Sample,
     kernel::decode::{self, Event, EventKind},
     kernel::loss::{Loss, Quiet},
-    sink::Sink,
+    record::sink::Sink,
 };
 
 /// The columns, in order: the keys of the JSON Lines event records.
@@ -150,7 +150,7 @@ mod tests {
     use super::*;
     use crate::{
         kernel::decode::{Comm, Direction, Family, TcpState},
-        sink::JsonlSink,
+        record::sink::JsonlSink,
     };
     use serde_json::Value;
 
