@@ -255,7 +255,7 @@ pub struct RunArgs {
     /// failures, losses, sockwatch's own CPU and memory (names in the README), refreshed each
     /// --interval. ADDR is an IP address: 127.0.0.1 for this host only, 0.0.0.0 or [::] for
     /// every interface. With `trace`, sockwatch also keeps the per-port summary for them.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics_server::parse_addr)]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::server::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
     #[command(flatten)]

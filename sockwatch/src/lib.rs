@@ -14,8 +14,6 @@ pub mod filter;
 pub mod host;
 pub mod kernel;
 pub mod metrics;
-pub mod metrics_server;
-pub mod metrics_text;
 pub mod record;
 pub mod report;
 pub mod sampler;

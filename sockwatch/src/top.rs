@@ -10,7 +10,7 @@ use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
     kernel::loader,
-    metrics_server,
+    metrics::server,
     record::rotate,
     record::sink::{self, FileHeader, Format, JsonlSink},
     session::{self, Export, Outcome, SessionOptions},
@@ -25,7 +25,7 @@ pub const NOT_SEEN: &str = "not seen on this kernel";
 
 pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     // First: a taken port must not cost an existing --output file its contents.
-    let mut metrics = metrics_server::start(args.run.metrics).await?;
+    let mut metrics = server::start(args.run.metrics).await?;
     let load = args.run.kernel.load_options();
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;

@@ -7,7 +7,7 @@ use crate::{
     cli::TraceArgs,
     clock::WallClock,
     kernel::loader::{self, LoadOptions},
-    metrics_server,
+    metrics::server,
     record::rotate,
     record::sink::{self, FileHeader, Format},
     session::{self, Export, Outcome, SessionOptions},
@@ -15,7 +15,7 @@ use crate::{
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     // First: a taken port must not cost an existing --output file its contents.
-    let mut metrics = metrics_server::start(args.run.metrics).await?;
+    let mut metrics = server::start(args.run.metrics).await?;
     let load = LoadOptions {
         states: args.states,
         ..args.run.kernel.load_options()

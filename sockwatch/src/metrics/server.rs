@@ -27,7 +27,7 @@ use crate::{
     aggregate::Summary,
     kernel::loss::Loss,
     metrics::Selector,
-    metrics_text::{self, Exposition, ProcessStats, Shared},
+    metrics::text::{self, Exposition, ProcessStats, Shared},
 };
 
 /// Connections served at once; more are closed at once (a scraper needs one).
@@ -176,7 +176,7 @@ fn respond<B>(exposition: &Exposition, req: &Request<B>) -> Response<Full<Bytes>
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(metrics_text::CONTENT_TYPE),
+                HeaderValue::from_static(text::CONTENT_TYPE),
             );
             resp
         }
@@ -278,7 +278,7 @@ mod tests {
             .expect("client");
             let (status, ctype, body) = &replies[0];
             assert_eq!(*status, 200);
-            assert_eq!(ctype, metrics_text::CONTENT_TYPE);
+            assert_eq!(ctype, text::CONTENT_TYPE);
             assert!(body.contains("\nsockwatch_events_total 3\n"), "{body}");
             assert!(body.ends_with("# EOF\n"));
             assert_eq!(replies[1].0, 404);

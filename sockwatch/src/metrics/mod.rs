@@ -1,9 +1,12 @@
 //! The metrics' data: a snapshot of the live summary with bounded cardinality, taken at each
-//! interval. [`crate::metrics_text`] encodes it, [`crate::metrics_server`] serves it.
+//! interval. [`crate::metrics::text`] encodes it, [`crate::metrics::server`] serves it.
 //!
 //! Peer addresses are never labels. Each table (listening ports, outbound remote ports, network
 //! namespaces) gets at most [`MAX_SERIES`] labelled entries; the others are summed into one
 //! entry labelled `other`, and their number is reported.
+pub mod server;
+pub mod text;
+
 use std::{
     collections::{BTreeMap, HashSet},
     hash::Hash,
