@@ -5,7 +5,6 @@
 //! offsets from [`kernel::btf`]; [`kernel::loss`] accounts for every event that could not be
 //! delivered.
 pub mod aggregate;
-pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -15,12 +14,7 @@ pub mod host;
 pub mod kernel;
 pub mod metrics;
 pub mod record;
-pub mod report;
 pub mod sampler;
-pub mod session;
-pub mod top;
-pub mod trace;
-pub mod view;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -7,9 +7,9 @@ use std::{
 };
 
 use crate::{
+    commands::report::MAX_LINE_BYTES,
     feed::{self, FileStart},
     record::compress::{self, Compression},
-    report::MAX_LINE_BYTES,
 };
 
 /// One file to read.

@@ -6,10 +6,10 @@ use super::*;
 use crate::test_dir::TestDir;
 use crate::{
     cli::{FilterArgs, ReportArgs, SummaryFormat},
+    commands::report,
     kernel::decode::{Comm, Direction, Event, EventKind, Family, TcpState},
     kernel::loss::{Loss, Quiet},
     record::sink::{Format, JsonlSink, Sink},
-    report,
 };
 
 fn dir(tag: &str) -> TestDir {

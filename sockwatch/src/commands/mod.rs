@@ -1,16 +1,25 @@
-//! Runs the chosen subcommand.
+//! The subcommands, and what they share.
+//!
+//! - [`top`] (the default) and [`trace`]: live sessions, run by [`session`]; [`view`] draws the
+//!   summary as text tables for `top` and `report`.
+//! - [`report`]: the summary of a recording.
+//! - [`check`]: what this kernel supports, and a trial load of the programs.
+pub mod check;
+pub mod report;
+pub mod session;
+pub mod top;
+pub mod trace;
+pub mod view;
+
 use anyhow::Context as _;
 
 use crate::{
-    check,
     cli::{Cli, Command},
-    kernel::loader,
-    kernel::tracefs,
-    report,
-    session::Outcome,
-    top, trace,
+    kernel::{loader, tracefs},
 };
+use session::Outcome;
 
+/// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // `sockwatch [OPTIONS]` is `sockwatch top [OPTIONS]`.
     let command = cli.command.unwrap_or(Command::Top(cli.top));

@@ -6,11 +6,11 @@ use anyhow::Context as _;
 use crate::{
     cli::TraceArgs,
     clock::WallClock,
+    commands::session::{self, Export, Outcome, SessionOptions},
     kernel::loader::{self, LoadOptions},
     metrics::server,
     record::rotate,
     record::sink::{self, FileHeader, Format},
-    session::{self, Export, Outcome, SessionOptions},
 };
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {

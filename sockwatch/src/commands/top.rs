@@ -9,12 +9,12 @@ use anyhow::Context as _;
 use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
+    commands::session::{self, Export, Outcome, SessionOptions},
+    commands::view,
     kernel::loader,
     metrics::server,
     record::rotate,
     record::sink::{self, FileHeader, Format, JsonlSink},
-    session::{self, Export, Outcome, SessionOptions},
-    view,
 };
 
 /// Rows per table on screen.

@@ -14,10 +14,10 @@ use anyhow::Context as _;
 use crate::{
     aggregate::{Aggregator, Summary},
     cli::{ReportArgs, SummaryFormat},
+    commands::view,
     feed,
     filter::Filter,
     record::recordings::{self, display_name, one_line},
-    view,
 };
 
 /// Lines that could not be used are reported on stderr (at most this many) and skipped.
