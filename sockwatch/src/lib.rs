@@ -14,7 +14,6 @@ pub mod host;
 pub mod kernel;
 pub mod metrics;
 pub mod record;
-pub mod sampler;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -20,12 +20,12 @@ use crate::{
     clock::WallClock,
     feed,
     filter::Filter,
+    host::sampler::{KernelConns, Owned, Sampler},
     kernel::decode::{self, EventKind},
     kernel::loader::{KernelSupport, LoadOptions, Tracer},
     kernel::loss::{Loss, Quiet},
     kernel::source::Source,
     record::sink::Sink,
-    sampler::{KernelConns, Owned, Sampler},
 };
 
 /// Where the event stream is written.

@@ -5,11 +5,13 @@
 //! (sockets older than sockwatch, full accept queues, processes close to their file limit).
 //! Everything is read from /proc and netlink at the time of the call, without caching: processes
 //! come and go while a scan runs, so a process that vanishes mid-scan is skipped, never an error.
+//! [`sampler`] turns these snapshots into the samples the summary takes.
 mod diag;
 mod fds;
 mod netns;
 mod netstat;
 mod owners;
+pub mod sampler;
 
 use std::{
     io,
