@@ -17,15 +17,11 @@ use crate::{
     commands::view,
     feed,
     filter::Filter,
-    record::recordings::{self, display_name, one_line},
+    record::recordings::{self, MAX_LINE_BYTES, display_name, one_line},
 };
 
 /// Lines that could not be used are reported on stderr (at most this many) and skipped.
 const MAX_LINE_ERRORS_SHOWN: u64 = 10;
-
-/// Longest line accepted, newline excluded. sockwatch's own records are a few hundred bytes;
-/// a longer line is not one of them, and is skipped without being held in memory.
-pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// Starts the line naming what the recorded kernel did not let sockwatch see.
 pub const NOT_SEEN: &str = "not seen in this recording";

@@ -7,10 +7,13 @@ use std::{
 };
 
 use crate::{
-    commands::report::MAX_LINE_BYTES,
     feed::{self, FileStart},
     record::compress::{self, Compression},
 };
+
+/// Longest line accepted, newline excluded. sockwatch's own records are a few hundred bytes;
+/// a longer line is not one of them, and is skipped without being held in memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// One file to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
