@@ -1,6 +1,8 @@
 //! `cargo xtask run | test | bench | vmtest`: prepares the toolchain, then builds and runs
 //! sockwatch, its tests, the benchmark, or the tests on other kernels under qemu.
 mod bench;
+#[cfg(test)]
+mod docs_links;
 mod toolchain;
 mod vm;
 

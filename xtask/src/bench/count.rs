@@ -60,7 +60,7 @@ pub(super) struct Counted {
     /// Connections with some of those events only.
     pub(super) incomplete: u64,
     /// Closes counted in `complete` that are `expired` records: the kernel reported no close
-    /// (see the README's Limits), and sockwatch found the connection gone.
+    /// (see docs/limits.md#missed-closes), and sockwatch found the connection gone.
     pub(super) expired_closes: u64,
     lines: u64,
     unparsed: u64,
