@@ -26,7 +26,9 @@ use crate::{
                   sockwatch trace --port 5432                     every event on port 5432\n  \
                   sockwatch trace --output conns.jsonl --format jsonl\n  \
                   sockwatch trace -o /var/log/sw/conns.jsonl -f jsonl --rotate-size 256M --compress zstd\n  \
-                  sockwatch report conns.jsonl                    the summary of a recording"
+                  sockwatch report conns.jsonl                    the summary of a recording\n\n\
+                  Reference, in the source tree: docs/usage.md (subcommands, filters, files), \
+                  docs/records.md (every field), docs/troubleshooting.md (every error)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -82,7 +84,7 @@ pub enum Programs {
 pub enum SummaryFormat {
     /// Aligned tables.
     Table,
-    /// One JSON object (schema in the README).
+    /// One JSON object (schema: docs/records.md#the-summary-json).
     Json,
 }
 
@@ -252,7 +254,7 @@ pub struct RunArgs {
     pub ready_file: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics while running: per-port counts and
-    /// failures, losses, sockwatch's own CPU and memory (names in the README), refreshed each
+    /// failures, losses, sockwatch's own CPU and memory (names: docs/metrics.md#the-metrics), refreshed each
     /// --interval. ADDR is an IP address: 127.0.0.1 for this host only, 0.0.0.0 or [::] for
     /// every interface. With `trace`, sockwatch also keeps the per-port summary for them.
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::server::parse_addr)]
@@ -347,7 +349,7 @@ pub struct KernelArgs {
     /// Size of the kernel-to-user ring buffer: a power of two from 4K to 1G, with an optional
     /// K, M or G suffix. A larger ring absorbs longer bursts.
     // 32M: a churn of 100k connections/s on 2 CPUs starves the reader of CPU for the whole
-    // burst; 16M overflowed there, 32M did not (see README, Performance).
+    // burst; 16M overflowed there, 32M did not (docs/performance.md#what-the-figures-say).
     #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = parse_ring_size)]
     pub ring_size: u32,
 

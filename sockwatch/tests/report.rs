@@ -39,7 +39,7 @@ impl Drop for TempDir {
     }
 }
 
-/// Valid records, as `trace --format jsonl` writes them (README: JSON Lines).
+/// Valid records, as `trace --format jsonl` writes them (docs/records.md#json-lines).
 const LISTEN: &str = r#"{"time":"2026-11-21T09:45:28.000000000Z","event":"listen","family":"ipv4","local_addr":"127.0.0.1","local_port":8080,"peer_addr":"0.0.0.0","peer_port":0,"pid":7700,"comm":"python3","cgroup_id":1,"netns":4026531833,"direction":null}"#;
 const ACCEPT: &str = r#"{"time":"2026-11-21T09:45:28.565087036Z","event":"accept","family":"ipv4","local_addr":"127.0.0.1","local_port":8080,"peer_addr":"127.0.0.1","peer_port":43060,"pid":7700,"comm":"python3","cgroup_id":1,"netns":4026531833,"direction":"passive"}"#;
 const LOST: &str = r#"{"time":"2026-11-21T09:45:31.537514966Z","event":"lost","total":3,"ringbuf_full":3,"recursion_misses":0,"sock_map_full":0,"sock_map_evicted":0,"connect_lost":0,"read_failed":0,"decode_errors":0}"#;
