@@ -150,8 +150,180 @@ pub mod counter {
     /// A run of the state-change program that the kernel skipped (nested on its CPU) was
     /// handled by the backup program instead: not a loss.
     pub const NESTED_HANDLED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// A per-port, per-process or per-error counter could not be created (its map is full, or
+    /// the kernel had no memory): that count is short. See [`crate::Mode`].
+    pub const COUNTS_FULL: u32 = 11;
+    /// A peer address could not be recorded (the peer map is full): the port's `peers` is a
+    /// lower bound.
+    pub const PEERS_FULL: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
+
+/// What the programs do with the events they build, a load-time global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// Non-zero: update the in-kernel counters (`LISTENERS`, `OUTBOUND`, `PROCESSES`, `ERRORS`,
+    /// `PEERS`) with every event that passes the filters.
+    pub count: u32,
+    /// Bit `1 << kind` for every kind written to the ring buffer. Whatever the bits, an
+    /// `established` or `close` event of an untracked socket (not in the socket map, so not in
+    /// the counters: `flags::BIRTH_KNOWN` clear) is always written, so that userspace can count
+    /// it.
+    pub ring_kinds: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Mode>() == 8);
+
+impl Mode {
+    /// Every event to the ring, no counting: what sockwatch did before counting in the kernel.
+    pub const RING_ONLY: Self = Self {
+        count: 0,
+        ring_kinds: u32::MAX,
+    };
+}
+
+/// `PortKey::side` values.
+pub mod side {
+    /// A listening port: counts of the connections accepted on it (local port).
+    pub const LISTENER: u8 = 1;
+    /// A remote port: counts of outbound connections to it (peer port).
+    pub const OUTBOUND: u8 = 2;
+}
+
+/// Key of the per-port counters: a port in a network namespace, seen from one side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub netns: u32,
+    /// Host byte order.
+    pub port: u16,
+    /// `side::*`.
+    pub side: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+
+/// Buckets of the lifetime histogram (see [`lifetime_bucket`]).
+pub const LIFETIME_SUB_BITS: u32 = 4;
+pub const LIFETIME_BUCKETS: usize = (64 - LIFETIME_SUB_BITS as usize + 1) << LIFETIME_SUB_BITS;
+
+/// The bucket of a duration in nanoseconds: log-linear, 16 buckets per power of two (values
+/// below 16 exact), so a quantile read from the buckets is within 1/16 of the true value. The
+/// kernel counts lifetimes with this function and userspace reads quantiles from the same
+/// buckets, so the live summary and a report over its recording agree exactly.
+#[inline(always)]
+pub const fn lifetime_bucket(v: u64) -> usize {
+    const SUB: u64 = 1 << LIFETIME_SUB_BITS;
+    if v < SUB {
+        return v as usize;
+    }
+    let exp = 63 - v.leading_zeros();
+    let shift = exp - LIFETIME_SUB_BITS;
+    let mantissa = ((v >> shift) & (SUB - 1)) as usize;
+    ((shift as usize + 1) << LIFETIME_SUB_BITS) + mantissa
+}
+
+/// The smallest duration that falls in bucket `i` of [`lifetime_bucket`].
+pub const fn lifetime_bucket_floor(i: usize) -> u64 {
+    const SUB: usize = 1 << LIFETIME_SUB_BITS;
+    if i < SUB {
+        return i as u64;
+    }
+    let shift = (i / SUB - 1) as u32;
+    let mantissa = (i % SUB) as u64;
+    (SUB as u64 + mantissa) << shift
+}
+
+/// In-kernel counts of a listening port, updated as its events pass (`Mode::count`). Keyed by
+/// `PortKey { side: LISTENER, port: local port }`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerCounts {
+    /// `accept` events.
+    pub accepted: u64,
+    /// Passive `established` events of tracked sockets.
+    pub established: u64,
+    /// Passive `close` events.
+    pub closed: u64,
+    /// Tracked passive sockets established and not yet closed (`established` minus their
+    /// closes); signed, as the two updates can land in either order on two CPUs.
+    pub open: i64,
+    /// `overflow` events.
+    pub overflows: u64,
+    /// Distinct peer addresses of `accept` events.
+    pub peers: u64,
+    /// Passive `close` events with a known lifetime, by [`lifetime_bucket`].
+    pub lifetimes: [u64; LIFETIME_BUCKETS],
+}
+
+const _: () = assert!(core::mem::size_of::<ListenerCounts>() == 6 * 8 + LIFETIME_BUCKETS * 8);
+
+/// In-kernel counts of a remote port. Keyed by `PortKey { side: OUTBOUND, port: peer port }`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboundCounts {
+    /// `connect` events.
+    pub connects: u64,
+    /// Active `established` events of tracked sockets.
+    pub established: u64,
+    /// Tracked active sockets established and not yet closed.
+    pub open: i64,
+    /// Distinct peer addresses of `connect` events.
+    pub peers: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<OutboundCounts>() == 32);
+
+/// Key of the per-error counters: `accept_failed` (side LISTENER) and `connect_failed` (side
+/// OUTBOUND) events by port and errno.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ErrorKey {
+    pub port: PortKey,
+    pub errno: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ErrorKey>() == 16);
+
+/// Key of the per-process outbound counters: a remote port and the connecting process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub port: PortKey,
+    /// Thread-group id of the connecting process (0: unknown).
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessKey>() == 16);
+
+/// In-kernel outbound counts of one process to one remote port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessCounts {
+    /// `connect` events.
+    pub connects: u64,
+    /// Its tracked active sockets established and not yet closed.
+    pub open: i64,
+    /// The command name at its first connect, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessCounts>() == 32);
+
+/// Key of the peer set: one peer address seen on a port (the value is unused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub port: PortKey,
+    /// As in `ConnEvent`: network byte order, IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 24);
 
 /// Kernel struct field offsets, read from the running kernel's BTF at start-up and handed to the
 /// programs as a load-time global (Rust eBPF has no CO-RE relocations).
@@ -283,4 +455,12 @@ mod pod {
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::FilterConfig {}
+    unsafe impl aya::Pod for super::Mode {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::ListenerCounts {}
+    unsafe impl aya::Pod for super::OutboundCounts {}
+    unsafe impl aya::Pod for super::ErrorKey {}
+    unsafe impl aya::Pod for super::ProcessKey {}
+    unsafe impl aya::Pod for super::ProcessCounts {}
+    unsafe impl aya::Pod for super::PeerKey {}
 }

@@ -1,10 +1,10 @@
 //! A log-linear histogram of durations: fixed memory whatever the count, quantiles within 1/16
 //! (about 6%) of the true value.
 
-/// Sub-buckets per power of two.
-const SUB_BITS: u32 = 4;
-const SUB: usize = 1 << SUB_BITS;
-const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
+// The kernel's buckets (see `lifetime_bucket`): live counts and recorded events land alike.
+use sockwatch_common::{
+    LIFETIME_BUCKETS as BUCKETS, lifetime_bucket as index, lifetime_bucket_floor as lower_bound,
+};
 
 #[derive(Clone)]
 pub struct Histogram {
@@ -27,26 +27,6 @@ impl std::fmt::Debug for Histogram {
             .field("total", &self.total)
             .finish()
     }
-}
-
-fn index(v: u64) -> usize {
-    if v < SUB as u64 {
-        return v as usize;
-    }
-    let exp = 63 - v.leading_zeros(); // >= SUB_BITS
-    let shift = exp - SUB_BITS;
-    let mantissa = ((v >> shift) as usize) & (SUB - 1);
-    ((shift + 1) as usize) * SUB + mantissa
-}
-
-/// The smallest value that falls in bucket `i`.
-fn lower_bound(i: usize) -> u64 {
-    if i < SUB {
-        return i as u64;
-    }
-    let shift = (i / SUB - 1) as u32;
-    let mantissa = (i % SUB) as u64;
-    (SUB as u64 + mantissa) << shift
 }
 
 impl Histogram {
