@@ -12,6 +12,7 @@ mod netns;
 mod netstat;
 mod owners;
 pub mod sampler;
+pub mod workload;
 
 use std::{
     io,
