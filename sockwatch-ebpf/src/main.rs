@@ -11,6 +11,8 @@
 //!   arguments saved at entry, for kernels that cannot read them at exit.
 //! - `drop`: `skb:kfree_skb` (raw tracepoint): accept-queue overflow drops.
 //! - `filter`: in-kernel filters (a load-time global).
+//! - `count`: in-kernel per-port, per-error and per-process counters, and which events go to
+//!   the ring buffer (the mode, a load-time global).
 //! - `sock`: reading `struct sock` fields with offsets from the running kernel's BTF.
 //! - `maps`: maps, load-time globals and loss counters.
 //! - `store`: stores that LLVM cannot turn into a (slow, looping) memset.
@@ -24,6 +26,8 @@
 mod accept;
 #[cfg(target_arch = "bpf")]
 mod connect;
+#[cfg(target_arch = "bpf")]
+mod count;
 #[cfg(target_arch = "bpf")]
 mod drop;
 #[cfg(all(target_arch = "bpf", feature = "compat"))]

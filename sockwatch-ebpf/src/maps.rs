@@ -1,24 +1,37 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use sockwatch_common::{ConnEvent, KernelOffsets, SockInfo, counter};
+use sockwatch_common::{
+    ConnEvent, ErrorKey, KernelOffsets, ListenerCounts, Mode, OutboundCounts, PeerKey, PortKey,
+    ProcessCounts, ProcessKey, SockInfo, counter,
+};
 
 /// Events to userspace. Userspace sets the size at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Live sockets by `struct sock` address: birth time and owner. LRU so that sockets whose close
-/// was missed cannot fill it; evictions are derived from the insert/remove counters.
-#[map]
-pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(1 << 20, 0);
+/// The hash maps' flags: memory allocated as entries are added, so that a map sized for
+/// millions costs only what it holds. Before Linux 6.1 the kernel warns (a kernel WARNING) when
+/// a tracing program uses such a map, so there the loader clears the flag and sizes them down.
+const ON_DEMAND: u32 = BPF_F_NO_PREALLOC;
 
-/// Where the filtered path builds an event before deciding to send it (the BPF stack is too
-/// small for a copy per call site).
+/// Live sockets by `struct sock` address: birth time and owner. A plain hash map: when full, a
+/// new socket is not tracked (counted); userspace sizes it. The sizes below are placeholders:
+/// the loader sets every map's size.
 #[map]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(1 << 20, ON_DEMAND);
+
+/// Where an event is built when it may not go to the ring (filters set, or counted only): the
+/// BPF stack is too small for a copy per call site. Two per CPU: a program interrupted by a
+/// softirq that runs one of ours on the same CPU holds one, the nested run takes the other.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+pub const SCRATCH_SLOTS: u32 = 2;
 
 #[repr(C)]
 pub struct Scratch {
@@ -51,6 +64,52 @@ pub struct Taken {
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// In-kernel counts by listening port (see `count`).
+#[map]
+pub static LISTENERS: HashMap<PortKey, ListenerCounts> =
+    HashMap::with_max_entries(1 << 14, ON_DEMAND);
+
+/// In-kernel counts by remote port.
+#[map]
+pub static OUTBOUND: HashMap<PortKey, OutboundCounts> =
+    HashMap::with_max_entries(1 << 14, ON_DEMAND);
+
+/// accept() and connect() failures by port and errno.
+#[map]
+pub static ERRORS: HashMap<ErrorKey, u64> = HashMap::with_max_entries(1 << 16, ON_DEMAND);
+
+/// Outbound counts by remote port and connecting process.
+#[map]
+pub static PROCESSES: HashMap<ProcessKey, ProcessCounts> =
+    HashMap::with_max_entries(1 << 16, ON_DEMAND);
+
+/// Peer addresses seen per port: a port's `peers` counts the new ones.
+#[map]
+pub static PEERS: HashMap<PeerKey, u8> = HashMap::with_max_entries(1 << 18, ON_DEMAND);
+
+/// Never written: the zeros a new counter entry starts from (a `ListenerCounts` is far larger
+/// than the BPF stack). Its value is the largest counter value, so it serves every map.
+#[map]
+pub static ZEROS: Array<ListenerCounts> = Array::with_max_entries(1, 0);
+
+/// Set by userspace before load; read-only to the programs, so the verifier sees constants and
+/// drops the branches of the modes not in use.
+#[unsafe(no_mangle)]
+static MODE: Mode = Mode::RING_ONLY;
+
+/// Whether the in-kernel counters are updated (`Mode::count`).
+#[inline(always)]
+pub fn counting() -> bool {
+    // Volatile so the compiler keeps the load the verifier resolves.
+    unsafe { core::ptr::read_volatile(&MODE.count) != 0 }
+}
+
+/// `Mode::ring_kinds`.
+#[inline(always)]
+pub fn ring_kinds() -> u32 {
+    unsafe { core::ptr::read_volatile(&MODE.ring_kinds) }
+}
 
 /// Filled by userspace from BTF before load; read-only to the programs.
 #[unsafe(no_mangle)]
@@ -101,9 +160,32 @@ pub fn bump(index: u32) {
         // Atomic even though the slot is this CPU's: a softirq can interrupt a program between
         // the load and the store of a plain `+= 1` and run one of ours that bumps the same
         // counter, whose increment the store would then undo.
-        // (`AtomicU64` has no `fetch_add` on this target; the intrinsic becomes one atomic add
-        // instruction.)
-        // SAFETY: a valid, aligned map value that lives as long as the map.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+        add(slot, 1);
     }
+}
+
+/// `*p += v` as one atomic add (wrapping: `v` may be a negative number's bits).
+#[inline(always)]
+pub fn add(p: *mut u64, v: u64) {
+    // (`AtomicU64` has no `fetch_add` on this target; the intrinsic becomes one atomic add
+    // instruction.)
+    // SAFETY: callers pass an aligned pointer into a map value, which lives as long as the map.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+/// A scratch slot of this CPU that no run of ours is using, marked busy; release it with
+/// `busy = 0`. None when both are taken (not seen: it takes a third run nested on one CPU).
+#[inline(always)]
+pub fn take_scratch() -> Option<&'static mut Scratch> {
+    for i in 0..SCRATCH_SLOTS {
+        if let Some(p) = SCRATCH.get_ptr_mut(i) {
+            // SAFETY: this CPU's slot; a run that interrupts this one sees it busy.
+            let s = unsafe { &mut *p };
+            if s.busy == 0 {
+                s.busy = 1;
+                return Some(s);
+            }
+        }
+    }
+    None
 }

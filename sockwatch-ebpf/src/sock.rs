@@ -14,8 +14,9 @@ use sockwatch_common::{
 };
 
 use crate::{
+    count::{count, to_ring},
     filter::{self, Verdict},
-    maps::{EVENTS, SCRATCH, SOCKS, bump, offsets},
+    maps::{EVENTS, SOCKS, bump, offsets, take_scratch},
     store::{copy_words, copy16, put, put16, zero_bytes, zero16},
 };
 
@@ -218,9 +219,11 @@ pub fn emit(
 
 /// As [`emit`], letting the caller set fields the socket does not hold (errno, a destination).
 ///
-/// With filters set, the event is built in a per-CPU scratch buffer and reaches the ring only
-/// if kept, so a filtered-out event never takes ring space. Without filters (the verifier drops
-/// every `filter::any()` branch then) it is built in the ring directly, as always.
+/// A kept event is counted (`Mode::count`), and written to the ring if its kind goes there
+/// (see `count::to_ring`). With filters set, or when the event is only counted, it is built in
+/// a per-CPU scratch buffer, so that it takes ring space only if it is sent. Otherwise (always
+/// without filters in the default mode: the verifier drops every other branch then) it is built
+/// in the ring directly.
 #[inline(always)]
 pub fn emit_patched(
     sk: u64,
@@ -242,46 +245,52 @@ pub fn emit_patched(
             return early;
         }
     }
+    let ring = to_ring(kind, info, extra_flags);
     let now = unsafe { bpf_ktime_get_ns() };
-    if filter::any()
-        && let Some(scratch) = SCRATCH.get_ptr_mut(0)
+    // A scratch slot is only taken when a run interrupting this one on its CPU (a softirq) is
+    // not already using both; then the event goes through the ring, discarded if not sent.
+    if (filter::any() || !ring)
+        && let Some(scratch) = take_scratch()
     {
-        // SAFETY: per-CPU; only another program of ours interrupting this one on this CPU (a
-        // softirq) can use it meanwhile, and `busy` sends that one down the ring path.
-        let scratch = unsafe { &mut *scratch };
-        if scratch.busy == 0 {
-            scratch.busy = 1;
-            let ev = &mut scratch.event;
-            let verdict = match fill(
-                ev,
-                &raw mut scratch.common,
-                sk,
-                &off,
-                kind,
-                old,
-                new,
-                now,
-                info,
-                extra_flags,
-            ) {
-                Ok(()) => {
-                    patch(ev);
-                    let verdict = filter::after_read(ev);
-                    if verdict == Verdict::Keep
-                        && EVENTS.output::<ConnEvent>(ev, wakeup_flags(&off)).is_err()
+        let ev = &mut scratch.event;
+        let verdict = match fill(
+            ev,
+            &raw mut scratch.common,
+            sk,
+            &off,
+            kind,
+            old,
+            new,
+            now,
+            info,
+            extra_flags,
+        ) {
+            Ok(()) => {
+                patch(ev);
+                let verdict = if filter::any() {
+                    filter::after_read(ev)
+                } else {
+                    Verdict::Keep
+                };
+                if verdict == Verdict::Keep {
+                    count(ev);
+                    if ring
+                        && EVENTS
+                            .output::<ConnEvent>(&*ev, wakeup_flags(&off))
+                            .is_err()
                     {
                         bump(counter::RINGBUF_FULL);
                     }
-                    verdict
                 }
-                Err(_) => {
-                    bump(counter::READ_FAILED);
-                    Verdict::DropEvent
-                }
-            };
-            scratch.busy = 0;
-            return verdict;
-        }
+                verdict
+            }
+            Err(_) => {
+                bump(counter::READ_FAILED);
+                Verdict::DropEvent
+            }
+        };
+        scratch.busy = 0;
+        return verdict;
     }
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         bump(counter::RINGBUF_FULL);
@@ -314,25 +323,75 @@ pub fn emit_patched(
         Verdict::Keep
     };
     if verdict == Verdict::Keep {
-        entry.submit(wakeup_flags(&off));
-    } else {
-        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        count(ev);
+        if ring {
+            entry.submit(wakeup_flags(&off));
+            return verdict;
+        }
     }
+    entry.discard(BPF_RB_NO_WAKEUP as u64);
     verdict
 }
 
 /// A client's `connect` and `established` when they come together (the connect was still
-/// pending at its SYN_SENT->ESTABLISHED): one record of two events, so the socket is read and a
-/// ring slot reserved once. Only without filters (the verifier drops it otherwise), where every
-/// event is kept.
+/// pending at its SYN_SENT->ESTABLISHED), for the socket whose record is `info`: the socket is
+/// read once, and when both go to the ring, one slot holding both is reserved. Only without
+/// filters (the verifier drops it otherwise), where every event is kept. False when it could
+/// not emit them (counted only, and no scratch slot free on this CPU): the caller emits them one
+/// by one.
 #[inline(always)]
-pub fn emit_connect_established(sk: u64, info: Option<&SockInfo>) {
+pub fn emit_connect_established(sk: u64, info: &SockInfo) -> bool {
     let off = offsets();
     let now = unsafe { bpf_ktime_get_ns() };
+    let ring_connect = to_ring(kind::CONNECT, Some(info), 0);
+    let ring_established = to_ring(kind::ESTABLISHED, Some(info), flags::ESTABLISHED);
+    if !(ring_connect && ring_established) {
+        let Some(scratch) = take_scratch() else {
+            return false;
+        };
+        let ev = &mut scratch.event;
+        if fill(
+            ev,
+            &raw mut scratch.common,
+            sk,
+            &off,
+            kind::CONNECT,
+            tcp_state::CLOSE,
+            tcp_state::SYN_SENT,
+            now,
+            Some(info),
+            0,
+        )
+        .is_err()
+        {
+            bump(counter::READ_FAILED);
+            bump(counter::READ_FAILED);
+        } else {
+            count(ev);
+            if ring_connect
+                && EVENTS
+                    .output::<ConnEvent>(&*ev, wakeup_flags(&off))
+                    .is_err()
+            {
+                bump(counter::RINGBUF_FULL);
+            }
+            established_from_connect(ev, now);
+            count(ev);
+            if ring_established
+                && EVENTS
+                    .output::<ConnEvent>(&*ev, wakeup_flags(&off))
+                    .is_err()
+            {
+                bump(counter::RINGBUF_FULL);
+            }
+        }
+        scratch.busy = 0;
+        return true;
+    }
     let Some(mut entry) = EVENTS.reserve::<[ConnEvent; 2]>(0) else {
         bump(counter::RINGBUF_FULL);
         bump(counter::RINGBUF_FULL);
-        return;
+        return true;
     };
     // SAFETY: the reservation holds two events and is ours until submitted.
     let [connect, established] = unsafe { &mut *entry.as_mut_ptr() };
@@ -346,7 +405,7 @@ pub fn emit_connect_established(sk: u64, info: Option<&SockInfo>) {
         tcp_state::CLOSE,
         tcp_state::SYN_SENT,
         now,
-        info,
+        Some(info),
         0,
     )
     .is_err()
@@ -354,19 +413,26 @@ pub fn emit_connect_established(sk: u64, info: Option<&SockInfo>) {
         entry.discard(BPF_RB_NO_WAKEUP as u64);
         bump(counter::READ_FAILED);
         bump(counter::READ_FAILED);
-        return;
+        return true;
     }
-    // The same socket at the same moment: only the kind, the states, the time and the
-    // ESTABLISHED flag differ.
     copy_words(established, connect);
-    put(&mut established.kind, kind::ESTABLISHED);
-    put(&mut established.old_state, tcp_state::SYN_SENT);
-    put(&mut established.new_state, tcp_state::ESTABLISHED);
-    put(&mut established.ts_ns, now);
-    if info.is_some() {
-        put(&mut established.flags, connect.flags | flags::ESTABLISHED);
-    }
+    established_from_connect(established, now);
+    count(connect);
+    count(established);
     entry.submit(wakeup_flags(&off));
+    true
+}
+
+/// Turns a copy of a `connect` event into the `established` of the same socket at the same
+/// moment: only the kind, the states, the time and the ESTABLISHED flag differ.
+#[inline(always)]
+fn established_from_connect(ev: &mut ConnEvent, now: u64) {
+    put(&mut ev.kind, kind::ESTABLISHED);
+    put(&mut ev.old_state, tcp_state::SYN_SENT);
+    put(&mut ev.new_state, tcp_state::ESTABLISHED);
+    put(&mut ev.ts_ns, now);
+    let established = ev.flags | flags::ESTABLISHED;
+    put(&mut ev.flags, established);
 }
 
 /// Batch wake-ups: each one is an irq_work (a self-IPI: a VM exit on a virtual machine) on this

@@ -268,16 +268,19 @@ fn handle_step(sk: u64, old: u8, new: u8) {
                 && claim_pending_connect(sk, p)
             {
                 if !filter::any() {
-                    // Both events in one record.
+                    // Both events from one read of the socket.
                     let mut slot = MaybeUninit::uninit();
                     let info = copy_info(&mut slot, p);
                     // Transitions of one socket are serialised by its lock, and the connect()
                     // exit no longer writes the record once the claim is made.
                     unsafe { (*p).flags |= flags::ESTABLISHED };
-                    emit_connect_established(sk, Some(info));
-                    return;
-                }
-                if !emit_claimed_connect(sk, p, old) {
+                    if emit_connect_established(sk, info) {
+                        return;
+                    }
+                    // No scratch space free on this CPU: the connect now, the established
+                    // below (no filters: the socket is kept).
+                    let _ = emit(sk, kind::CONNECT, st::CLOSE, old, Some(info), 0);
+                } else if !emit_claimed_connect(sk, p, old) {
                     record = None;
                 }
             }

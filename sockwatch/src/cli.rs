@@ -377,6 +377,7 @@ impl KernelArgs {
             btf: self.btf.clone(),
             tracefs: self.tracefs.clone(),
             force_compat: self.programs == Programs::Compat,
+            mode: sockwatch_common::Mode::RING_ONLY,
         }
     }
 }

@@ -236,6 +236,11 @@ pub fn field_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32, BtfErro
     Ok(bits / 8)
 }
 
+/// Whether the kernel has `struct name`.
+pub fn has_struct(btf: &Btf, name: &str) -> bool {
+    named_struct(btf, name).is_ok()
+}
+
 fn named_struct(btf: &Btf, name: &str) -> Result<Type, BtfError> {
     btf.resolve_types_by_name(name)
         .unwrap_or_default()

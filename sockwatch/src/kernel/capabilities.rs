@@ -44,6 +44,9 @@ pub struct ProgramChoice {
     pub syscall_hooks: bool,
     /// `skb:kfree_skb` reports listen-overflow drops with the listener.
     pub overflow_hook: bool,
+    /// Hash maps are preallocated: the kernel warns when a tracing program uses one that
+    /// allocates as entries are added (before Linux 6.1), so the loader sizes them down.
+    pub preallocated_maps: bool,
 }
 
 /// The probe's result.
@@ -91,6 +94,9 @@ pub struct Probes {
     pub recursion_misses: bool,
     pub sock_diag: bool,
     pub ancestor_cgroup: bool,
+    /// Tracing programs may use hash maps that allocate as entries are added (the BPF memory
+    /// allocator, Linux 6.1); before, the kernel allows them with a kernel WARNING.
+    pub run_time_alloc: bool,
 }
 
 impl Probes {
@@ -109,6 +115,7 @@ impl Probes {
             recursion_misses: true,
             sock_diag: true,
             ancestor_cgroup: true,
+            run_time_alloc: true,
         }
     }
 
@@ -134,6 +141,8 @@ impl Probes {
                 .is_ok(),
             sock_diag: sock_diag_works(),
             ancestor_cgroup: helper(BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id),
+            // Not probed by loading such a map: that load is what triggers the warning.
+            run_time_alloc: btf::has_struct(btf, "bpf_mem_alloc"),
         })
     }
 
@@ -145,6 +154,7 @@ impl Probes {
             compat: !current,
             syscall_hooks: self.syscall_tracepoints,
             overflow_hook: self.overflow_reason,
+            preallocated_maps: !self.run_time_alloc,
         };
         let mut list = vec![
             Capability {
@@ -471,7 +481,8 @@ mod tests {
             ProgramChoice {
                 compat: false,
                 syscall_hooks: true,
-                overflow_hook: true
+                overflow_hook: true,
+                preallocated_maps: false,
             }
         );
         assert!(c.notices().is_empty(), "{:?}", c.notices());
@@ -487,10 +498,12 @@ mod tests {
             cmpxchg: false,
             overflow_reason: false,
             recursion_misses: false,
+            run_time_alloc: false,
             ..all()
         };
         let c = p.capabilities("5.10.0-32-cloud-amd64".into());
         assert!(c.programs.compat);
+        assert!(c.programs.preallocated_maps);
         assert!(!c.programs.overflow_hook);
         assert!(c.has(name::ACCEPT_FAILURES));
         assert_eq!(

@@ -18,6 +18,11 @@ pub struct KernelCounters {
     pub accept_interrupted: u64,
     /// State changes the kernel skipped in the main program that the backup program handled.
     pub recursion_recovered: u64,
+    /// In-kernel counts that could not be made (a counter map full, or no memory): the counts
+    /// of `Tracer::counts` are short by this many events.
+    pub counts_full: u64,
+    /// Peer addresses the peer map had no room for: the `peers` counts are lower bounds.
+    pub peers_full: u64,
 }
 
 /// Counts of normal outcomes that produce no event, reported at the end in a `stats` record.

@@ -5,10 +5,12 @@
 //! - [`tracefs`]: tracefs for the syscall tracepoints, without touching the host's mounts.
 //! - [`capabilities`]: what this kernel supports, probed, never inferred from a version.
 //! - [`loader`]: loads, attaches and detaches the programs; reads their counters.
+//! - [`counts`]: the in-kernel per-port, per-error and per-process counts, read from their maps.
 //! - [`source`] -> [`decode`]: the ring buffer read on the event loop, bytes to events.
 //! - [`loss`]: every way an event can go missing, counted.
 pub mod btf;
 pub mod capabilities;
+pub mod counts;
 pub mod decode;
 pub mod loader;
 pub mod loss;

@@ -1,0 +1,255 @@
+//! In-kernel counters (`Mode::count`): per-port, per-error and per-process counts updated as
+//! each event passes the filters, so that the counts stay exact when the ring buffer cannot keep
+//! up; and which events still go to the ring (`Mode::ring_kinds`).
+//!
+//! The rules are those of userspace's aggregator for one event. A socket is tracked when its
+//! birth is known (`flags::BIRTH_KNOWN`: its record was made here at its birth); the
+//! `established` and `close` events of an untracked socket are not counted here but always sent
+//! to the ring, so that userspace counts them.
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::HashMap};
+use sockwatch_common::{
+    ConnEvent, ErrorKey, LIFETIME_BUCKETS, ListenerCounts, PeerKey, PortKey, ProcessKey, SockInfo,
+    counter, flags, kind, lifetime_bucket, side,
+};
+
+use crate::{
+    maps::{ERRORS, LISTENERS, OUTBOUND, PEERS, PROCESSES, ZEROS, add, bump, counting, ring_kinds},
+    store::{copy16, put, put16},
+};
+
+const EEXIST: i32 = 17;
+/// `-1` for an atomic add.
+const MINUS_ONE: u64 = u64::MAX;
+
+/// Whether an event of `kind` of the socket whose record is `info` (the event's flags are its
+/// flags and `extra_flags`, see `sock::fill`) is written to the ring buffer.
+#[inline(always)]
+pub fn to_ring(kind: u8, info: Option<&SockInfo>, extra_flags: u8) -> bool {
+    if ring_kinds() & (1u32 << (kind & 31)) != 0 {
+        return true;
+    }
+    if kind != kind::ESTABLISHED && kind != kind::CLOSE {
+        return false;
+    }
+    let ev_flags = match info {
+        Some(i) => i.flags | extra_flags,
+        None => extra_flags,
+    };
+    ev_flags & flags::BIRTH_KNOWN == 0
+}
+
+/// Counts `ev`, which passed the filters, when counting is on.
+#[inline(always)]
+pub fn count(ev: &ConnEvent) {
+    if counting() {
+        // The result is kept so that the call sets R0 (see `state::step`).
+        core::hint::black_box(count_event(ev));
+    }
+}
+
+// One copy per program (a BPF-to-BPF call), not one inlined at every emit.
+#[inline(never)]
+fn count_event(ev: &ConnEvent) -> i32 {
+    let fl = ev.flags;
+    let tracked = fl & flags::BIRTH_KNOWN != 0;
+    let passive = fl & flags::PASSIVE != 0;
+    let listener = port_key(ev.netns, ev.local_port, side::LISTENER);
+    let outbound = port_key(ev.netns, ev.peer_port, side::OUTBOUND);
+    match ev.kind {
+        kind::ACCEPT => {
+            if let Some((c, _)) = entry(&LISTENERS, &listener) {
+                // SAFETY: `c` is a live map value.
+                unsafe {
+                    add(&raw mut (*c).accepted, 1);
+                    if new_peer(&listener, ev) {
+                        add(&raw mut (*c).peers, 1);
+                    }
+                }
+            }
+        }
+        kind::ACCEPT_FAILED => error(&listener, ev.errno),
+        kind::CONNECT_FAILED => error(&outbound, ev.errno),
+        kind::OVERFLOW => {
+            if let Some((c, _)) = entry(&LISTENERS, &listener) {
+                unsafe { add(&raw mut (*c).overflows, 1) };
+            }
+        }
+        kind::CONNECT => {
+            if let Some((c, _)) = entry(&OUTBOUND, &outbound) {
+                unsafe {
+                    add(&raw mut (*c).connects, 1);
+                    if new_peer(&outbound, ev) {
+                        add(&raw mut (*c).peers, 1);
+                    }
+                }
+            }
+            if let Some(p) = process(&outbound, ev) {
+                unsafe { add(&raw mut (*p).connects, 1) };
+            }
+        }
+        kind::ESTABLISHED if tracked => {
+            if passive {
+                if let Some((c, _)) = entry(&LISTENERS, &listener) {
+                    unsafe {
+                        add(&raw mut (*c).established, 1);
+                        add((&raw mut (*c).open).cast(), 1);
+                    }
+                }
+            } else {
+                if let Some((c, _)) = entry(&OUTBOUND, &outbound) {
+                    unsafe {
+                        add(&raw mut (*c).established, 1);
+                        add((&raw mut (*c).open).cast(), 1);
+                    }
+                }
+                if let Some(p) = process(&outbound, ev) {
+                    unsafe { add((&raw mut (*p).open).cast(), 1) };
+                }
+            }
+        }
+        kind::CLOSE if tracked => {
+            // Counted in `open` at its establishment.
+            let was_open = fl & flags::ESTABLISHED != 0;
+            if passive {
+                if let Some((c, _)) = entry(&LISTENERS, &listener) {
+                    unsafe {
+                        add(&raw mut (*c).closed, 1);
+                        lifetime(c, ev.duration_ns);
+                        if was_open {
+                            add((&raw mut (*c).open).cast(), MINUS_ONE);
+                        }
+                    }
+                }
+            } else if was_open {
+                if let Some((c, _)) = entry(&OUTBOUND, &outbound) {
+                    unsafe { add((&raw mut (*c).open).cast(), MINUS_ONE) };
+                }
+                if let Some(p) = process(&outbound, ev) {
+                    unsafe { add((&raw mut (*p).open).cast(), MINUS_ONE) };
+                }
+            }
+        }
+        _ => {}
+    }
+    core::hint::black_box(0)
+}
+
+#[inline(always)]
+fn port_key(netns: u32, port: u16, side: u8) -> PortKey {
+    PortKey {
+        netns,
+        port,
+        side,
+        _pad: 0,
+    }
+}
+
+/// `lifetimes[lifetime_bucket(ns)] += 1` of the listener counts at `c`.
+///
+/// # Safety
+/// `c` must point to a live map value.
+#[inline(always)]
+unsafe fn lifetime(c: *mut ListenerCounts, ns: u64) {
+    // Opaque, so that the compiler keeps the bound check: it knows the bucket is in range (the
+    // last one holds u64::MAX), the verifier does not.
+    let b = core::hint::black_box(lifetime_bucket(ns));
+    if b < LIFETIME_BUCKETS {
+        unsafe { add((&raw mut (*c).lifetimes).cast::<u64>().add(b), 1) };
+    }
+}
+
+/// `ERRORS[(port, errno)] += 1`.
+#[inline(always)]
+fn error(port: &PortKey, errno: u16) {
+    let key = ErrorKey {
+        port: *port,
+        errno: u32::from(errno),
+        _pad: 0,
+    };
+    if let Some((c, _)) = entry(&ERRORS, &key) {
+        add(c, 1);
+    }
+}
+
+/// The counts of the event's process towards `port`; a new entry takes the event's command.
+#[inline(always)]
+fn process(port: &PortKey, ev: &ConnEvent) -> Option<*mut sockwatch_common::ProcessCounts> {
+    let key = ProcessKey {
+        port: *port,
+        pid: ev.pid,
+        _pad: 0,
+    };
+    let (p, created) = entry(&PROCESSES, &key)?;
+    if created {
+        // SAFETY: a live map value; other CPUs only add to its counters meanwhile.
+        copy16(unsafe { &mut (*p).comm }, &ev.comm);
+    }
+    Some(p)
+}
+
+/// Whether the event's peer address is new on `port` (recorded now).
+#[inline(always)]
+fn new_peer(port: &PortKey, ev: &ConnEvent) -> bool {
+    let mut key = MaybeUninit::<PeerKey>::uninit();
+    // SAFETY: both fields are written before the key is read.
+    let key = unsafe {
+        let k = &mut *key.as_mut_ptr();
+        put(&mut k.port, *port);
+        let (lo, hi) = halves(&ev.peer_addr);
+        put16(&mut k.addr, lo, hi);
+        key.assume_init_ref()
+    };
+    match PEERS.insert(key, 0u8, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        Err(e) if e == -EEXIST => false,
+        Err(_) => {
+            bump(counter::PEERS_FULL);
+            false
+        }
+    }
+}
+
+#[inline(always)]
+fn halves(a: &[u8; 16]) -> ([u8; 8], [u8; 8]) {
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&a[..8]);
+    hi.copy_from_slice(&a[8..]);
+    (lo, hi)
+}
+
+/// The entry of `key`, created zeroed if absent; says whether this call created it. None when
+/// it cannot be created (map full, no memory): counted, the count is short.
+#[inline(always)]
+fn entry<K, V>(map: &HashMap<K, V>, key: &K) -> Option<(*mut V, bool)> {
+    const { assert!(core::mem::size_of::<V>() <= core::mem::size_of::<ListenerCounts>()) };
+    if let Some(p) = map.get_ptr_mut(key) {
+        return Some((p, false));
+    }
+    let Some(zeros) = ZEROS.get_ptr(0) else {
+        bump(counter::COUNTS_FULL);
+        return None;
+    };
+    // SAFETY: `ZEROS` holds one all-zero value at least as large as a `V` (asserted above), and
+    // every counter type is valid all-zero.
+    let zeros = unsafe { &*zeros.cast::<V>() };
+    let created = match map.insert(key, zeros, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        // Another CPU created it meanwhile.
+        Err(e) if e == -EEXIST => false,
+        Err(_) => {
+            bump(counter::COUNTS_FULL);
+            return None;
+        }
+    };
+    match map.get_ptr_mut(key) {
+        Some(p) => Some((p, created)),
+        None => {
+            // Removed at once (only userspace removes entries): this count is lost.
+            bump(counter::COUNTS_FULL);
+            None
+        }
+    }
+}
