@@ -1,8 +1,8 @@
 //! Root tests of what differs between kernels: the capability probe (`sockwatch check`), the
 //! capabilities recorded in the JSON Lines header, and one connection's whole lifecycle traced
 //! with each build of the kernel programs that this kernel runs (the current one where it
-//! loads, and the compat one everywhere). They are the core of the kernel matrix
-//! (`cargo xtask vmtest`), run on every kernel it boots.
+//! loads, and the compat one everywhere), and the in-kernel counters with both. They are the
+//! core of the kernel matrix (`cargo xtask vmtest`), run on every kernel it boots.
 mod common;
 
 use std::{
@@ -276,4 +276,16 @@ fn top_counts_a_ports_connections_exactly() {
     assert_eq!(listener["established_now"].as_u64(), Some(0), "{listener}");
     assert!(summary["capabilities"].is_object(), "{summary}");
     assert_nothing_lost(&t.lost);
+}
+
+/// The in-kernel counters (`top`'s counting mode) are exact with each build of the programs:
+/// connections made, accepted and closed, connects refused, connections held open; and none of
+/// these connections' events take ring space.
+#[test]
+fn kernel_counts_are_exact_with_both_builds() {
+    if !root_or_skip("kernel_counts_are_exact_with_both_builds") {
+        return;
+    }
+    common::counts::exact_counts(false, 20, 3, 5);
+    common::counts::exact_counts(true, 20, 3, 5);
 }

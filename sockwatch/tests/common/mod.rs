@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bpf;
+pub mod counts;
 pub mod server;
 
 use std::{
