@@ -208,6 +208,28 @@ struct Outcome {
     timed_out: bool,
 }
 
+/// How often a --hold ramp says how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// `run.pump(until, done)`, calling `say` every PROGRESS_EVERY until it returns.
+fn pump_saying(
+    run: &mut Run,
+    until: Instant,
+    say: &impl Fn(&Run),
+    done: impl Fn(&Run) -> bool,
+) -> bool {
+    loop {
+        let step = (Instant::now() + PROGRESS_EVERY).min(until);
+        if run.pump(step, &done) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        say(run);
+    }
+}
+
 fn remaining_ms(deadline: Instant) -> u64 {
     deadline
         .saturating_duration_since(Instant::now())
@@ -312,16 +334,28 @@ pub fn run(o: &Opts) -> anyhow::Result<ExitCode> {
                 .sum()
         };
         let accepted_sum = |r: &Run| -> u64 { r.role(Role::Server).map(|k| k.p.accepted).sum() };
-        let mut all_held = run.pump(deadline, |r| {
+        // Progress on stderr every few seconds: a large ramp takes a while.
+        let say = |r: &Run| {
+            eprintln!(
+                "sockwatch-churn: {:.0} s: {} of {} connections accepted",
+                t0.elapsed().as_secs_f64(),
+                accepted_sum(r),
+                o.connections
+            );
+        };
+        let mut all_held = pump_saying(&mut run, deadline, &say, |r| {
             r.role(Role::Client)
                 .all(|k| k.p.held.is_some() || k.finished())
         });
         // Then the servers' accepts: their counts come every 0.1 s. Not forever: a connection
         // left in an accept queue (say, a server out of descriptors) must not stall the run.
         if all_held
-            && !run.pump((Instant::now() + ACCEPT_TIMEOUT).min(deadline), |r| {
-                accepted_sum(r) >= held_sum(r)
-            })
+            && !pump_saying(
+                &mut run,
+                (Instant::now() + ACCEPT_TIMEOUT).min(deadline),
+                &say,
+                |r| accepted_sum(r) >= held_sum(r),
+            )
         {
             eprintln!(
                 "sockwatch-churn: the servers accepted {} of the {} connections held",
@@ -357,6 +391,7 @@ pub fn run(o: &Opts) -> anyhow::Result<ExitCode> {
                 o.max_seconds
             );
         }
+        eprintln!("sockwatch-churn: closing the {held} connections held");
         run.tell_to_stop(Role::Client);
         let by = Instant::now() + EXIT_GRACE;
         run.pump(by, |r| r.role(Role::Client).all(Kid::finished));
