@@ -40,8 +40,10 @@ enum Task {
         args: Vec<String>,
     },
     /// Benchmark under connection churn (root): no tracer vs `sockwatch trace` vs `sockwatch
-    /// top` vs the hooks alone (programs that return at once) (vs bpftrace when on PATH);
-    /// results in target/bench/results.json.
+    /// top` vs the hooks alone (programs that return at once) (vs bpftrace when on PATH; vs
+    /// `top` of another revision with --baseline); --concurrency N holds N connections under
+    /// `top` (memory, BPF map memory, time to ready, CPU per check); results in
+    /// target/bench/results.json. See docs/performance.md.
     Bench(bench::BenchArgs),
     /// Boot Debian's kernels (5.10, 6.1, 6.12, testing) under qemu and run the integration
     /// tests in each; results in target/vm/results.json, the support table in docs/kernels.md.

@@ -152,6 +152,75 @@ fn count_records(mut r: impl BufRead, port: u16, netns: u64) -> anyhow::Result<C
     Ok(c)
 }
 
+/// What a `trace --format jsonl` file holds of a --hold run (connections opened, none closed).
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(super) struct HeldCount {
+    /// Every record in the file.
+    pub(super) records: u64,
+    /// The churn's records (its namespace, its server port) by event.
+    pub(super) events: BTreeMap<String, u64>,
+    /// Connections with both their connect and their accept in the file.
+    pub(super) whole: u64,
+    /// Connections with only one of them.
+    pub(super) partial: u64,
+    pub(super) lost: Option<BTreeMap<String, u64>>,
+}
+
+/// Counts a `trace` file of held connections to server `port` in namespace `netns`, keyed by
+/// the client side (a held connection's port is not reused).
+pub(super) fn count_held(path: &Path, port: u16, netns: u64) -> anyhow::Result<HeldCount> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    count_held_records(BufReader::with_capacity(1 << 20, f), port, netns)
+}
+
+fn count_held_records(mut r: impl BufRead, port: u16, netns: u64) -> anyhow::Result<HeldCount> {
+    let mut c = HeldCount::default();
+    let mut seen: HashMap<(IpAddr, u16), u8> = HashMap::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).context("reading the trace file")? == 0 {
+            break;
+        }
+        let Ok(rec) = serde_json::from_str::<Record>(&line) else {
+            continue;
+        };
+        c.records += 1;
+        if rec.event == "lost" {
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            c.lost = Some(counters(&v));
+            continue;
+        }
+        if rec.netns != Some(netns) {
+            continue;
+        }
+        let (Some(lp), Some(pp)) = (rec.local_port, rec.peer_port) else {
+            continue;
+        };
+        if lp != port && pp != port {
+            continue;
+        }
+        *c.events.entry(rec.event.to_string()).or_default() += 1;
+        let (flag, addr, cport) = match rec.event {
+            "connect" if pp == port => (CONNECT, rec.local_addr, lp),
+            "accept" if lp == port => (ACCEPT, rec.peer_addr, pp),
+            _ => continue,
+        };
+        let Some(addr) = addr.and_then(|a| a.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        *seen.entry((addr, cport)).or_default() |= flag;
+    }
+    for flags in seen.values() {
+        if *flags == CONNECT | ACCEPT {
+            c.whole += 1;
+        } else {
+            c.partial += 1;
+        }
+    }
+    Ok(c)
+}
+
 /// bpftrace lines `OLDSTATE NEWSTATE SPORT` that close (7 = TCP_CLOSE) a socket on `port`: one
 /// per server-side connection.
 pub(super) fn count_bpftrace_closes(path: &Path, port: u16) -> anyhow::Result<u64> {
@@ -247,6 +316,38 @@ mod tests {
         assert_eq!(lost["ringbuf_full"], 2);
         assert_eq!(lost["recursion_misses"], 1);
         assert!(!lost.contains_key("event") && !lost.contains_key("time"));
+    }
+
+    #[test]
+    fn counts_held_connections() {
+        let server = ("127.0.0.1", PORT);
+        let mut lines = Vec::new();
+        for (client, accept) in [
+            (("127.0.0.2", 40000), true),
+            (("127.0.0.3", 40000), true),
+            // Its accept lost.
+            (("127.0.0.2", 40001), false),
+        ] {
+            lines.push(rec("connect", client, server, "active", 7));
+            lines.push(rec("established", server, client, "passive", 7));
+            if accept {
+                lines.push(rec("accept", server, client, "passive", 7));
+            }
+        }
+        // Its connect lost; and another namespace's.
+        lines.push(rec("accept", server, ("127.0.0.4", 40002), "passive", 7));
+        lines.push(rec("connect", ("127.0.0.2", 40003), server, "active", 8));
+        lines.push(
+            r#"{"time":"t","event":"lost","total":3,"ringbuf_full":3,"recursion_misses":0}"#.into(),
+        );
+        let text = lines.join("\n") + "\n";
+        let c = count_held_records(text.as_bytes(), PORT, 7).unwrap();
+        assert_eq!((c.whole, c.partial), (2, 2));
+        assert_eq!(c.records, lines.len() as u64);
+        assert_eq!(c.events["connect"], 3);
+        assert_eq!(c.events["accept"], 3);
+        assert_eq!(c.events["established"], 3);
+        assert_eq!(c.lost.unwrap()["ringbuf_full"], 3);
     }
 
     #[test]

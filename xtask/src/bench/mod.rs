@@ -12,22 +12,34 @@
 //! - `hooks`: the same `top`, built with `--features hooks-only`: every program is attached and
 //!   returns at once, so the row is what the hooks cost before any work, the floor under the
 //!   other two;
-//! - `bpftrace`, when it is on PATH: a one-line peer on the same tracepoint, printing to a file.
+//! - `bpftrace`, when it is on PATH: a one-line peer on the same tracepoint, printing to a file;
+//! - `top-ring`, with `--top-ring-size SIZE`: `top` with `--ring-size SIZE` (its counts are
+//!   made in the kernel, so even the smallest ring should leave them exact);
+//! - `top-baseline`, with `--baseline REV`: `top` of sockwatch built at git revision REV (see
+//!   `baseline`).
 //!
 //! The tracers run in the host namespace (they see every namespace) and are started, waited for
 //! (`--ready-file`, or bpftrace's "Attaching" line), stopped with SIGTERM and reaped with
 //! `wait4`, whose rusage gives their CPU time and peak RSS. `--concurrency N` then holds N
-//! connections open under `sockwatch top` and checks that its count of established connections
-//! matches. Results: a table on stdout and `target/bench/results.json`; progress on stderr.
+//! connections open under `sockwatch top` with its default options, opened as fast as the
+//! machine can (or at `--concurrency-rate`), checks its counts, and measures its memory, its
+//! BPF maps' kernel memory, its time to ready and its CPU per check against the kernel's socket
+//! table, then starts a second `top` with the N connections already open (see `concurrency`);
+//! `--concurrency-trace` runs `sockwatch trace` on the same ramp, doubling its ring until it
+//! loses nothing (see `tracehold`). Results: a table on stdout and `target/bench/results.json`;
+//! progress on stderr.
 //! `--soak SECONDS` instead runs a steady churn at `--soak-rate` under `sockwatch top` for that
 //! long, sampling sockwatch's RSS (`target/bench/soak.json`).
 //! Every process started here is stopped by its pid, also on errors (and dies with xtask through
 //! PR_SET_PDEATHSIG if xtask is killed).
+mod baseline;
 mod concurrency;
 mod count;
+mod procfs;
 mod report;
 mod run;
 mod soak;
+mod tracehold;
 mod tracer;
 
 use std::{
@@ -43,7 +55,7 @@ use clap::Args;
 
 use self::{
     count::{count_bpftrace_closes, count_connections, counters, listener},
-    report::{ModeSummary, Results, Round, Settings, render, summarize},
+    report::{Exact, ModeSummary, Results, Round, Settings, is_exact, render, summarize},
     run::find_on_path,
     tracer::NetnsHolder,
 };
@@ -54,7 +66,9 @@ const SOURCES: u32 = 4;
 const MAX_SOCKETS: &str = "1048576";
 /// The churn's own bound (`--max-seconds`); we give it a minute more before killing it.
 const CHURN_MAX_SECONDS: u64 = 600;
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Loading, attaching, and a first look at every connection already open (a million, with
+/// --concurrency).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Stopping includes draining the ring buffer and finishing the output file.
 const STOP_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the tracer keeps running after the churn has exited (see its use).
@@ -64,8 +78,9 @@ const INTERVAL: u64 = 1;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Rounds; each runs every mode once, in turn. Medians over rounds are reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    /// Rounds; each runs every mode once, in turn. Medians over rounds are reported. 0 skips
+    /// the rounds (with --concurrency: only the held connections).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
     rounds: u32,
 
     /// Connections per run.
@@ -90,17 +105,36 @@ pub struct BenchArgs {
           value_parser = ["server-first", "client-first", "reset"])]
     close: String,
 
-    /// Also hold N connections open under `sockwatch top` and compare its count with N
-    /// (e.g. 250000).
+    /// Also hold N connections open (e.g. 1000000) under `sockwatch top` with its default
+    /// options, and check that its established_now and accepted are exactly N; measures its
+    /// memory and its BPF maps' kernel memory per connection, its time to ready, and its CPU per
+    /// check against the kernel's socket table; then its time to ready and count with the N
+    /// connections already open when it starts.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=2_000_000))]
     concurrency: Option<u64>,
 
-    /// Connections opened per second while --concurrency ramps up. A ramp as fast as the machine
-    /// allows is the churn rounds' test; this one is about holding them, so it opens them at a
-    /// rate sockwatch's reader keeps up with on a small machine.
-    #[arg(long, value_name = "N", default_value_t = 25_000,
-          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    /// Connections opened per second while --concurrency ramps up; 0: as fast as the machine
+    /// opens them (unpaced).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     concurrency_rate: u64,
+
+    /// With --concurrency: also run `sockwatch trace --output FILE` (default options) on the
+    /// same ramp: what it loses with the default ring, then with the ring doubled until it
+    /// loses nothing (at most 1G), and its reader's events per CPU second.
+    #[arg(long, requires = "concurrency")]
+    concurrency_trace: bool,
+
+    /// Also run, in every round, `top` of sockwatch built at git revision REV (e.g. the commit
+    /// before a change): checked out with `git worktree add` in target/bench/baseline-COMMIT and
+    /// built there with a target directory of its own.
+    #[arg(long, value_name = "REV")]
+    baseline: Option<String>,
+
+    /// Also run, in every round, `top --ring-size SIZE` (e.g. 4K, the smallest ring), to show
+    /// whether its counts stay exact with a ring that overflows.
+    #[arg(long, value_name = "SIZE")]
+    top_ring_size: Option<String>,
 
     /// Instead of the side-by-side rounds: a steady churn at --soak-rate for SECONDS under
     /// `sockwatch top`, sampling its RSS every 5 s; reports whether memory stayed flat, every
@@ -123,6 +157,10 @@ enum Mode {
     /// `top` from the `hooks-only` build.
     Hooks,
     Bpftrace,
+    /// `top --ring-size` (--top-ring-size).
+    TopRing,
+    /// `top` of the --baseline build.
+    Baseline,
 }
 
 impl Mode {
@@ -133,6 +171,8 @@ impl Mode {
             Mode::Top => "top",
             Mode::Hooks => "hooks",
             Mode::Bpftrace => "bpftrace",
+            Mode::TopRing => "top-ring",
+            Mode::Baseline => "top-baseline",
         }
     }
 }
@@ -151,13 +191,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
              namespaces): run it as root, e.g. `sudo -E cargo xtask bench`"
         );
     }
+    if args.rounds == 0 && args.concurrency.is_none() && args.soak.is_none() {
+        bail!("--rounds 0 leaves nothing to run without --concurrency");
+    }
+    if let Some(size) = &args.top_ring_size {
+        check_ring_size(size)?;
+    }
     let root = crate::workspace_root()?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let side_by_side = args.soak.is_none() && args.rounds > 0;
     // The soak has no hooks row.
-    let hooks_only = match args.soak {
-        None => Some(build_hooks_only(&root)?),
-        Some(_) => None,
+    let hooks_only = if side_by_side {
+        Some(build_hooks_only(&root)?)
+    } else {
+        None
+    };
+    let baseline = match (&args.baseline, side_by_side) {
+        (Some(rev), true) => Some(baseline::prepare(&root, rev)?),
+        (Some(_), false) => {
+            progress("--baseline is for the rounds: none run here, so it is not built");
+            None
+        }
+        (None, _) => None,
     };
     cargo_build(
         &["-p", "sockwatch", "-p", "sockwatch-churn"],
@@ -166,6 +222,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let bench = Bench {
         sockwatch: root.join("target/release/sockwatch"),
         hooks_only,
+        baseline: baseline.clone(),
         churn: root.join("target/release/sockwatch-churn"),
         dir: dir.clone(),
         args,
@@ -183,8 +240,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
-    let bpftrace = find_on_path("bpftrace");
+    let bpftrace = find_on_path("bpftrace").filter(|_| side_by_side);
     let mut modes = vec![Mode::Untraced, Mode::Trace, Mode::Top, Mode::Hooks];
+    if args.top_ring_size.is_some() {
+        modes.push(Mode::TopRing);
+    }
+    if baseline.is_some() {
+        modes.push(Mode::Baseline);
+    }
     match &bpftrace {
         Some(p) => {
             progress(format!(
@@ -193,18 +256,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             ));
             modes.push(Mode::Bpftrace);
         }
-        None => progress("bpftrace is not on PATH: no peer row"),
+        None if side_by_side => progress("bpftrace is not on PATH: no peer row"),
+        None => {}
     }
-    progress(format!(
-        "{} round(s) of {} connections per mode ({} clients x {} in flight, {} servers, close {}, {} sources)",
-        args.rounds,
-        args.connections,
-        args.clients,
-        args.in_flight,
-        args.servers,
-        args.close,
-        SOURCES
-    ));
+    if !side_by_side {
+        modes.clear();
+    }
+    if side_by_side {
+        progress(format!(
+            "{} round(s) of {} connections per mode ({} clients x {} in flight, {} servers, close {}, {} sources)",
+            args.rounds,
+            args.connections,
+            args.clients,
+            args.in_flight,
+            args.servers,
+            args.close,
+            SOURCES
+        ));
+    }
 
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); modes.len()];
     for r in 1..=args.rounds {
@@ -239,7 +308,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             rounds[i].push(result);
         }
     }
-    let untraced = rounds[0].clone();
+    let untraced = rounds.first().cloned().unwrap_or_default();
     let summaries: Vec<ModeSummary> = modes
         .iter()
         .zip(rounds)
@@ -247,9 +316,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         .map(|(&m, rs)| summarize(m, bench.command(m), rs, &untraced))
         .collect();
 
+    let rate = (args.concurrency_rate > 0).then_some(args.concurrency_rate);
     let concurrency = match args.concurrency {
-        Some(n) => Some(bench.concurrency(n, args.concurrency_rate)?),
+        Some(n) => Some(bench.concurrency(n, rate)?),
         None => None,
+    };
+    let trace_hold = match (args.concurrency, args.concurrency_trace) {
+        (Some(n), true) => Some(bench.trace_hold(n, rate)?),
+        _ => None,
     };
 
     let results = Results {
@@ -268,27 +342,62 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
+            mem_total_mib: procfs::meminfo().map_or(0, |(total, _)| total / 1024),
+            top_ring_size: args.top_ring_size.clone(),
         },
+        baseline,
         modes: summaries,
         concurrency,
+        trace_hold,
     };
     print!("{}", render(&results));
     let path = dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     progress(format!("wrote {}", path.display()));
-    if let Some(c) = &results.concurrency
-        && !c.matches
-    {
-        eprintln!(
-            "bench: sockwatch's established_now ({}) does not match the {} held connections",
-            c.established_now
-                .map_or_else(|| "no listener row".to_string(), |n| n.to_string()),
-            c.held
-        );
-        return Ok(ExitCode::FAILURE);
+    let mut failed = false;
+    if let Some(c) = &results.concurrency {
+        let show =
+            |v: Option<u64>| v.map_or_else(|| "no listener row".to_string(), |n| n.to_string());
+        if !c.matches {
+            eprintln!(
+                "bench: sockwatch's established_now ({}) and accepted ({}) do not both match the \
+                 {} connections asked for ({} held)",
+                show(c.established_now),
+                show(c.accepted),
+                c.requested,
+                c.held
+            );
+            failed = true;
+        }
+        if let Some(a) = &c.already_open
+            && !a.matches
+        {
+            eprintln!(
+                "bench: with the connections already open at its start, sockwatch's \
+                 established_now ({}) does not match the {} held",
+                show(a.established_now),
+                c.held
+            );
+            failed = true;
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    for m in results.modes.iter().filter(|m| m.inexact_rounds() > 0) {
+        eprintln!(
+            "bench: {}: counts not exact in {} round(s) (accepted and closed = made, \
+             established_now = 0)",
+            m.name(),
+            m.inexact_rounds()
+        );
+        if m.name() == "top" || m.name() == "top-ring" {
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `cargo build --release ARGS`, announced as building `what`.
@@ -303,6 +412,31 @@ fn cargo_build(args: &[&str], what: &str) -> anyhow::Result<()> {
         bail!("building {what} failed (see above)");
     }
     Ok(())
+}
+
+/// Refuses a --top-ring-size sockwatch would refuse (a power of two from 4K to 1G), before
+/// anything is built or run.
+fn check_ring_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("--top-ring-size {s}: not a size"))?;
+    let bytes = match unit.to_ascii_uppercase().as_str() {
+        "" => Some(n),
+        "K" => n.checked_mul(1 << 10),
+        "M" => n.checked_mul(1 << 20),
+        "G" => n.checked_mul(1 << 30),
+        _ => None,
+    }
+    .with_context(|| format!("--top-ring-size {s}: the unit is K, M or G"))?;
+    if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
+        bail!("--top-ring-size {s}: a power of two from 4K to 1G");
+    }
+    Ok(bytes)
 }
 
 /// Builds sockwatch with `--features hooks-only` and returns the binary's path. In a target
@@ -327,6 +461,8 @@ struct Bench<'a> {
     sockwatch: PathBuf,
     /// sockwatch built with `--features hooks-only` (the `hooks` row), when there is one.
     hooks_only: Option<PathBuf>,
+    /// sockwatch built at --baseline (the `top-baseline` row).
+    baseline: Option<baseline::Baseline>,
     churn: PathBuf,
     dir: PathBuf,
     args: &'a BenchArgs,
@@ -336,7 +472,7 @@ impl Bench<'_> {
     fn round(&self, mode: Mode, round: u32, bpftrace: Option<&Path>) -> anyhow::Result<Round> {
         Ok(match mode {
             Mode::Untraced => Round::untraced(round, self.run_churn(None)?),
-            Mode::Trace | Mode::Top | Mode::Hooks => {
+            Mode::Trace | Mode::Top | Mode::Hooks | Mode::TopRing | Mode::Baseline => {
                 let file = self.trace_file();
                 let _ = fs::remove_file(&file);
                 let holder = NetnsHolder::spawn()?;
@@ -349,6 +485,7 @@ impl Bench<'_> {
                 let usage = t.stop()?;
                 drop(holder);
                 let _ = fs::remove_file(self.ready_file());
+                let mut exact = None;
                 let (seen, incomplete, expired_closes, lost) = if mode == Mode::Trace {
                     progress(format!(
                         "counting the churn's connections in {}",
@@ -381,6 +518,20 @@ impl Bench<'_> {
                         }
                         (Some(seen), None, None, None)
                     } else {
+                        let row = listener(&summary, churn.port, churn.netns);
+                        let field = |name: &str| row.and_then(|l| l[name].as_u64());
+                        exact = Some(Exact {
+                            accepted: field("accepted"),
+                            closed: field("closed"),
+                            established_now: field("established_now"),
+                            open_corrections: summary.get("open_corrections").cloned(),
+                            exact: is_exact(
+                                churn.connections,
+                                field("accepted"),
+                                field("closed"),
+                                field("established_now"),
+                            ),
+                        });
                         (seen, None, None, Some(counters(&summary["lost"])))
                     }
                 };
@@ -394,6 +545,7 @@ impl Bench<'_> {
                     incomplete,
                     expired_closes,
                     lost,
+                    exact,
                 }
             }
             Mode::Bpftrace => {
@@ -414,6 +566,7 @@ impl Bench<'_> {
                     incomplete: None,
                     expired_closes: None,
                     lost: None,
+                    exact: None,
                 }
             }
         })

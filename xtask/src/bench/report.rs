@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Mode, concurrency::Concurrency, run::Churn};
+use super::{Mode, baseline::Baseline, concurrency::Concurrency, run::Churn, tracehold::TraceHold};
 
 /// One mode's run in one round.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +25,31 @@ pub(super) struct Round {
     pub(super) expired_closes: Option<u64>,
     /// The final loss counters (trace: the file's `lost` record; top: the summary's `lost`).
     pub(super) lost: Option<BTreeMap<String, u64>>,
+    /// top: its counts on the churn's port against what the churn made.
+    pub(super) exact: Option<Exact>,
+}
+
+/// A `top` round's counts on the churn's listener, and whether they are exact.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Exact {
+    pub(super) accepted: Option<u64>,
+    pub(super) closed: Option<u64>,
+    pub(super) established_now: Option<u64>,
+    /// The summary's `open_corrections` (builds that have it).
+    pub(super) open_corrections: Option<serde_json::Value>,
+    /// accepted = closed = the connections made, and established_now = 0.
+    pub(super) exact: bool,
+}
+
+/// Whether a churn round's counts are exact: every connection made was accepted and closed,
+/// and none is left open (the churn closes them all).
+pub(super) fn is_exact(
+    made: u64,
+    accepted: Option<u64>,
+    closed: Option<u64>,
+    established_now: Option<u64>,
+) -> bool {
+    accepted == Some(made) && closed == Some(made) && established_now == Some(0)
 }
 
 impl Round {
@@ -40,6 +65,7 @@ impl Round {
             incomplete: None,
             expired_closes: None,
             lost: None,
+            exact: None,
         }
     }
 
@@ -66,14 +92,34 @@ pub(super) struct ModeSummary {
     peak_rss_mib_median: Option<f64>,
     lost_median: Option<BTreeMap<String, f64>>,
     lost_max: Option<BTreeMap<String, u64>>,
+    /// top: rounds whose counts were exact (see `Exact`), of those with a summary.
+    exact_rounds: Option<u32>,
     rounds: Vec<Round>,
+}
+
+impl ModeSummary {
+    pub(super) fn name(&self) -> &'static str {
+        self.mode
+    }
+
+    /// top: rounds whose counts were not exact.
+    pub(super) fn inexact_rounds(&self) -> usize {
+        self.rounds
+            .iter()
+            .filter(|r| r.exact.as_ref().is_some_and(|e| !e.exact))
+            .count()
+    }
 }
 
 #[derive(Debug, Serialize)]
 pub(super) struct Results {
     pub(super) settings: Settings,
+    /// --baseline: the build of the `top-baseline` row.
+    pub(super) baseline: Option<Baseline>,
     pub(super) modes: Vec<ModeSummary>,
     pub(super) concurrency: Option<Concurrency>,
+    /// --concurrency-trace.
+    pub(super) trace_hold: Option<TraceHold>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,6 +135,9 @@ pub(super) struct Settings {
     pub(super) max_sockets: u64,
     pub(super) cpus: usize,
     pub(super) kernel: String,
+    pub(super) mem_total_mib: u64,
+    /// --top-ring-size: the ring of the `top-ring` row.
+    pub(super) top_ring_size: Option<String>,
 }
 
 pub(super) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
@@ -161,11 +210,17 @@ pub(super) fn summarize(
         }),
         lost_median,
         lost_max,
+        exact_rounds: rounds.iter().any(|r| r.exact.is_some()).then(|| {
+            rounds
+                .iter()
+                .filter(|r| r.exact.as_ref().is_some_and(|e| e.exact))
+                .count() as u32
+        }),
         rounds,
     }
 }
 
-fn table(rows: &[Vec<String>]) -> String {
+pub(super) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -189,7 +244,7 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn num(v: f64) -> String {
+pub(super) fn num(v: f64) -> String {
     if v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
@@ -197,7 +252,7 @@ fn num(v: f64) -> String {
     }
 }
 
-fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+pub(super) fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "-".into(), f)
 }
 
@@ -227,6 +282,7 @@ pub(super) fn render(res: &Results) -> String {
             "START-UP CPU S",
             "PEAK RSS MIB",
             "LOST",
+            "EXACT",
         ]
         .map(String::from)
         .to_vec(),
@@ -245,6 +301,8 @@ pub(super) fn render(res: &Results) -> String {
                 .as_ref()
                 .and_then(|l| l.get("total"))
                 .map_or_else(|| "-".into(), |t| num(*t)),
+            m.exact_rounds
+                .map_or_else(|| "-".into(), |e| format!("{e}/{}", m.rounds.len())),
         ]);
     }
     out.push_str(&table(&rows));
@@ -256,8 +314,18 @@ pub(super) fn render(res: &Results) -> String {
          hooks: `top` built with --features hooks-only, every program attached but returning at once: \
          what the hooks cost before any work is done, the floor under trace and top.\n\
          VS UNTRACED: the median over rounds of the mode's rate over the same round's untraced rate.\n\
-         CPU S/100K: the tracer's user+system CPU over its whole life (start-up included) per 100k connections.\n",
+         CPU S/100K: the tracer's user+system CPU over its whole life (start-up included) per 100k connections.\n\
+         EXACT: top rounds whose listener row had accepted = closed = connections made and established_now = 0.\n",
     );
+    if let Some(b) = &res.baseline {
+        out.push_str(&format!(
+            "top-baseline: `top` built at {} ({}: {})\n",
+            b.rev, b.commit, b.subject
+        ));
+    }
+    if let Some(size) = &s.top_ring_size {
+        out.push_str(&format!("top-ring: `top --ring-size {size}`\n"));
+    }
     for m in res.modes.iter().filter(|m| m.mode != "untraced") {
         let each: Vec<String> = m
             .ratio_per_round
@@ -291,31 +359,10 @@ pub(super) fn render(res: &Results) -> String {
         }
     }
     if let Some(c) = &res.concurrency {
-        out.push_str(&format!(
-            "\nCONCURRENCY: {} connections held under `sockwatch top` (asked {}, opened at {}/s)\n",
-            c.held, c.requested, c.ramp_rate
-        ));
-        out.push_str(&format!(
-            "  established_now on the churn's port: {} of {} ({})\n",
-            c.established_now
-                .map_or_else(|| "no listener row".into(), |n| n.to_string()),
-            c.requested,
-            if c.matches { "match" } else { "MISMATCH" }
-        ));
-        out.push_str(&format!(
-            "  sockwatch peak RSS: {:.1} MiB ({} at ready); {} bytes per held connection above \
-             ready, {:.0} bytes per held connection in all; CPU {:.2} s\n",
-            c.peak_rss_kib as f64 / 1024.0,
-            c.rss_at_ready_kib
-                .map_or_else(|| "?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
-            opt(c.rss_bytes_per_connection, |b| format!("{b:.0}")),
-            c.peak_rss_bytes_per_connection,
-            c.tracer_cpu_s
-        ));
-        if let Some(lost) = &c.lost {
-            let l: Vec<String> = lost.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            out.push_str(&format!("  lost: {}\n", l.join(" ")));
-        }
+        out.push_str(&super::concurrency::render(c));
+    }
+    if let Some(t) = &res.trace_hold {
+        out.push_str(&super::tracehold::render(t));
     }
     out
 }

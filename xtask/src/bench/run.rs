@@ -42,7 +42,9 @@ impl Bench<'_> {
         self.dir.join("bpftrace.out")
     }
 
-    fn sockwatch_args(&self, mode: Mode) -> Vec<String> {
+    /// sockwatch's options in `mode`, with `--max-sockets MAX_SOCKETS` for the rounds (the
+    /// same for every build compared), none with `defaults`.
+    fn sockwatch_args(&self, mode: Mode, defaults: bool) -> Vec<String> {
         let mut v: Vec<String> = match mode {
             Mode::Trace => vec![
                 "trace".into(),
@@ -59,9 +61,13 @@ impl Bench<'_> {
                 INTERVAL.to_string(),
             ],
         };
+        if let (Mode::TopRing, Some(size)) = (mode, &self.args.top_ring_size) {
+            v.extend(["--ring-size".into(), size.clone()]);
+        }
+        if !defaults {
+            v.extend(["--max-sockets".into(), MAX_SOCKETS.into()]);
+        }
         v.extend([
-            "--max-sockets".into(),
-            MAX_SOCKETS.into(),
             "--ready-file".into(),
             self.ready_file().display().to_string(),
         ]);
@@ -71,10 +77,17 @@ impl Bench<'_> {
     pub(super) fn command(&self, mode: Mode) -> String {
         match mode {
             Mode::Untraced => "-".into(),
-            Mode::Trace | Mode::Top => format!("sockwatch {}", self.sockwatch_args(mode).join(" ")),
+            Mode::Trace | Mode::Top | Mode::TopRing => {
+                format!("sockwatch {}", self.sockwatch_args(mode, false).join(" "))
+            }
             Mode::Hooks => format!(
                 "sockwatch {} (built with --features hooks-only: every program returns at once)",
-                self.sockwatch_args(mode).join(" ")
+                self.sockwatch_args(mode, false).join(" ")
+            ),
+            Mode::Baseline => format!(
+                "sockwatch {} (built at {})",
+                self.sockwatch_args(mode, false).join(" "),
+                self.baseline.as_ref().map_or("?", |b| b.commit.as_str())
             ),
             Mode::Bpftrace => format!(
                 "bpftrace -e '{BPFTRACE_PROGRAM}' > {}",
@@ -117,6 +130,33 @@ impl Bench<'_> {
         capture_stdout: bool,
         extra: &[&str],
     ) -> anyhow::Result<Tracer> {
+        self.spawn_sockwatch(mode, capture_stdout, extra, false)
+    }
+
+    /// The same with sockwatch's defaults (no --max-sockets).
+    pub(super) fn start_sockwatch_default(
+        &self,
+        mode: Mode,
+        capture_stdout: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Tracer> {
+        self.spawn_sockwatch(mode, capture_stdout, extra, true)
+    }
+
+    /// The command line `start_sockwatch_default` runs, for the report.
+    pub(super) fn default_command(&self, mode: Mode, extra: &[&str]) -> String {
+        let mut v = self.sockwatch_args(mode, true);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        format!("sockwatch {}", v.join(" "))
+    }
+
+    fn spawn_sockwatch(
+        &self,
+        mode: Mode,
+        capture_stdout: bool,
+        extra: &[&str],
+        defaults: bool,
+    ) -> anyhow::Result<Tracer> {
         let ready = self.ready_file();
         match fs::remove_file(&ready) {
             Ok(()) => {}
@@ -124,13 +164,15 @@ impl Bench<'_> {
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", ready.display())),
         }
         let log = self.dir.join(format!("sockwatch-{}.stderr", mode.name()));
-        let bin = match (mode, &self.hooks_only) {
-            (Mode::Hooks, Some(b)) => b,
-            (Mode::Hooks, None) => bail!("the hooks row needs the hooks-only build"),
+        let bin = match (mode, &self.hooks_only, &self.baseline) {
+            (Mode::Hooks, Some(b), _) => b,
+            (Mode::Hooks, None, _) => bail!("the hooks row needs the hooks-only build"),
+            (Mode::Baseline, _, Some(b)) => &b.binary,
+            (Mode::Baseline, _, None) => bail!("the top-baseline row needs --baseline"),
             _ => &self.sockwatch,
         };
         let mut cmd = Command::new(bin);
-        cmd.args(self.sockwatch_args(mode))
+        cmd.args(self.sockwatch_args(mode, defaults))
             .args(extra)
             .stdout(if capture_stdout {
                 Stdio::piped()

@@ -15,9 +15,10 @@ use serde::Serialize;
 use super::{
     Bench, CLOSE_GRACE, Mode,
     count::{counters, listener},
+    procfs::rss_kib,
     progress,
     run::{Churn, parse_churn},
-    tracer::{Reaped, read_all_in_background, rss_kib, spawn_dying_with_us},
+    tracer::{Reaped, read_all_in_background, spawn_dying_with_us},
 };
 
 /// How often sockwatch's RSS is read.

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{READY_TIMEOUT, STOP_TIMEOUT};
+use super::{READY_TIMEOUT, STOP_TIMEOUT, procfs::cpu_seconds};
 
 /// A child process reaped with `wait4` (for its rusage); killed by pid if dropped unreaped.
 pub(super) struct Tracer {
@@ -22,7 +22,10 @@ pub(super) struct Tracer {
     reaped: bool,
     stdout: Option<JoinHandle<String>>,
     log: PathBuf,
+    spawned: Instant,
     pub(super) startup_cpu_s: Option<f64>,
+    /// Seconds from its start to its readiness.
+    pub(super) ready_s: Option<f64>,
 }
 
 pub(super) struct Usage {
@@ -51,7 +54,9 @@ impl Tracer {
             reaped: false,
             stdout,
             log: log.to_path_buf(),
+            spawned: Instant::now(),
             startup_cpu_s: None,
+            ready_s: None,
         })
     }
 
@@ -59,6 +64,7 @@ impl Tracer {
         let until = Instant::now() + READY_TIMEOUT;
         loop {
             if ready() {
+                self.ready_s = Some(self.spawned.elapsed().as_secs_f64());
                 self.startup_cpu_s = cpu_seconds(self.pid);
                 return Ok(());
             }
@@ -225,27 +231,6 @@ fn describe(status: libc::c_int) -> String {
     } else {
         format!("status {status}")
     }
-}
-
-/// utime + stime of a live process, from /proc/PID/stat.
-fn cpu_seconds(pid: libc::pid_t) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3; utime and stime are fields 14 and 15.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: plain libc call.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| (utime + stime) / hz as f64)
-}
-
-pub(super) fn rss_kib(pid: libc::pid_t) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 pub(super) fn read_all_in_background(
