@@ -9,7 +9,9 @@ use common::{
     counts::{COUNTS_ONLY, Listener, Run, churn, in_new_netns, of, port, wait_for},
     root_or_skip,
 };
-use sockwatch_common::{OutboundCounts, side};
+use sockwatch_common::{
+    LIFETIME_BUCKETS, Mode, OutboundCounts, flags, kind, lifetime_bucket, side,
+};
 
 /// The smallest ring the kernel allows: one page, about 40 events.
 const TINY_RING: u32 = 4096;
@@ -94,4 +96,66 @@ fn churn_counted(compat: bool, n: u64) {
     assert_eq!(counters.ringbuf_full, 0, "{counters:?}");
     assert_eq!(counters.counts_full, 0, "{counters:?}");
     assert_eq!(counters.read_failed, 0, "{counters:?}");
+}
+
+/// With every event also in the ring, the counts are what the events say, the lifetime
+/// histogram bucket by bucket: the programs' buckets (`lifetime_bucket` compiled for BPF) are
+/// userspace's.
+#[test]
+fn counts_agree_with_the_events_in_the_ring() {
+    if !root_or_skip("counts_agree_with_the_events_in_the_ring") {
+        return;
+    }
+    const N: usize = 300;
+    let everything = Mode {
+        count: 1,
+        ring_kinds: u32::MAX,
+    };
+    let run = Run::start(false, 1 << 22, everything);
+    let (ns, lport, counts) = in_new_netns("sw-agree", |ns| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let lport = listener.local_addr().expect("addr").port();
+        churn(&listener, N);
+        common::wait_connections_settled();
+        let key = port(ns, lport, side::LISTENER);
+        let c = wait_for(&run, |c| {
+            c.listeners
+                .iter()
+                .any(|(k, v)| *k == key && v.closed == N as u64)
+        });
+        let counts = c
+            .listeners
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .expect("listener counts");
+        (ns, lport, counts)
+    });
+    let (events, counters) = run.stop();
+    assert_eq!(counters.ringbuf_full, 0, "{counters:?}");
+    let mut lifetimes = vec![0u64; LIFETIME_BUCKETS];
+    let mut closes = 0;
+    for e in events.iter().filter(|e| {
+        u64::from(e.netns) == ns
+            && e.kind == kind::CLOSE
+            && e.local_port == lport
+            && e.flags & flags::PASSIVE != 0
+    }) {
+        lifetimes[lifetime_bucket(e.duration_ns)] += 1;
+        closes += 1;
+    }
+    assert_eq!(closes, N);
+    let differ: Vec<(usize, u64, u64)> = lifetimes
+        .iter()
+        .zip(counts.lifetimes.iter())
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| (i, *a, *b))
+        .collect();
+    assert!(differ.is_empty(), "(bucket, events, kernel): {differ:?}");
+    let accepts = events
+        .iter()
+        .filter(|e| u64::from(e.netns) == ns && e.kind == kind::ACCEPT)
+        .count();
+    assert_eq!((counts.accepted, counts.closed), (accepts as u64, N as u64));
 }
