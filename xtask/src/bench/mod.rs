@@ -322,7 +322,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let trace_hold = match (args.concurrency, args.concurrency_trace) {
-        (Some(n), true) => Some(bench.trace_hold(n, rate)?),
+        // Its failure costs its own figures, not those measured before it.
+        (Some(n), true) => match bench.trace_hold(n, rate) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                progress(format!("warning: the trace runs failed: {e:#}"));
+                None
+            }
+        },
         _ => None,
     };
 
