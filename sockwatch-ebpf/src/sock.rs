@@ -83,15 +83,18 @@ pub fn current_owner(
     netns: u32,
     extra_flags: u8,
 ) -> &mut SockInfo {
-    let mut comm = MaybeUninit::<[u8; COMM_LEN]>::uninit();
-    // Not through aya's wrapper, which zeroes the buffer first (a memset, see `store`).
-    let rc = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
-    // SAFETY: on success the helper filled the buffer.
-    if rc != 0 {
-        zero16(unsafe { comm.assume_init_mut() });
-    }
-    // SAFETY: written by the helper, or zeroed just above.
-    let comm = unsafe { comm.assume_init_ref() };
+    let mut comm = MaybeUninit::<Comm>::uninit();
+    // Zeroed first, with two stores (aya's wrapper zeroes it with a memset, see `store`): some
+    // kernels (6.1) copy the name without padding it, which would leave stack bytes after its
+    // NUL, and the name is compared and used as is (in `ProcessCounts` say). On failure the
+    // helper zeroes it.
+    // SAFETY: `Comm` is 8-aligned; both words are written before the helper's call.
+    let comm = unsafe {
+        let c = &mut (*comm.as_mut_ptr()).0;
+        zero16(c);
+        generated::bpf_get_current_comm(c.as_mut_ptr().cast(), COMM_LEN as u32);
+        &comm.assume_init_ref().0
+    };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let matched = if filter::current_task_matches(pid, comm) {
         flags::OWNER_MATCH
@@ -108,6 +111,10 @@ pub fn current_owner(
         flags::BIRTH_KNOWN | flags::OWNER_KNOWN | matched | extra_flags,
     )
 }
+
+/// A command name, aligned for [`zero16`].
+#[repr(C, align(8))]
+struct Comm([u8; COMM_LEN]);
 
 /// A `SockInfo`, built in place in `slot` with plain stores: built elsewhere and copied, its
 /// zero fields would come back as memsets (see `store`).
