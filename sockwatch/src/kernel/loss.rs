@@ -67,7 +67,9 @@ pub struct Loss {
     pub recursion_misses: u64,
     /// Sockets that could not be tracked (socket map full): their events lack owner and duration.
     pub sock_map_full: u64,
-    /// Tracked sockets pushed out of the socket map before their close (map too small).
+    /// Tracked sockets pushed out of the socket map before their close (map too small). Only
+    /// an LRU socket map evicts (sockwatch's before the in-kernel counters, in older
+    /// recordings); the plain hash map since refuses new sockets when full (`sock_map_full`).
     pub sock_map_evicted: u64,
     /// Connect events lost because their pending record could not be kept.
     pub connect_lost: u64,
