@@ -30,6 +30,14 @@ impl std::fmt::Debug for Histogram {
 }
 
 impl Histogram {
+    /// Adds counts kept elsewhere in the same buckets (the kernel's).
+    pub fn add_buckets(&mut self, counts: &[u64; BUCKETS]) {
+        for (mine, more) in self.counts.iter_mut().zip(counts) {
+            *mine += more;
+            self.total += more;
+        }
+    }
+
     pub fn record(&mut self, v: u64) {
         self.counts[index(v)] += 1;
         self.total += 1;

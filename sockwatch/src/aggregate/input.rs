@@ -24,6 +24,9 @@ pub struct Obs<'a> {
     pub errno: Option<&'a str>,
     /// connect_failed reason (`refused`).
     pub reason: Option<&'a str>,
+    /// The kernel tracked the socket, so its in-kernel counters hold this event (live only;
+    /// see [`super::Aggregator::count_in_kernel`]).
+    pub tracked: bool,
 }
 
 /// A socket that existed when sockwatch started.

@@ -24,6 +24,9 @@ pub(super) enum Side {
     Passive,
     /// Outbound to its peer port, owned by this process (if known).
     Active(Option<u32>),
+    /// Counted in the kernel (see `counted`), held here only to find its close if the ring
+    /// loses it.
+    Tracked,
 }
 
 /// An IPv4 connection key, packed.
@@ -85,11 +88,25 @@ impl Live {
         }
     }
 
+    pub(super) fn side(&self, key: &ConnKey) -> Option<Side> {
+        match Key4::of(key) {
+            Some(k) => self.v4.get(&k).copied(),
+            None => self.other.get(key).copied(),
+        }
+    }
+
     pub(super) fn contains(&self, key: &ConnKey) -> bool {
         match Key4::of(key) {
             Some(k) => self.v4.contains_key(&k),
             None => self.other.contains_key(key),
         }
+    }
+
+    pub(super) fn entries(&self) -> impl Iterator<Item = (ConnKey, Side)> + '_ {
+        self.v4
+            .iter()
+            .map(|(k, s)| (k.conn(), *s))
+            .chain(self.other.iter().map(|(k, s)| (*k, *s)))
     }
 
     pub(super) fn keys(&self) -> impl Iterator<Item = ConnKey> + '_ {

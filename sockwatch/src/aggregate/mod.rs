@@ -3,17 +3,20 @@
 //! The live view and `sockwatch report` feed the same records, in the same order, through this
 //! module, so their summaries agree exactly. Nothing here reads the clock or the host.
 pub mod capabilities;
+mod counted;
 pub mod expiry;
 mod hist;
 mod input;
 mod live;
 mod summary;
 
+pub use counted::Side as CountSide;
+pub use counted::{HeldOpen, OpenByPort};
 pub use expiry::Expiry;
 pub use input::{Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample};
 pub use summary::{
-    ListenerSummary, LossSummary, NamespaceSummary, OutboundProcess, OutboundSummary,
-    ProcessSummary, Summary, SummaryOutput,
+    ListenerSummary, LossSummary, NamespaceSummary, OpenCorrections, OutboundProcess,
+    OutboundSummary, ProcessSummary, Summary, SummaryOutput,
 };
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -25,6 +28,7 @@ use crate::{
     kernel::decode::{Direction, EventKind, Family},
     kernel::loss::{Loss, Quiet},
 };
+use counted::Counted;
 use hist::Histogram;
 use live::{ConnKey, Live, Side};
 
@@ -106,6 +110,8 @@ pub struct Aggregator {
     expired: u64,
     /// What the kernel let the run see (the header's `capabilities`), when known.
     capabilities: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The in-kernel counters, when the live run counts there (see [`Aggregator::count_in_kernel`]).
+    counted: Option<Box<Counted>>,
 }
 
 /// The listening port an accepted connection counts on.
@@ -121,6 +127,19 @@ fn active_port(k: &ConnKey) -> PortKey {
     PortKey {
         netns: k.netns,
         port: k.peer.1,
+    }
+}
+
+/// Whether the in-kernel counters hold this event (so the aggregator must not count it again).
+fn counted_in_kernel(o: &Obs) -> bool {
+    match o.kind {
+        EventKind::Accept
+        | EventKind::AcceptFailed
+        | EventKind::Connect
+        | EventKind::ConnectFailed
+        | EventKind::Overflow => true,
+        EventKind::Established | EventKind::Close => o.tracked,
+        EventKind::Listen | EventKind::ListenStop | EventKind::State(_) => false,
     }
 }
 
@@ -140,11 +159,22 @@ impl Aggregator {
     fn saw(&mut self, time_ns: i64) {
         self.first_ns = Some(self.first_ns.map_or(time_ns, |f| f.min(time_ns)));
         self.last_ns = Some(self.last_ns.map_or(time_ns, |l| l.max(time_ns)));
+        if self.counted.is_none() {
+            self.leak_sample(time_ns);
+        }
+    }
+
+    /// At a second boundary, each process's outbound open count joins its history (the leak
+    /// flag).
+    fn leak_sample(&mut self, time_ns: i64) {
         let second = time_ns.div_euclid(1_000_000_000);
         if self.leak_second.is_some_and(|s| second > s) {
-            for out in self.outbound.values_mut() {
-                for p in out.processes.values_mut() {
-                    p.history.push(p.open_now);
+            for (key, out) in &mut self.outbound {
+                let counted = self.counted.as_ref().and_then(|c| c.processes.get(key));
+                for (pid, p) in &mut out.processes {
+                    let kernel = counted.and_then(|c| c.get(pid)).map_or(0, |c| c.open);
+                    p.history
+                        .push(counted::open_count(&[p.open_now as i64, kernel]));
                     if p.history.len() > LEAK_RISES + 1 {
                         p.history.remove(0);
                     }
@@ -183,11 +213,41 @@ impl Aggregator {
         }
     }
 
+    /// An event's direction; for a socket the kernel did not track (so it does not say), a
+    /// local port that listens tells a passive one, as for the sockets of the snapshot.
+    fn direction(&self, o: &Obs) -> Option<Direction> {
+        let listens = || {
+            self.listeners.contains_key(&PortKey {
+                netns: o.netns,
+                port: o.local_port,
+            })
+        };
+        match o.direction {
+            None if listens() => Some(Direction::Passive),
+            d => d,
+        }
+    }
+
     /// Feeds one connection event.
     pub fn event(&mut self, o: &Obs) {
         self.saw(o.time_ns);
         self.events += 1;
         let key = conn_key(o);
+        if self.counted.is_some() && counted_in_kernel(o) {
+            // Still followed one by one when they come (a recording run), so that a close the
+            // ring lost is found and recorded (`expired`), for `report`; the counts are the
+            // kernel's.
+            match o.kind {
+                EventKind::Established => {
+                    self.live.insert(&key, Side::Tracked);
+                }
+                EventKind::Close => {
+                    self.forget(&key);
+                }
+                _ => {}
+            }
+            return;
+        }
         match o.kind {
             EventKind::Listen => {
                 self.listening(o.netns, o.local_port, o.family, o.local_addr, o.pid, o.comm)
@@ -208,7 +268,7 @@ impl Aggregator {
                     .entry(o.errno.unwrap_or("unknown").to_string())
                     .or_default() += 1;
             }
-            EventKind::Established => match o.direction {
+            EventKind::Established => match self.direction(o) {
                 Some(Direction::Passive) => {
                     if self.live.insert(&key, Side::Passive) {
                         self.listener(o.netns, o.local_port).established_now += 1;
@@ -263,6 +323,8 @@ impl Aggregator {
                 let p = out.processes.entry(pid).or_default();
                 p.open_now = p.open_now.saturating_sub(1);
             }
+            // Counted in the kernel.
+            Side::Tracked => {}
         }
         Some(side)
     }
@@ -317,7 +379,7 @@ impl Aggregator {
                     l.lifetimes.record(d);
                 }
             }
-            Some(Side::Active(_)) => {}
+            Some(Side::Active(_) | Side::Tracked) => {}
             // Never seen established (failed, or older than sockwatch without a snapshot):
             // a passive one still counts as closed on its port.
             None => {
@@ -374,6 +436,12 @@ impl Aggregator {
     pub fn netstat(&mut self, s: &NetstatSample) {
         self.saw(s.time_ns);
         let ns = self.namespaces.entry(s.netns).or_default();
+        if let Some(c) = &mut self.counted {
+            // The kernel's overflow events on this namespace's listeners since its last sample.
+            let total = c.overflows_in(s.netns);
+            let before = c.overflows_at_sample.insert(s.netns, total).unwrap_or(0);
+            ns.overflow_events += total.saturating_sub(before);
+        }
         let now = (s.listen_overflows, s.listen_drops);
         let mut unexplained = 0;
         match ns.first {
@@ -458,5 +526,7 @@ impl Aggregator {
     }
 }
 
+#[cfg(test)]
+mod counted_tests;
 #[cfg(test)]
 mod tests;

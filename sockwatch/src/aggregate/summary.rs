@@ -4,7 +4,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Aggregator, FD_WARN_PERCENT, LEAK_RISES};
+use sockwatch_common::{ListenerCounts, OutboundCounts};
+
+use super::{Aggregator, CountSide, FD_WARN_PERCENT, LEAK_RISES, counted};
 use crate::{
     kernel::decode::Family,
     kernel::loss::{Loss, Quiet},
@@ -24,27 +26,47 @@ impl Aggregator {
                 0.0
             }
         };
+        let counted = self.counted.as_deref();
         let mut listeners: Vec<ListenerSummary> = self
             .listeners
             .iter()
-            .map(|(k, l)| ListenerSummary {
-                netns: k.netns,
-                port: k.port,
-                family: l.family.map(Family::as_str),
-                local_addr: l.local_addr,
-                pid: l.pid,
-                comm: l.comm.clone(),
-                accepted: l.accepted,
-                accepted_per_sec: per_sec(l.accepted),
-                established_now: l.established_now,
-                closed: l.closed,
-                accept_failures: l.accept_failures.clone(),
-                overflows: l.overflows,
-                queue_depth: l.queue.map(|q| q.0),
-                backlog: l.queue.map(|q| q.1),
-                distinct_peers: l.peers.len() as u64,
-                lifetime_p50_ns: l.lifetimes.quantile(0.5),
-                lifetime_p99_ns: l.lifetimes.quantile(0.99),
+            .map(|(k, l)| {
+                let kernel = counted.and_then(|c| c.listeners.get(k));
+                let count = |f: fn(&ListenerCounts) -> u64| kernel.map_or(0, |c| f(c));
+                let accepted = l.accepted + count(|c| c.accepted);
+                let mut accept_failures = l.accept_failures.clone();
+                let mut lifetimes = std::borrow::Cow::Borrowed(&l.lifetimes);
+                let mut established_now = l.established_now;
+                if let Some(c) = counted {
+                    merge(&mut accept_failures, c.accept_failures.get(k));
+                    if let Some(kernel) = kernel {
+                        lifetimes.to_mut().add_buckets(&kernel.lifetimes);
+                    }
+                    established_now = counted::open_count(&[
+                        l.established_now as i64,
+                        c.listener_open(*k),
+                        c.corrections.get(CountSide::Listener, *k),
+                    ]);
+                }
+                ListenerSummary {
+                    netns: k.netns,
+                    port: k.port,
+                    family: l.family.map(Family::as_str),
+                    local_addr: l.local_addr,
+                    pid: l.pid,
+                    comm: l.comm.clone(),
+                    accepted,
+                    accepted_per_sec: per_sec(accepted),
+                    established_now,
+                    closed: l.closed + count(|c| c.closed),
+                    accept_failures,
+                    overflows: l.overflows + count(|c| c.overflows),
+                    queue_depth: l.queue.map(|q| q.0),
+                    backlog: l.queue.map(|q| q.1),
+                    distinct_peers: l.peers.len() as u64 + count(|c| c.peers),
+                    lifetime_p50_ns: lifetimes.quantile(0.5),
+                    lifetime_p99_ns: lifetimes.quantile(0.99),
+                }
             })
             .collect();
         listeners.sort_by(|a, b| {
@@ -59,24 +81,44 @@ impl Aggregator {
             .map(|(k, o)| {
                 let mut peers: Vec<IpAddr> = o.peers.iter().copied().collect();
                 peers.sort();
+                let kernel = counted.and_then(|c| c.outbound.get(k));
+                let count = |f: fn(&OutboundCounts) -> u64| kernel.map_or(0, f);
+                let procs = counted.and_then(|c| c.processes.get(k));
+                let mut failed = o.failed.clone();
+                let mut open_now = o.open_now;
+                if let Some(c) = counted {
+                    merge(&mut failed, c.connect_failures.get(k));
+                    open_now = counted::open_count(&[
+                        o.open_now as i64,
+                        c.outbound_open(*k),
+                        c.corrections.get(CountSide::Outbound, *k),
+                    ]);
+                }
                 OutboundSummary {
                     netns: k.netns,
                     peer_port: k.port,
                     peers,
-                    connects: o.connects,
-                    established: o.established,
-                    failed: o.failed.clone(),
-                    open_now: o.open_now,
+                    distinct_peers: (o.peers.len() as u64).max(count(|c| c.peers)),
+                    connects: o.connects + count(|c| c.connects),
+                    established: o.established + count(|c| c.established),
+                    failed,
+                    open_now,
                     processes: o
                         .processes
                         .iter()
-                        .map(|(pid, p)| OutboundProcess {
-                            pid: *pid,
-                            comm: p.comm.clone(),
-                            connects: p.connects,
-                            open_now: p.open_now,
-                            leak_suspect: p.history.len() > LEAK_RISES
-                                && p.history.windows(2).all(|w| w[1] > w[0]),
+                        .map(|(pid, p)| {
+                            let kernel = procs.and_then(|m| m.get(pid));
+                            OutboundProcess {
+                                pid: *pid,
+                                comm: p.comm.clone(),
+                                connects: p.connects + kernel.map_or(0, |c| c.connects),
+                                open_now: counted::open_count(&[
+                                    p.open_now as i64,
+                                    kernel.map_or(0, |c| c.open),
+                                ]),
+                                leak_suspect: p.history.len() > LEAK_RISES
+                                    && p.history.windows(2).all(|w| w[1] > w[0]),
+                            }
                         })
                         .collect(),
                 }
@@ -120,7 +162,17 @@ impl Aggregator {
                 total: l.total(),
                 by_cause: l,
             }),
+            open_corrections: self
+                .corrections()
+                .map(|(adopted, released)| OpenCorrections { adopted, released }),
         }
+    }
+}
+
+/// Adds `more`'s counts to `into`'s.
+fn merge(into: &mut BTreeMap<String, u64>, more: Option<&BTreeMap<String, u64>>) {
+    for (name, n) in more.into_iter().flatten() {
+        *into.entry(name.clone()).or_default() += n;
     }
 }
 
@@ -143,6 +195,19 @@ pub struct Summary {
     pub stats: Option<Quiet>,
     /// Events lost, by cause (known at the end of a run).
     pub lost: Option<LossSummary>,
+    /// When counting in the kernel (live `top`): how the last checks against the kernel's
+    /// socket table corrected the open counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_corrections: Option<OpenCorrections>,
+}
+
+/// Open counts set right by a check against the kernel's socket table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OpenCorrections {
+    /// Connections the table held that no event had reported (counted open from then on).
+    pub adopted: u64,
+    /// Connections counted open that the table no longer held (their close was missed).
+    pub released: u64,
 }
 
 impl Summary {
@@ -205,7 +270,10 @@ pub struct ListenerSummary {
 pub struct OutboundSummary {
     pub netns: u32,
     pub peer_port: u16,
+    /// Peer addresses, when they were seen one by one (events); empty when counted in the
+    /// kernel, which keeps only their number.
     pub peers: Vec<IpAddr>,
+    pub distinct_peers: u64,
     pub connects: u64,
     pub established: u64,
     pub failed: BTreeMap<String, u64>,

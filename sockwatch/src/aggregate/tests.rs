@@ -25,6 +25,7 @@ fn obs(kind: EventKind, t: i64, local: (&str, u16), peer: (&str, u16)) -> Obs<'s
         duration_ns: None,
         errno: None,
         reason: None,
+        tracked: false,
     }
 }
 

@@ -280,6 +280,8 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
                 duration_ns: line.duration_ns,
                 errno: line.errno.as_deref(),
                 reason: line.reason.as_deref(),
+                // A recording is aggregated from its events alone.
+                tracked: false,
             };
             if !filter.keeps(&obs) || !filter.keeps_cgroup(line.cgroup_id) {
                 return Ok(Fed::Filtered);

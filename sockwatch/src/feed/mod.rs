@@ -98,6 +98,7 @@ pub fn live_event(agg: &mut Aggregator, filter: &Filter, ev: &Event, clock: &Wal
         errno: errno.as_deref(),
         reason: (ev.kind == EventKind::ConnectFailed)
             .then(|| decode::connect_failure_reason(ev.errno.unwrap_or(0))),
+        tracked: ev.tracked,
     };
     if !filter.keeps(&obs) {
         return false;

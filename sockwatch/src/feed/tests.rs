@@ -28,6 +28,7 @@ fn event(kind: EventKind, ts: u64, client_port: u16, direction: Direction) -> Ev
         direction: Some(direction),
         duration_ns: kind.ends_life().then_some(ts / 2),
         from_state: TcpState::new(1).unwrap(),
+        tracked: true,
         errno: kind
             .is_failure()
             .then_some(if kind == EventKind::AcceptFailed {

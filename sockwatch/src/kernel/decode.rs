@@ -162,6 +162,9 @@ pub struct Event {
     /// On accept_failed and connect_failed: the error (0 on connect_failed: the application
     /// closed the socket while it was connecting).
     pub errno: Option<u16>,
+    /// The socket is in the kernel's socket map (its birth was seen): the in-kernel counters
+    /// count this event, when sockwatch counts there.
+    pub tracked: bool,
 }
 
 /// The error's symbolic name, e.g. `EMFILE`.
@@ -282,6 +285,7 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
         duration_ns,
         from_state,
         errno: kind.is_failure().then_some(raw.errno),
+        tracked: raw.flags & flags::BIRTH_KNOWN != 0,
     })
 }
 

@@ -316,6 +316,7 @@ mod tests {
             processes: vec![],
             stats: None,
             lost: None,
+            open_corrections: None,
         }
     }
 
@@ -406,6 +407,7 @@ mod tests {
             netns: 1,
             peer_port: port,
             peers: vec![],
+            distinct_peers: 0,
             connects,
             established: connects,
             failed: BTreeMap::from([("refused".to_string(), 1)]),

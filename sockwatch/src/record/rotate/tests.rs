@@ -297,6 +297,7 @@ fn event(kind: EventKind, ts: u64, port: u16) -> Event {
         }),
         duration_ns: kind.ends_life().then_some(1_000),
         from_state: TcpState::new(1).unwrap(),
+        tracked: true,
         errno: None,
     }
 }

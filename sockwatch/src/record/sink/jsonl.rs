@@ -297,6 +297,7 @@ mod tests {
             direction: Some(Direction::Passive),
             duration_ns: Some(2_000),
             from_state: TcpState::new(9).unwrap(),
+            tracked: true,
             errno: None,
         }
     }

@@ -137,6 +137,7 @@ mod tests {
             direction: Some(Direction::Active),
             duration_ns: Some(1_500_000),
             from_state: TcpState::new(5).unwrap(),
+            tracked: true,
             errno: None,
         })
         .unwrap();
@@ -175,6 +176,7 @@ mod tests {
             direction: Some(Direction::Active),
             duration_ns: None,
             from_state: TcpState::new(1).unwrap(),
+            tracked: true,
             errno: None,
         })
         .unwrap();
