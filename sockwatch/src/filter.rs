@@ -101,6 +101,12 @@ impl Filter {
         Ok(c)
     }
 
+    /// Whether a criterion is on the owning process (pid, command, cgroup), which the kernel's
+    /// socket table does not tell.
+    pub fn has_owner_criteria(&self) -> bool {
+        self.pid.is_some() || self.comm.is_some() || self.cgroup.is_some()
+    }
+
     pub fn keeps_port(&self, port: u16) -> bool {
         self.ports.is_empty() || self.ports.contains(&port)
     }

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{Aggregator, Conn, Expiry, Summary, expiry},
+    aggregate::{Aggregator, Conn, Expiry, HeldOpen, Summary, expiry},
     clock::WallClock,
     feed,
     filter::Filter,
@@ -150,6 +150,9 @@ pub async fn run(
         agg: opts.aggregate.then(|| {
             let mut agg = Aggregator::new();
             agg.set_capabilities(opts.kernel.capabilities.to_json());
+            if opts.load.mode.count != 0 {
+                agg.count_in_kernel();
+            }
             agg
         }),
         filter: opts.filter,
@@ -199,6 +202,8 @@ pub async fn run(
     expire_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     expire_tick.reset();
     let mut kernel_dump: Option<oneshot::Receiver<(KernelConns, Sampler)>> = None;
+    // The open counts as the dump began (see `Aggregator::correct_open`).
+    let mut held_at_dump = HeldOpen::default();
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -222,7 +227,10 @@ pub async fn run(
                     let pids: BTreeSet<u32> = pipe.agg.as_ref().map(Aggregator::owners).unwrap_or_default();
                     let samples = sampler.sample(now_ns(&clock), &pids);
                     pipe.samples(&samples).context("writing samples")?;
-                    if let Some(agg) = &pipe.agg {
+                    if let Some(agg) = &mut pipe.agg {
+                        if agg.counts_in_kernel() {
+                            agg.apply_counts(&tracer.counts()?, now_ns(&clock));
+                        }
                         let counters = tracer.counters()?;
                         let mut loss = Loss::so_far(&counters, pipe.decode_errors);
                         loss.expired = agg.expired();
@@ -230,8 +238,17 @@ pub async fn run(
                     }
                 }
                 _ = expire_tick.tick(), if pipe.agg.is_some() && kernel_dump.is_none() => {
+                    let mut listening = HashSet::new();
+                    if let Some(agg) = &mut pipe.agg {
+                        if agg.counts_in_kernel() {
+                            agg.apply_counts(&tracer.counts()?, now_ns(&clock));
+                        }
+                        held_at_dump = agg.held_open();
+                        listening = agg.listening_ports();
+                    }
                     kernel_dump = Some(
-                        dump_connections().context("cannot start a thread to read the kernel's connections")?,
+                        dump_connections(listening, pipe.filter.clone())
+                            .context("cannot start a thread to read the kernel's connections")?,
                     );
                 }
                 dumped = async { kernel_dump.as_mut().expect("guarded by the condition").await },
@@ -243,6 +260,13 @@ pub async fn run(
                     sampler.absorb(errors);
                     // Closes already in the ring first: fewer connections look absent.
                     source.drain(|b| pipe.record(b)).context("writing events")?;
+                    let held_after = match &mut pipe.agg {
+                        Some(agg) if agg.counts_in_kernel() => {
+                            agg.apply_counts(&tracer.counts()?, now_ns(&clock));
+                            Some(agg.held_open())
+                        }
+                        _ => None,
+                    };
                     let expired = match &pipe.agg {
                         Some(agg) => expiry.check(
                             agg.open_connections(),
@@ -254,6 +278,11 @@ pub async fn run(
                     };
                     let expired: Vec<Owned> = expired.into_iter().map(Owned::Expired).collect();
                     pipe.samples(&expired).context("writing samples")?;
+                    if let (Some(agg), Some(after)) = (&mut pipe.agg, held_after)
+                        && corrects_open(&pipe.filter)
+                    {
+                        agg.correct_open(&kernel.open, |n| kernel.read(n), &held_at_dump, &after);
+                    }
                 }
             }
         }
@@ -266,7 +295,15 @@ pub async fn run(
     let mut result = result;
     let absent = match &pipe.agg {
         Some(_) if result.is_ok() => {
-            match last_dump(&mut source, &mut pipe, &mut sampler, &mut drain_tick).await {
+            match last_dump(
+                &mut source,
+                &mut pipe,
+                &mut sampler,
+                &mut drain_tick,
+                &tracer,
+            )
+            .await
+            {
                 Ok(absent) => Some(absent),
                 Err(e) => {
                     result = Err(e.context("the last look at the kernel's connections"));
@@ -287,6 +324,12 @@ pub async fn run(
         let expired = expiry.check_final(agg.open_connections(), &absent, now_ns(&clock));
         let expired: Vec<Owned> = expired.into_iter().map(Owned::Expired).collect();
         pipe.samples(&expired).context("writing samples")?;
+    }
+    if let Some(agg) = &mut pipe.agg
+        && agg.counts_in_kernel()
+    {
+        // Final: the programs are detached.
+        agg.apply_counts(&tracer.counts()?, now_ns(&clock));
     }
     let counters = tracer.counters()?;
     let (live_socks, live_pending) = tracer.live_entries(&counters)?;
@@ -325,9 +368,19 @@ async fn last_dump(
     pipe: &mut Pipeline,
     sampler: &mut Sampler,
     drain_tick: &mut tokio::time::Interval,
+    tracer: &Tracer,
 ) -> anyhow::Result<HashSet<Conn>> {
-    let mut dump =
-        dump_connections().context("cannot start a thread to read the kernel's connections")?;
+    let mut listening = HashSet::new();
+    let mut held_before = None;
+    if let Some(agg) = &mut pipe.agg {
+        listening = agg.listening_ports();
+        if agg.counts_in_kernel() {
+            agg.apply_counts(&tracer.counts()?, now_ns(&pipe.clock));
+            held_before = Some(agg.held_open());
+        }
+    }
+    let mut dump = dump_connections(listening, pipe.filter.clone())
+        .context("cannot start a thread to read the kernel's connections")?;
     let mut held: Vec<u8> = Vec::new();
     let mut lengths: Vec<usize> = Vec::new();
     let mut hold = |b: &[u8]| {
@@ -349,13 +402,23 @@ async fn last_dump(
             }
         }
     };
-    let absent = match &pipe.agg {
+    let absent: HashSet<Conn> = match &pipe.agg {
         Some(agg) => agg
             .open_connections()
             .filter(|c| kernel.read(c.netns) && !kernel.has(&expiry::canonical(c)))
             .collect(),
         None => HashSet::new(),
     };
+    if let (Some(agg), Some(before)) = (&mut pipe.agg, held_before)
+        && corrects_open(&pipe.filter)
+    {
+        // Before the events read meanwhile are applied, and less the connections the final
+        // expiry will take: the open counts as they stand against the dump.
+        agg.apply_counts(&tracer.counts()?, now_ns(&pipe.clock));
+        let after = agg.held_open();
+        let now = after.without(&agg.open_by_port(&absent));
+        agg.correct_open_to(&kernel.open, |n| kernel.read(n), &before, &after, &now);
+    }
     let mut at = 0;
     for len in lengths {
         pipe.record(&held[at..at + len]).context("writing events")?;
@@ -364,11 +427,20 @@ async fn last_dump(
     Ok(absent)
 }
 
+/// Whether the kernel's socket table is the truth the open counts can be corrected to: it
+/// tells neither owners nor event kinds, so not with a filter on those.
+fn corrects_open(filter: &Filter) -> bool {
+    !filter.has_owner_criteria() && filter.kinds.is_none()
+}
+
 /// Reads every connection the kernel has, for expiry, on a thread of its own: with hundreds of
 /// thousands of them the dump takes long enough for the ring buffer to fill if the event loop
 /// waited for it. A thread, not a blocking task, so that exiting never waits for a dump; niced,
 /// so that it does not take CPU from the ring's reader.
-fn dump_connections() -> io::Result<oneshot::Receiver<(KernelConns, Sampler)>> {
+fn dump_connections(
+    listening: HashSet<(u32, u16)>,
+    filter: Filter,
+) -> io::Result<oneshot::Receiver<(KernelConns, Sampler)>> {
     let (tx, rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("sockwatch-dump".into())
@@ -377,7 +449,11 @@ fn dump_connections() -> io::Result<oneshot::Receiver<(KernelConns, Sampler)>> {
             // SAFETY: plain syscalls on the calling thread.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
             let mut sampler = Sampler::default();
-            let kernel = sampler.open_connections();
+            let keep = |c: &Conn, family| {
+                filter.keeps_socket((c.local_port, c.peer_port), None, None, family)
+                    && filter.keeps_netns(c.netns)
+            };
+            let kernel = sampler.open_connections(&listening, &keep);
             let _ = tx.send((kernel, sampler));
         })?;
     Ok(rx)

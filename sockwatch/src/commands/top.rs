@@ -5,13 +5,14 @@ use std::{
 };
 
 use anyhow::Context as _;
+use sockwatch_common::{Mode, kind};
 
 use crate::{
     cli::{SummaryFormat, TopArgs},
     clock::{WallClock, write_time_of_day},
     commands::session::{self, Export, Outcome, SessionOptions},
     commands::view,
-    kernel::loader,
+    kernel::loader::{self, LoadOptions},
     metrics::server,
     record::rotate,
     record::sink::{self, FileHeader, Format, JsonlSink},
@@ -23,10 +24,27 @@ const MAX_ROWS: usize = 20;
 /// Starts the line naming what this kernel does not let sockwatch see.
 pub const NOT_SEEN: &str = "not seen on this kernel";
 
+/// `top` counts in the kernel, so that its counts stay exact whatever the ring buffer loses.
+/// The ring carries what the counters cannot: listeners' addresses and owners, and untracked
+/// sockets; with `--output`, every event, for the recording.
+fn counting_mode(recording: bool) -> Mode {
+    Mode {
+        count: 1,
+        ring_kinds: if recording {
+            u32::MAX
+        } else {
+            1 << kind::LISTEN | 1 << kind::LISTEN_STOP
+        },
+    }
+}
+
 pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     // First: a taken port must not cost an existing --output file its contents.
     let mut metrics = server::start(args.run.metrics).await?;
-    let load = args.run.kernel.load_options();
+    let load = LoadOptions {
+        mode: counting_mode(args.output.is_some()),
+        ..args.run.kernel.load_options()
+    };
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
     let filter = args.filter.filter();

@@ -10,7 +10,10 @@ use std::{
 use sockwatch_common::tcp_state;
 
 use crate::{
-    aggregate::{Conn, Existing, Expired, FdSample, NetstatSample, QueueSample, expiry},
+    aggregate::{
+        Conn, CountSide, Existing, Expired, FdSample, NetstatSample, OpenByPort, QueueSample,
+        expiry,
+    },
     feed::Sample,
     host::{self, DiagSocket, Netns},
     kernel::decode::Family,
@@ -66,6 +69,9 @@ pub struct KernelConns {
     hashes: HashSet<u64>,
     hasher: RandomState,
     read: HashSet<u32>,
+    /// Established ones (through to the end of the close handshake), by side and port (see
+    /// [`Sampler::open_connections`]).
+    pub open: OpenByPort,
 }
 
 impl KernelConns {
@@ -152,8 +158,15 @@ impl Sampler {
         out
     }
 
-    /// Every namespace's connections that are not closed yet (for expiry).
-    pub fn open_connections(&mut self) -> KernelConns {
+    /// Every namespace's connections that are not closed yet (for expiry), and the established
+    /// ones counted by side and port (for the open counts' corrections): on the listener when
+    /// their local port is one of `listening` (namespace, port), else outbound to their peer
+    /// port. Only those `keep` keeps are counted.
+    pub fn open_connections(
+        &mut self,
+        listening: &HashSet<(u32, u16)>,
+        keep: &dyn Fn(&Conn, Family) -> bool,
+    ) -> KernelConns {
         use tcp_state::*;
         let mask = host::state_mask(&[
             ESTABLISHED,
@@ -168,23 +181,34 @@ impl Sampler {
             hashes: HashSet::new(),
             hasher: RandomState::new(),
             read: HashSet::new(),
+            open: OpenByPort::default(),
         };
         for ns in self.namespaces() {
             // Hashed as they are read: with hundreds of thousands of connections, a list of
             // the sockets themselves would be the biggest thing sockwatch ever holds.
             let mut hashes = Vec::new();
+            let mut open = OpenByPort::default();
             let dumped = host::dump_tcp_each(&ns, mask, |s| {
-                hashes.push(kc.hasher.hash_one(expiry::canonical(&Conn {
+                let conn = Conn {
                     netns: s.netns,
                     local_addr: s.local.ip(),
                     local_port: s.local.port(),
                     peer_addr: s.peer.ip(),
                     peer_port: s.peer.port(),
-                })))
+                };
+                hashes.push(kc.hasher.hash_one(expiry::canonical(&conn)));
+                if s.state != SYN_SENT && keep(&conn, family(&s)) {
+                    if listening.contains(&(s.netns, conn.local_port)) {
+                        open.add(CountSide::Listener, s.netns, conn.local_port, 1);
+                    } else {
+                        open.add(CountSide::Outbound, s.netns, conn.peer_port, 1);
+                    }
+                }
             });
             if self.note(dumped).is_some() {
                 kc.read.insert(ns.inode);
                 kc.hashes.extend(hashes);
+                kc.open.merge(open);
             }
         }
         kc
