@@ -340,11 +340,13 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 
 #[derive(Debug, Args)]
 pub struct KernelArgs {
-    /// Sockets tracked at once in the kernel (about 100 bytes of kernel memory each). Sockets
-    /// beyond it are counted as lost (sock_map_evicted).
-    #[arg(long, value_name = "N", default_value_t = 1 << 20,
-          value_parser = clap::value_parser!(u32).range(1024..=(1 << 26)))]
-    pub max_sockets: u32,
+    /// Sockets tracked at once in the kernel [default: one per 8 KiB of the host's memory,
+    /// as many as it can hold]. Each tracked socket takes about 100 bytes of kernel memory while
+    /// it lives, and the table 16 bytes per entry up front. A socket beyond it is not tracked
+    /// (sock_map_full): its events still come, its lifetime and owner are unknown.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1024..=i64::from(crate::host::limits::MAX_SOCKETS)))]
+    pub max_sockets: Option<u32>,
 
     /// Size of the kernel-to-user ring buffer: a power of two from 4K to 1G, with an optional
     /// K, M or G suffix. A larger ring absorbs longer bursts.
@@ -371,7 +373,9 @@ pub struct KernelArgs {
 impl KernelArgs {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
-            max_sockets: self.max_sockets,
+            max_sockets: self
+                .max_sockets
+                .unwrap_or_else(crate::host::limits::default_max_sockets),
             ring_bytes: self.ring_size,
             states: false,
             btf: self.btf.clone(),
@@ -545,7 +549,7 @@ mod tests {
             panic!("trace")
         };
         assert_eq!(t.format, Format::Text);
-        assert_eq!(t.run.kernel.max_sockets, 1 << 20);
+        assert_eq!(t.run.kernel.max_sockets, None);
         assert_eq!(t.run.kernel.ring_size, 32 << 20);
         assert_eq!(t.run.interval, 1.0);
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--port", "0"]).is_err());

@@ -8,6 +8,7 @@
 //! [`sampler`] turns these snapshots into the samples the summary takes.
 mod diag;
 mod fds;
+pub mod limits;
 mod netns;
 mod netstat;
 mod owners;
