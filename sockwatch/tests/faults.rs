@@ -245,46 +245,6 @@ fn removed_output_file_stops_with_a_clear_error() {
     assert_nothing_loaded();
 }
 
-/// Holds a process stopped (SIGSTOP) until dropped, even when the test panics.
-struct Stalled(i32);
-
-impl Stalled {
-    fn new(pid: i32) -> Self {
-        // SAFETY: signalling our own child by pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
-        let stalled = Stalled(pid);
-        // The stop is delivered asynchronously: wait until every thread shows it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_threads_stopped(pid) {
-            assert!(Instant::now() < deadline, "sockwatch did not stop");
-            thread::sleep(Duration::from_millis(5));
-        }
-        stalled
-    }
-}
-
-fn all_threads_stopped(pid: i32) -> bool {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|t| {
-        fs::read_to_string(t.path().join("stat"))
-            // The state follows the parenthesised command name.
-            .map(|s| {
-                s.rsplit_once(") ")
-                    .is_some_and(|(_, rest)| rest.starts_with('T'))
-            })
-            .unwrap_or(false)
-    })
-}
-
-impl Drop for Stalled {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
-
 #[test]
 fn a_tiny_ring_buffer_counts_what_it_drops() {
     if !root_or_skip("a_tiny_ring_buffer_counts_what_it_drops") {
@@ -295,7 +255,7 @@ fn a_tiny_ring_buffer_counts_what_it_drops() {
     let args = [SMALL, &["--ring-size", "4K"]].concat();
     // A stopped reader drains nothing: the ring must fill, whatever the machine's speed.
     let (t, _, ()) = common::run_in_new_netns_with_pid(&args, libc::SIGTERM, |_, pid| {
-        let _stalled = Stalled::new(pid);
+        let _stalled = common::Stalled::new(pid);
         churn(N);
     });
     let dropped = t.lost["ringbuf_full"].as_u64().unwrap_or(0);

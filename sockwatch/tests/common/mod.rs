@@ -462,3 +462,43 @@ pub fn capability<'a>(check: &'a Value, name: &str) -> &'a Value {
 pub fn kernel_has(name: &str) -> bool {
     capability(&check_json(), name)["available"] == true
 }
+
+/// Holds a process stopped (SIGSTOP) until dropped, even when the test panics.
+pub struct Stalled(i32);
+
+impl Stalled {
+    pub fn new(pid: i32) -> Self {
+        // SAFETY: signalling our own child by pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+        let stalled = Stalled(pid);
+        // The stop is delivered asynchronously: wait until every thread shows it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(Instant::now() < deadline, "sockwatch did not stop");
+            thread::sleep(Duration::from_millis(5));
+        }
+        stalled
+    }
+}
+
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        fs::read_to_string(t.path().join("stat"))
+            // The state follows the parenthesised command name.
+            .map(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+            .unwrap_or(false)
+    })
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
