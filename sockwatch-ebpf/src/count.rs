@@ -201,6 +201,11 @@ fn new_peer(port: &PortKey, ev: &ConnEvent) -> bool {
         put16(&mut k.addr, lo, hi);
         key.assume_init_ref()
     };
+    // Looked up first: a lookup takes no lock, an insert takes its bucket's even when the key
+    // is there, and one busy port's peer is the same key on every CPU.
+    if PEERS.get_ptr(key).is_some() {
+        return false;
+    }
     match PEERS.insert(key, 0u8, u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
         Err(e) if e == -EEXIST => false,
