@@ -391,8 +391,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     for m in results.modes.iter().filter(|m| m.inexact_rounds() > 0) {
         eprintln!(
-            "bench: {}: counts not exact in {} round(s) (accepted and closed = made, \
-             established_now = 0)",
+            "bench: {}: counts not exact in {} round(s) (accepted = made = closed + closes \
+             found gone, established_now = 0)",
             m.name(),
             m.inexact_rounds()
         );
@@ -527,15 +527,21 @@ impl Bench<'_> {
                     } else {
                         let row = listener(&summary, churn.port, churn.netns);
                         let field = |name: &str| row.and_then(|l| l[name].as_u64());
+                        let closes_found = summary["open_corrections"]["released"]
+                            .as_u64()
+                            .unwrap_or(0)
+                            + summary["lost"]["expired"].as_u64().unwrap_or(0);
                         exact = Some(Exact {
                             accepted: field("accepted"),
                             closed: field("closed"),
                             established_now: field("established_now"),
                             open_corrections: summary.get("open_corrections").cloned(),
+                            closes_found,
                             exact: is_exact(
                                 churn.connections,
                                 field("accepted"),
                                 field("closed"),
+                                closes_found,
                                 field("established_now"),
                             ),
                         });
