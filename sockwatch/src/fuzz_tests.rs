@@ -215,6 +215,7 @@ const KEYS: &[&str] = &[
     "read_failed",
     "decode_errors",
     "expired",
+    "counts_full",
     "accept_would_block",
     "accept_interrupted",
     "recursion_recovered",

@@ -81,6 +81,11 @@ pub struct Loss {
     /// (set from the aggregator; absent from files written before it existed).
     #[serde(default)]
     pub expired: u64,
+    /// In-kernel counts that could not be made (a counter map full, or no kernel memory): a
+    /// count, or a distinct-peer count, of the live summary is short by this many (absent from
+    /// files written before the kernel counted).
+    #[serde(default)]
+    pub counts_full: u64,
 }
 
 impl Loss {
@@ -106,6 +111,7 @@ impl Loss {
             read_failed: c.read_failed,
             decode_errors,
             expired: 0,
+            counts_full: c.counts_full.saturating_add(c.peers_full),
         }
     }
 
@@ -125,7 +131,7 @@ impl Loss {
     }
 
     /// `name=value` pairs for humans, in the order of the JSON record.
-    pub fn fields(&self) -> [(&'static str, u64); 8] {
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
         [
             ("ringbuf_full", self.ringbuf_full),
             ("recursion_misses", self.recursion_misses),
@@ -135,6 +141,7 @@ impl Loss {
             ("read_failed", self.read_failed),
             ("decode_errors", self.decode_errors),
             ("expired", self.expired),
+            ("counts_full", self.counts_full),
         ]
     }
 }
@@ -180,7 +187,7 @@ mod tests {
         assert_eq!(l.total(), 0);
         assert_eq!(
             l.to_string(),
-            "lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0 expired=0"
+            "lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0 expired=0 counts_full=0"
         );
     }
 

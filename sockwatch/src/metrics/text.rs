@@ -403,6 +403,7 @@ sockwatch_lost_events_total{{cause=\"connect_lost\"}} 0
 sockwatch_lost_events_total{{cause=\"read_failed\"}} 0
 sockwatch_lost_events_total{{cause=\"decode_errors\"}} 0
 sockwatch_lost_events_total{{cause=\"expired\"}} 0
+sockwatch_lost_events_total{{cause=\"counts_full\"}} 0
 # HELP process_cpu_seconds User and system CPU time sockwatch has used.
 # TYPE process_cpu_seconds counter
 # UNIT process_cpu_seconds seconds

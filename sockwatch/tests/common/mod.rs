@@ -420,6 +420,7 @@ pub fn assert_nothing_lost(lost: &Value) {
         "read_failed",
         "decode_errors",
         "expired",
+        "counts_full",
     ] {
         assert_eq!(lost[key].as_u64(), Some(0), "{key} in {lost}");
     }

@@ -386,6 +386,7 @@ mod tests {
                 "read_failed": 0,
                 "decode_errors": 0,
                 "expired": 0,
+                "counts_full": 0,
             })
         );
     }

@@ -153,7 +153,7 @@ mod tests {
         assert!(lines[1].ends_with("[::1]:8080                                     active from=FIN_WAIT2 duration=1.500ms"), "{}", lines[1]);
         assert_eq!(
             lines[2],
-            "# lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0 expired=0"
+            "# lost events: 0 ringbuf_full=0 recursion_misses=0 sock_map_full=0 sock_map_evicted=0 connect_lost=0 read_failed=0 decode_errors=0 expired=0 counts_full=0"
         );
     }
 
