@@ -16,7 +16,7 @@ use sockwatch_common::{
 use crate::{
     count::{count, to_ring},
     filter::{self, Verdict},
-    maps::{EVENTS, SOCKS, bump, offsets, take_scratch},
+    maps::{EVENTS, SOCKS, bump, counting, offsets, take_scratch},
     store::{copy_words, copy16, put, put16, zero_bytes, zero16},
 };
 
@@ -256,7 +256,9 @@ pub fn emit_patched(
     let now = unsafe { bpf_ktime_get_ns() };
     // A scratch slot is only taken when a run interrupting this one on its CPU (a softirq) is
     // not already using both; then the event goes through the ring, discarded if not sent.
-    if (filter::any() || !ring)
+    // When counting, the event is built in scratch even when it goes to the ring, so that a
+    // full ring costs the event, never its count.
+    if (filter::any() || !ring || counting())
         && let Some(scratch) = take_scratch()
     {
         let ev = &mut scratch.event;
@@ -352,7 +354,8 @@ pub fn emit_connect_established(sk: u64, info: &SockInfo) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     let ring_connect = to_ring(kind::CONNECT, Some(info), 0);
     let ring_established = to_ring(kind::ESTABLISHED, Some(info), flags::ESTABLISHED);
-    if !(ring_connect && ring_established) {
+    // Counting: built in scratch, so that a full ring costs the events, never their counts.
+    if !(ring_connect && ring_established) || counting() {
         let Some(scratch) = take_scratch() else {
             return false;
         };
