@@ -232,7 +232,7 @@ impl super::Aggregator {
                 }
             }
         }
-        self.saw(time_ns);
+        // Not `saw`: the run's time span is that of its records, as `report` sees them.
         self.leak_sample(time_ns);
     }
 

@@ -244,6 +244,17 @@ impl Aggregator {
                 EventKind::Close => {
                     self.forget(&key);
                 }
+                // The kernel keeps only their number; the addresses are listed when seen.
+                EventKind::Connect => {
+                    self.outbound(o.netns, o.peer_port)
+                        .peers
+                        .insert(o.peer_addr);
+                }
+                EventKind::Accept => {
+                    self.listener(o.netns, o.local_port)
+                        .peers
+                        .insert(o.peer_addr);
+                }
                 _ => {}
             }
             return;

@@ -63,7 +63,8 @@ impl Aggregator {
                     overflows: l.overflows + count(|c| c.overflows),
                     queue_depth: l.queue.map(|q| q.0),
                     backlog: l.queue.map(|q| q.1),
-                    distinct_peers: l.peers.len() as u64 + count(|c| c.peers),
+                    // The kernel counts every peer; events, when they come, name them too.
+                    distinct_peers: (l.peers.len() as u64).max(count(|c| c.peers)),
                     lifetime_p50_ns: lifetimes.quantile(0.5),
                     lifetime_p99_ns: lifetimes.quantile(0.99),
                 }
