@@ -8,7 +8,7 @@ use crate::{
     cli::{CheckArgs, SummaryFormat},
     filter::Filter,
     kernel::capabilities::Capabilities,
-    kernel::loader::{self, Tracer},
+    kernel::loader::{self, LoadOptions, Tracer},
 };
 
 pub fn run(args: CheckArgs) -> anyhow::Result<()> {
@@ -20,11 +20,20 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     } else {
         "current"
     };
-    let trial = Tracer::load(&load, &Filter::default(), &kernel).and_then(|mut tracer| {
-        tracer.attach()?;
-        tracer.detach();
-        Ok(())
-    });
+    // As `trace` loads them, then as `top` does (counting in the kernel: more code for the
+    // verifier).
+    let trial = [load.mode, crate::commands::top::counting_mode(false)]
+        .into_iter()
+        .try_for_each(|mode| {
+            let load = LoadOptions {
+                mode,
+                ..load.clone()
+            };
+            let mut tracer = Tracer::load(&load, &Filter::default(), &kernel)?;
+            tracer.attach()?;
+            tracer.detach();
+            Ok::<_, loader::LoadError>(())
+        });
     let error = trial.as_ref().err().map(ToString::to_string);
     match args.format {
         SummaryFormat::Json => {

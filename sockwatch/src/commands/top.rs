@@ -27,7 +27,7 @@ pub const NOT_SEEN: &str = "not seen on this kernel";
 /// `top` counts in the kernel, so that its counts stay exact whatever the ring buffer loses.
 /// The ring carries what the counters cannot: listeners' addresses and owners, and untracked
 /// sockets; with `--output`, every event, for the recording.
-fn counting_mode(recording: bool) -> Mode {
+pub fn counting_mode(recording: bool) -> Mode {
     Mode {
         count: 1,
         ring_kinds: if recording {
