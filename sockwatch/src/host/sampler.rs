@@ -132,6 +132,8 @@ impl Sampler {
         let owners = self.note(owners).unwrap_or_default();
         let mask = (1 << tcp_state::LISTEN) | (1 << tcp_state::ESTABLISHED);
         let mut out = Vec::new();
+        // Read once per process, not once per socket: a server may hold a million.
+        let mut comms: std::collections::HashMap<u32, Option<String>> = Default::default();
         for ns in self.namespaces() {
             let dumped = host::dump_tcp(&ns, mask);
             for s in self.note(dumped).unwrap_or_default() {
@@ -149,7 +151,7 @@ impl Sampler {
                         pid,
                         comm: None,
                     },
-                    pid.and_then(comm_of),
+                    pid.and_then(|p| comms.entry(p).or_insert_with(|| comm_of(p)).clone()),
                 ));
             }
         }
