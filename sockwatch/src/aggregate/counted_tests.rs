@@ -5,31 +5,11 @@ use sockwatch_common::{
     ProcessCounts, ProcessKey, lifetime_bucket, side,
 };
 
-use super::*;
+use super::{
+    tests::{NS, S, obs},
+    *,
+};
 use crate::kernel::counts::KernelCounts;
-
-const S: i64 = 1_000_000_000;
-const NS: u32 = 4026531840;
-
-fn obs(kind: EventKind, t: i64, local: (&str, u16), peer: (&str, u16)) -> Obs<'static> {
-    Obs {
-        time_ns: t,
-        kind,
-        netns: NS,
-        family: Family::Ipv4,
-        local_addr: local.0.parse().unwrap(),
-        local_port: local.1,
-        peer_addr: peer.0.parse().unwrap(),
-        peer_port: peer.1,
-        pid: None,
-        comm: None,
-        direction: None,
-        duration_ns: None,
-        errno: None,
-        reason: None,
-        tracked: false,
-    }
-}
 
 fn port(side: u8, port: u16) -> KernelPort {
     KernelPort {

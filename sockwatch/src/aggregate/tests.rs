@@ -2,14 +2,14 @@ use super::*;
 // The standard one, as `Expiry` takes it (`super` has foldhash's).
 use std::collections::HashSet;
 
-const S: i64 = 1_000_000_000;
-const NS: u32 = 4026531840;
+pub(super) const S: i64 = 1_000_000_000;
+pub(super) const NS: u32 = 4026531840;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn obs(kind: EventKind, t: i64, local: (&str, u16), peer: (&str, u16)) -> Obs<'static> {
+pub(super) fn obs(kind: EventKind, t: i64, local: (&str, u16), peer: (&str, u16)) -> Obs<'static> {
     Obs {
         time_ns: t,
         kind,
