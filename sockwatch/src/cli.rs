@@ -260,6 +260,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::server::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Where the kubelet keeps pod logs (one directory per pod, NAMESPACE_NAME_UID): pods are
+    /// named from it. In a container, mount the node's directory here read-only.
+    #[arg(long, value_name = "DIR", default_value = crate::host::workload::DEFAULT_PODS_DIR)]
+    pub pods_dir: PathBuf,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }

@@ -54,6 +54,24 @@ fn mostly(valid: std::ops::RangeInclusive<u8>) -> impl Strategy<Value = u8> {
     prop_oneof![3 => valid, 1 => any::<u8>()]
 }
 
+/// A workload with any text in its names (paths and pod names are read from the host).
+fn workload() -> impl Strategy<Value = crate::host::workload::Workload> {
+    let part = || prop::option::of(any::<String>());
+    (part(), part(), part(), part(), part(), part()).prop_map(
+        |(cgroup, unit, container_id, pod_uid, pod_namespace, pod)| {
+            crate::host::workload::Workload {
+                cgroup,
+                unit,
+                container_id,
+                pod_uid,
+                pod_namespace,
+                pod,
+                ..Default::default()
+            }
+        },
+    )
+}
+
 fn conn_event() -> impl Strategy<Value = ConnEvent> {
     (
         (
@@ -158,6 +176,7 @@ proptest! {
         raws in prop::collection::vec(conn_event(), 1..8),
         offset in prop_oneof![any::<i64>(), Just(1_700_000_000_000_000_000)],
         same_second in any::<bool>(),
+        workload in prop::option::of(workload()),
     ) {
         let clock = WallClock::with_offset(i128::from(offset));
         let mut written = Vec::new();
@@ -171,8 +190,8 @@ proptest! {
                 // Events a few nanoseconds apart: the cached second is reused.
                 ev.ts_ns = raws[0].ts_ns.wrapping_add(i as u64);
             }
-            sink.event(&ev).unwrap();
-            expected.extend(crate::record::sink::serde_event_line(&ev, &clock));
+            sink.event_in(&ev, workload.as_ref()).unwrap();
+            expected.extend(crate::record::sink::serde_event_line(&ev, workload.as_ref(), &clock));
         }
         prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
     }
@@ -193,6 +212,12 @@ const KEYS: &[&str] = &[
     "pid",
     "comm",
     "cgroup_id",
+    "cgroup",
+    "unit",
+    "container_id",
+    "pod_uid",
+    "pod_namespace",
+    "pod",
     "netns",
     "direction",
     "duration_ns",

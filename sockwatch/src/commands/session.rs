@@ -21,6 +21,7 @@ use crate::{
     feed,
     filter::Filter,
     host::sampler::{KernelConns, Owned, Sampler},
+    host::workload::Resolver,
     kernel::decode::{self, EventKind},
     kernel::loader::{KernelSupport, LoadOptions, Tracer},
     kernel::loss::{Loss, Quiet},
@@ -51,6 +52,8 @@ pub struct SessionOptions {
     pub aggregate: bool,
     /// How often open connections are checked against the kernel's table (when aggregating).
     pub expire_interval: Duration,
+    /// Where pods are named from (see [`crate::host::workload`]).
+    pub pods_dir: PathBuf,
 }
 
 pub struct Outcome {
@@ -76,6 +79,8 @@ struct Pipeline {
     snapshot_ns: i64,
     decode_errors: u64,
     events: u64,
+    /// Names each event's workload from its cgroup id; None where cgroup v2 cannot be read.
+    workloads: Option<Resolver>,
 }
 
 impl Pipeline {
@@ -100,7 +105,14 @@ impl Pipeline {
         }
         self.events += 1;
         match &mut self.export {
-            Some(e) => e.sink.event(&ev),
+            Some(e) => {
+                // Here, once per event: the resolver caches by id, so a hash lookup each.
+                let workload = match (&mut self.workloads, ev.cgroup_id) {
+                    (Some(r), Some(id)) => Some(r.resolve(id)),
+                    _ => None,
+                };
+                e.sink.event_in(&ev, workload)
+            }
             None => Ok(()),
         }
     }
@@ -161,6 +173,14 @@ pub async fn run(
         snapshot_ns: i64::MAX,
         decode_errors: 0,
         events: 0,
+        workloads: match Resolver::new(opts.pods_dir) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // Not fatal: events are still traced, without workload names.
+                eprintln!("sockwatch: workloads are not named: {e}");
+                None
+            }
+        },
     };
     let mut sampler = Sampler::default();
     let mut expiry = Expiry::new();

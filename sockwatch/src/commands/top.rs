@@ -86,6 +86,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
             duration: args.run.duration.map(Duration::from_secs),
             ready_file: args.run.ready_file,
             expire_interval: Duration::from_secs(args.run.expire_interval),
+            pods_dir: args.run.pods_dir.clone(),
             interval: Duration::from_secs_f64(interval),
             filter,
             export,

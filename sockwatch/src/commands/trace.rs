@@ -60,6 +60,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
             ready_file: args.run.ready_file,
             interval: std::time::Duration::from_secs_f64(args.run.interval),
             expire_interval: std::time::Duration::from_secs(args.run.expire_interval),
+            pods_dir: args.run.pods_dir.clone(),
             filter,
             export: Some(Export {
                 sink,

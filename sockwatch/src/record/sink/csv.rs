@@ -1,19 +1,22 @@
 //! CSV: a header row, then one row per event with the fields of the JSON Lines event records
 //! (RFC 4180; empty cells for unknown or absent values). Host samples, `stats` and `lost` are
-//! not written: CSV is for events (sockwatch prints the counts on stderr at exit; JSON Lines
+//! not written (the workload columns are empty too when the event's cgroup was not resolved):
+//! CSV is for events (sockwatch prints the counts on stderr at exit; JSON Lines
 //! keeps everything, for `report`).
 use std::io::{self, Write};
 
 use crate::{
     clock::{WallClock, write_rfc3339},
     feed::Sample,
+    host::workload::Workload,
     kernel::decode::{self, Event, EventKind},
     kernel::loss::{Loss, Quiet},
     record::sink::Sink,
 };
 
-/// The columns, in order: the keys of the JSON Lines event records.
-pub const COLUMNS: [&str; 16] = [
+/// The columns, in order: the keys of the JSON Lines event records. The workload's come last,
+/// after those of the first CSV files, whose readers find their columns where they were.
+pub const COLUMNS: [&str; 22] = [
     "time",
     "event",
     "family",
@@ -30,6 +33,12 @@ pub const COLUMNS: [&str; 16] = [
     "from_state",
     "errno",
     "reason",
+    "cgroup",
+    "unit",
+    "container_id",
+    "pod_uid",
+    "pod_namespace",
+    "pod",
 ];
 
 /// Writes the header row.
@@ -75,7 +84,7 @@ fn push_text(row: &mut Vec<u8>, cell: &[u8]) {
 }
 
 impl<W: Write> Sink for CsvSink<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+    fn event_in(&mut self, ev: &Event, workload: Option<&Workload>) -> io::Result<()> {
         let r = &mut self.row;
         r.clear();
         write_rfc3339(r, self.clock.unix_ns(ev.ts_ns))?;
@@ -123,6 +132,13 @@ impl<W: Write> Sink for CsvSink<W> {
         if ev.kind == EventKind::ConnectFailed {
             let reason = decode::connect_failure_reason(ev.errno.unwrap_or(0));
             r.extend_from_slice(reason.as_bytes());
+        }
+        let names = workload.map(super::json_line::workload_values);
+        for value in names.unwrap_or_default() {
+            r.push(b',');
+            if let Some(v) = value {
+                push_text(r, v.as_bytes());
+            }
         }
         r.push(b'\n');
         self.out.write_all(r)
@@ -203,6 +219,33 @@ mod tests {
         ]
     }
 
+    /// The workload of each of [`events`]: a pod's, a unit with a comma, none.
+    fn workloads() -> Vec<Option<Workload>> {
+        let pod = Workload {
+            cgroup_id: 99,
+            cgroup: Some("/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope".into()),
+            unit: Some("cri-containerd-ab.scope".into()),
+            container_id: Some("ab".repeat(32)),
+            pod_uid: Some("1".into()),
+            pod_namespace: Some("shop".into()),
+            pod: Some("web-0".into()),
+            ..Workload::default()
+        };
+        let odd = Workload {
+            cgroup: Some("/system.slice/a,\"b\".service".into()),
+            unit: Some("a,\"b\".service".into()),
+            ..Workload::default()
+        };
+        vec![
+            Some(pod),
+            None,
+            Some(odd),
+            Some(Workload::default()),
+            None,
+            None,
+        ]
+    }
+
     /// A CSV reader (the csv crate) sees the header, and in each row exactly the values of the
     /// JSON Lines record of the same event (absent and null as empty cells).
     #[test]
@@ -214,9 +257,9 @@ mod tests {
         {
             let mut csv = CsvSink::new(&mut out, clock);
             let mut js = JsonlSink::new(&mut jsonl, clock);
-            for e in events() {
-                csv.event(&e).unwrap();
-                js.event(&e).unwrap();
+            for (e, w) in events().iter().zip(workloads()) {
+                csv.event_in(e, w.as_ref()).unwrap();
+                js.event_in(e, w.as_ref()).unwrap();
             }
             // Nothing but events.
             csv.lost(&Loss::default(), 0).unwrap();
@@ -225,12 +268,17 @@ mod tests {
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.starts_with(
             "time,event,family,local_addr,local_port,peer_addr,peer_port,pid,comm,cgroup_id,\
-             netns,direction,duration_ns,from_state,errno,reason\n"
+             netns,direction,duration_ns,from_state,errno,reason,cgroup,unit,container_id,pod_uid,\
+             pod_namespace,pod\n"
         ));
         assert!(text.contains(
             "\n1970-01-01T00:00:01.000000005Z,close,ipv4,127.0.0.1,8080,127.0.0.2,50000,7,server,\
-             99,4026531840,passive,2000,LAST_ACK,,\n"
+             99,4026531840,passive,2000,LAST_ACK,,,/kubepods.slice/kubepods-pod1.slice/\
+             cri-containerd-ab.scope,cri-containerd-ab.scope,abababababababababababababababab\
+             abababababababababababababababab,1,shop,web-0\n"
         ));
+        // Without a workload, or with nothing known of it: the workload cells are empty.
+        assert!(text.ends_with(",passive,,,,,,,,,,\n"), "{text}");
         let mut reader = ::csv::Reader::from_reader(out.as_slice());
         let header: Vec<String> = reader
             .headers()
@@ -261,5 +309,6 @@ mod tests {
         assert_eq!(&rows[2][15], "refused");
         assert_eq!(&rows[3][14], "");
         assert_eq!(&rows[3][15], "aborted");
+        assert_eq!(&rows[2][17], "a,\"b\".service");
     }
 }

@@ -12,8 +12,32 @@ use std::{
 
 use crate::{
     clock::write_rfc3339,
+    host::workload::Workload,
     kernel::decode::{self, Event, EventKind},
 };
+
+/// The workload keys of an event, in order, after `cgroup_id`: present (each possibly null)
+/// when the event's cgroup was resolved, absent otherwise.
+pub const WORKLOAD_KEYS: [&str; 6] = [
+    "cgroup",
+    "unit",
+    "container_id",
+    "pod_uid",
+    "pod_namespace",
+    "pod",
+];
+
+/// The values of [`WORKLOAD_KEYS`], in the same order.
+pub fn workload_values(w: &Workload) -> [Option<&str>; 6] {
+    [
+        w.cgroup.as_deref(),
+        w.unit.as_deref(),
+        w.container_id.as_deref(),
+        w.pod_uid.as_deref(),
+        w.pod_namespace.as_deref(),
+        w.pod.as_deref(),
+    ]
+}
 
 const NS_PER_SEC: i128 = 1_000_000_000;
 
@@ -58,6 +82,7 @@ pub fn write_event(
     times: &mut TimeCache,
     unix_ns: i128,
     ev: &Event,
+    workload: Option<&Workload>,
 ) -> io::Result<()> {
     let mut num = itoa::Buffer::new();
     out.extend_from_slice(b"{\"time\":");
@@ -88,6 +113,17 @@ pub fn write_event(
     match ev.cgroup_id {
         Some(id) => out.extend_from_slice(num.format(id).as_bytes()),
         None => out.extend_from_slice(b"null"),
+    }
+    if let Some(w) = workload {
+        for (key, value) in WORKLOAD_KEYS.iter().zip(workload_values(w)) {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            match value {
+                Some(v) => string(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
     }
     out.extend_from_slice(b",\"netns\":");
     out.extend_from_slice(num.format(ev.netns).as_bytes());

@@ -11,6 +11,7 @@ use crate::kernel::decode::{self, EventKind};
 use crate::{
     clock::{WallClock, write_rfc3339},
     feed::Sample,
+    host::workload::Workload,
     kernel::decode::Event,
     kernel::loss::{Loss, Quiet},
     record::sink::Sink,
@@ -70,6 +71,19 @@ struct EventRecord<'a> {
     pid: Option<u32>,
     comm: Option<std::borrow::Cow<'a, str>>,
     cgroup_id: Option<u64>,
+    /// The workload keys: present (possibly null) when the cgroup was resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_namespace: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<Option<&'a str>>,
     netns: u32,
     direction: Option<&'static str>,
     /// Present (possibly null) on close and listen_stop only.
@@ -90,7 +104,11 @@ struct EventRecord<'a> {
 
 /// The line serde writes for `ev` (see [`EventRecord`]).
 #[cfg(test)]
-pub(crate) fn serde_event_line(ev: &Event, clock: &WallClock) -> Vec<u8> {
+pub(crate) fn serde_event_line(
+    ev: &Event,
+    workload: Option<&Workload>,
+    clock: &WallClock,
+) -> Vec<u8> {
     let ends = ev.kind.ends_life();
     let record = EventRecord {
         time: Rfc3339(clock.unix_ns(ev.ts_ns)),
@@ -103,6 +121,12 @@ pub(crate) fn serde_event_line(ev: &Event, clock: &WallClock) -> Vec<u8> {
         pid: ev.pid,
         comm: ev.comm.as_ref().map(|c| c.as_str()),
         cgroup_id: ev.cgroup_id,
+        cgroup: workload.map(|w| w.cgroup.as_deref()),
+        unit: workload.map(|w| w.unit.as_deref()),
+        container_id: workload.map(|w| w.container_id.as_deref()),
+        pod_uid: workload.map(|w| w.pod_uid.as_deref()),
+        pod_namespace: workload.map(|w| w.pod_namespace.as_deref()),
+        pod: workload.map(|w| w.pod.as_deref()),
         netns: ev.netns,
         direction: ev.direction.map(|d| d.as_str()),
         duration_ns: ends.then_some(ev.duration_ns),
@@ -194,10 +218,10 @@ struct LostRecord<'a> {
 }
 
 impl<W: Write> Sink for JsonlSink<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+    fn event_in(&mut self, ev: &Event, workload: Option<&Workload>) -> io::Result<()> {
         self.line.clear();
         let at = self.clock.unix_ns(ev.ts_ns);
-        json_line::write_event(&mut self.line, &mut self.times, at, ev)?;
+        json_line::write_event(&mut self.line, &mut self.times, at, ev, workload)?;
         self.out.write_all(&self.line)
     }
 
@@ -358,6 +382,41 @@ mod tests {
         assert!(v[0].get("duration_ns").is_none());
         assert!(v[0].get("from_state").is_none());
         assert_eq!(v[1]["duration_ns"], Value::Null);
+    }
+
+    #[test]
+    fn workload_keys_follow_cgroup_id_null_where_unknown() {
+        let w = Workload {
+            cgroup_id: 99,
+            cgroup: Some("/system.slice/docker-ab.scope".into()),
+            unit: Some("docker-ab.scope".into()),
+            container_id: Some("ab".repeat(32)),
+            runtime: Some(crate::host::workload::DOCKER),
+            ..Workload::default()
+        };
+        let mut out = Vec::new();
+        {
+            let mut s = JsonlSink::new(&mut out, WallClock::with_offset(0));
+            s.event_in(&event(EventKind::Listen), Some(&w)).unwrap();
+            s.event(&event(EventKind::Listen)).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains(
+                "\"cgroup_id\":99,\"cgroup\":\"/system.slice/docker-ab.scope\",\
+                 \"unit\":\"docker-ab.scope\",\"container_id\":\"abababababababababababababababab\
+                 abababababababababababababababab\",\"pod_uid\":null,\"pod_namespace\":null,\
+                 \"pod\":null,\"netns\":"
+            ),
+            "{}",
+            lines[0]
+        );
+        // Not resolved: the keys are absent, as in recordings made before them.
+        let v: Value = serde_json::from_str(lines[1]).unwrap();
+        for key in json_line::WORKLOAD_KEYS {
+            assert!(v.get(key).is_none(), "{key}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub use text::TextSink;
 use crate::{
     clock::WallClock,
     feed::Sample,
+    host::workload::Workload,
     kernel::decode::Event,
     kernel::loss::{Loss, Quiet},
 };
@@ -70,7 +71,13 @@ impl FileHeader {
 /// A destination for the event stream. Each record is written whole or not at all by the
 /// sink; `flush` pushes buffered records to the writer.
 pub trait Sink {
-    fn event(&mut self, ev: &Event) -> io::Result<()>;
+    /// An event whose owner's workload is not known (or not asked for).
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.event_in(ev, None)
+    }
+    /// An event with the workload its `cgroup_id` resolved to: the workload keys are written
+    /// only with one, so that recordings made without a resolver keep their old shape.
+    fn event_in(&mut self, ev: &Event, workload: Option<&Workload>) -> io::Result<()>;
     /// Host state the summary needs (snapshot, queue samples, ...); text output skips them.
     fn sample(&mut self, s: &Sample) -> io::Result<()>;
     /// Counts of normal outcomes that have no event (written just before the loss record).

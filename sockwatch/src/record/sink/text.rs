@@ -3,6 +3,7 @@ use std::io::{self, Write};
 use crate::{
     clock::{WallClock, write_time_of_day},
     feed::Sample,
+    host::workload::{Resolver, Workload},
     kernel::decode::{self, Event, EventKind},
     kernel::loss::{Loss, Quiet},
     record::sink::Sink,
@@ -49,7 +50,7 @@ impl std::fmt::Display for Endpoint<'_> {
 }
 
 impl<W: Write> Sink for TextSink<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+    fn event_in(&mut self, ev: &Event, workload: Option<&Workload>) -> io::Result<()> {
         let l = &mut self.line;
         l.clear();
         write_time_of_day(l, self.clock.unix_ns(ev.ts_ns))?;
@@ -88,6 +89,9 @@ impl<W: Write> Sink for TextSink<W> {
                 Some(ns) => write!(l, " duration={:.3}ms", ns as f64 / 1e6)?,
                 None => l.extend_from_slice(b" duration=?"),
             }
+        }
+        if let Some(name) = workload.and_then(Resolver::short_name) {
+            write!(l, " workload={name}")?;
         }
         l.push(b'\n');
         self.out.write_all(l)
@@ -188,5 +192,51 @@ mod tests {
             line.ends_with(" active from=ESTABLISHED to=FIN_WAIT1"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn details_end_with_the_workload_short_name() {
+        let mut out = Vec::new();
+        let mut s = TextSink::new(&mut out, WallClock::with_offset(0));
+        let ev = Event {
+            ts_ns: 0,
+            kind: EventKind::Listen,
+            family: Family::Ipv4,
+            local_addr: "0.0.0.0".parse().unwrap(),
+            local_port: 8080,
+            peer_addr: "0.0.0.0".parse().unwrap(),
+            peer_port: 0,
+            pid: Some(3),
+            comm: None,
+            cgroup_id: Some(9),
+            netns: 1,
+            direction: None,
+            duration_ns: None,
+            from_state: TcpState::new(7).unwrap(),
+            tracked: true,
+            errno: None,
+        };
+        let pod = Workload {
+            container_id: Some("ab".repeat(32)),
+            pod_namespace: Some("shop".into()),
+            pod: Some("web-0".into()),
+            ..Workload::default()
+        };
+        let container = Workload {
+            container_id: Some("0123456789abcdef".repeat(4)),
+            unit: Some("docker-x.scope".into()),
+            ..Workload::default()
+        };
+        s.event_in(&ev, Some(&pod)).unwrap();
+        s.event_in(&ev, Some(&container)).unwrap();
+        // Nothing known: nothing said.
+        s.event_in(&ev, Some(&Workload::default())).unwrap();
+        s.event(&ev).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert!(lines[0].ends_with(" workload=shop/web-0"), "{}", lines[0]);
+        assert!(lines[1].ends_with(" workload=0123456789ab"), "{}", lines[1]);
+        assert!(!lines[2].contains("workload="), "{}", lines[2]);
+        assert_eq!(lines[2], lines[3]);
     }
 }

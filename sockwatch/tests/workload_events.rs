@@ -1,0 +1,177 @@
+//! Root integration test of workload names on events: server processes moved into a
+//! docker-shaped and a pod-shaped cgroup (made under this host's cgroup v2 mount, with the pod's
+//! log directory in a temporary --pods-dir), traced as JSON Lines in a fresh network namespace.
+mod common;
+
+use std::{
+    fs, io,
+    net::TcpStream,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{TempDir, root_or_skip, server::Server, trace_in_new_netns};
+use serde_json::Value;
+use sockwatch::host::workload::find_cgroup2;
+
+const ID: &str = "3f4e8d2c1b0a99887766554433221100ffeeddccbbaa00112233445566778899";
+const ID2: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const UID: &str = "6a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d";
+const UID_: &str = "6a1b2c3d_4e5f_4a6b_8c7d_0e1f2a3b4c5d";
+
+/// Entry point of the server process: does nothing in a normal test run.
+#[test]
+fn server_process_entry_point() {
+    common::server::entry_point();
+}
+
+/// The test's own cgroups under the mount; on drop, the processes left in them go back to the
+/// root cgroup and every directory is removed, deepest first, even when the test fails.
+struct TestCgroups {
+    mount: PathBuf,
+    dir: PathBuf,
+}
+
+impl TestCgroups {
+    fn new(mount: &Path) -> Self {
+        let dir = mount.join(format!("sockwatch-test-{}-events", std::process::id()));
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self {
+            mount: mount.to_path_buf(),
+            dir,
+        }
+    }
+
+    /// Makes `rel` and its parents; its directory and its path as the resolver gives it.
+    fn make(&self, rel: &str) -> (PathBuf, String) {
+        let p = self.dir.join(rel);
+        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        let name = self.dir.file_name().unwrap().to_string_lossy();
+        (p, format!("/{name}/{rel}"))
+    }
+}
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        let mut dirs: Vec<PathBuf> = walkdir::WalkDir::new(&self.dir)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_dir())
+            .map(|e| e.into_path())
+            .collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines() {
+                    let _ = fs::write(self.mount.join("cgroup.procs"), pid);
+                }
+            }
+            // A process that just exited may hold its cgroup for a moment (EBUSY).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let Err(e) = fs::remove_dir(&d) {
+                if e.kind() == io::ErrorKind::NotFound || Instant::now() > deadline {
+                    eprintln!("cleanup: rmdir {}: {e}", d.display());
+                    break;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Starts a server in the cgroup at `dir`, listens, has one connection accepted; its port.
+fn serve_once_in(dir: &Path) -> u16 {
+    let mut server = Server::start(None);
+    fs::write(dir.join("cgroup.procs"), server.pid().to_string())
+        .unwrap_or_else(|e| panic!("moving the server into {}: {e}", dir.display()));
+    let port = server.listen("127.0.0.1:0");
+    drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    server.ask("accept 1");
+    server.stop();
+    port
+}
+
+/// The events of `kind` on the listening `port`.
+fn on_port<'a>(events: &'a [Value], kind: &str, port: u16) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == kind && e["local_port"] == u64::from(port))
+        .collect()
+}
+
+#[test]
+fn listen_and_accept_events_name_the_container_and_the_pod() {
+    if !root_or_skip("listen_and_accept_events_name_the_container_and_the_pod") {
+        return;
+    }
+    let mount = match find_cgroup2() {
+        Ok(m) => m,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{e}"),
+        Err(e) => {
+            eprintln!("SKIPPED listen_and_accept_events_name_the_container_and_the_pod: {e}");
+            return;
+        }
+    };
+    // Made before sockwatch starts: its first walk of the hierarchy finds them.
+    let cgroups = TestCgroups::new(&mount.path);
+    let (docker_dir, docker_path) = cgroups.make(&format!("system.slice/docker-{ID}.scope"));
+    let (pod_dir, pod_path) = cgroups.make(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID2}.scope"
+    ));
+    let pods = TempDir::new("pods");
+    fs::create_dir(pods.path().join(format!("shop_web-0_{UID}"))).expect("pod log dir");
+    let pods_dir = pods.path().to_string_lossy().into_owned();
+    assert!(
+        fs::metadata(&docker_dir).unwrap().ino() != fs::metadata(&pod_dir).unwrap().ino(),
+        "two cgroups"
+    );
+
+    let (t, (docker_port, pod_port)) = trace_in_new_netns(&["--pods-dir", &pods_dir], || {
+        (serve_once_in(&docker_dir), serve_once_in(&pod_dir))
+    });
+
+    let cases = [
+        (
+            "docker",
+            docker_port,
+            docker_path.as_str(),
+            Value::from(ID),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        ),
+        (
+            "pod",
+            pod_port,
+            pod_path.as_str(),
+            Value::from(ID2),
+            Value::from(UID),
+            Value::from("shop"),
+            Value::from("web-0"),
+        ),
+    ];
+    for (what, port, path, container, uid, namespace, pod) in cases {
+        for kind in ["listen", "accept"] {
+            let events = on_port(&t.events, kind, port);
+            assert_eq!(
+                events.len(),
+                1,
+                "{what}: one {kind} on {port}: {:#?}",
+                t.events
+            );
+            let e = events[0];
+            assert_eq!(e["cgroup"], path, "{what} {kind}: {e}");
+            assert_eq!(e["container_id"], container, "{what} {kind}: {e}");
+            assert_eq!(e["pod_uid"], uid, "{what} {kind}: {e}");
+            assert_eq!(e["pod_namespace"], namespace, "{what} {kind}: {e}");
+            assert_eq!(e["pod"], pod, "{what} {kind}: {e}");
+        }
+    }
+    // The test's own connections: its cgroup is neither a container's nor a pod's.
+    for e in t.of_kind("connect") {
+        assert_eq!(e["container_id"], Value::Null, "{e}");
+        assert_eq!(e["pod"], Value::Null, "{e}");
+    }
+}
