@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TempDir, root_or_skip, server::Server, trace_in_new_netns};
+use common::{TempDir, report_json, root_or_skip, server::Server, trace_in_new_netns};
 use serde_json::Value;
 use sockwatch::host::workload::find_cgroup2;
 
@@ -174,4 +174,26 @@ fn listen_and_accept_events_name_the_container_and_the_pod() {
         assert_eq!(e["container_id"], Value::Null, "{e}");
         assert_eq!(e["pod"], Value::Null, "{e}");
     }
+
+    // `report` names each listener's workload from the recorded keys.
+    let recording = TempDir::new("recording");
+    let file = recording.path().join("events.jsonl");
+    fs::write(&file, &t.raw).expect("write the recording");
+    let summary = report_json(&file);
+    let listeners = summary["listeners"].as_array().expect("listeners");
+    let row = |port: u16| {
+        listeners
+            .iter()
+            .find(|l| l["netns"] == t.netns && l["port"] == u64::from(port))
+            .unwrap_or_else(|| panic!("no listener {port}: {summary:#}"))
+    };
+    let docker = row(docker_port);
+    assert_eq!(docker["workload"], &ID[..12], "{docker}");
+    assert_eq!(docker["container_id"], ID, "{docker}");
+    assert_eq!(docker["cgroup"], docker_path.as_str(), "{docker}");
+    let pod = row(pod_port);
+    assert_eq!(pod["workload"], "shop/web-0", "{pod}");
+    assert_eq!(pod["pod_namespace"], "shop", "{pod}");
+    assert_eq!(pod["pod"], "web-0", "{pod}");
+    assert_eq!(pod["container_id"], ID2, "{pod}");
 }

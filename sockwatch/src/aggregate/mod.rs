@@ -16,7 +16,7 @@ pub use expiry::Expiry;
 pub use input::{Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample};
 pub use summary::{
     ListenerSummary, LossSummary, NamespaceSummary, OpenCorrections, OutboundProcess,
-    OutboundSummary, ProcessSummary, Summary, SummaryOutput,
+    OutboundSummary, ProcessSummary, Summary, SummaryOutput, WorkloadSummary,
 };
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -25,6 +25,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use foldhash::HashSet;
 
 use crate::{
+    host::workload::Workload,
     kernel::decode::{Direction, EventKind, Family},
     kernel::loss::{Loss, Quiet},
 };
@@ -49,6 +50,8 @@ struct Listener {
     local_addr: Option<IpAddr>,
     pid: Option<u32>,
     comm: Option<String>,
+    /// The owner's workload, from the event that named the owner (its cgroup resolved).
+    workload: Option<Workload>,
     accepted: u64,
     established_now: u64,
     closed: u64,
@@ -62,6 +65,7 @@ struct Listener {
 #[derive(Debug, Default)]
 struct ProcessOut {
     comm: Option<String>,
+    workload: Option<Workload>,
     connects: u64,
     open_now: u64,
     /// Open counts at the last second boundaries, newest last.
@@ -317,6 +321,42 @@ impl Aggregator {
             }
             // Raw transitions (`trace --states`) are not summarised.
             EventKind::State(_) => {}
+        }
+    }
+
+    /// Names the workload of the owner of `o`, fed just before (live, its cgroup resolved; in
+    /// a recording, the event's workload keys): as pid and comm are, a listener's by its
+    /// listen, else its first accept, an outbound process's by its first connect. Rows are
+    /// never made here, so a filtered or counted event adds none.
+    pub fn name_workload(&mut self, o: &Obs, w: &Workload) {
+        let key = |port| PortKey {
+            netns: o.netns,
+            port,
+        };
+        match o.kind {
+            EventKind::Listen => {
+                if let Some(l) = self.listeners.get_mut(&key(o.local_port)) {
+                    l.workload = Some(w.clone());
+                }
+            }
+            EventKind::Accept => {
+                if let Some(l) = self.listeners.get_mut(&key(o.local_port))
+                    && l.workload.is_none()
+                {
+                    l.workload = Some(w.clone());
+                }
+            }
+            EventKind::Connect => {
+                if let Some(p) = self
+                    .outbound
+                    .get_mut(&key(o.peer_port))
+                    .and_then(|out| out.processes.get_mut(&o.pid))
+                    && p.workload.is_none()
+                {
+                    p.workload = Some(w.clone());
+                }
+            }
+            _ => {}
         }
     }
 

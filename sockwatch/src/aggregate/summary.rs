@@ -8,6 +8,7 @@ use sockwatch_common::{ListenerCounts, OutboundCounts};
 
 use super::{Aggregator, CountSide, FD_WARN_PERCENT, LEAK_RISES, counted};
 use crate::{
+    host::workload::{Resolver, Workload},
     kernel::decode::Family,
     kernel::loss::{Loss, Quiet},
 };
@@ -55,6 +56,7 @@ impl Aggregator {
                     local_addr: l.local_addr,
                     pid: l.pid,
                     comm: l.comm.clone(),
+                    owner: WorkloadSummary::of(l.workload.as_ref()),
                     accepted,
                     accepted_per_sec: per_sec(accepted),
                     established_now,
@@ -112,6 +114,7 @@ impl Aggregator {
                             OutboundProcess {
                                 pid: *pid,
                                 comm: p.comm.clone(),
+                                owner: WorkloadSummary::of(p.workload.as_ref()),
                                 connects: p.connects + kernel.map_or(0, |c| c.connects),
                                 open_now: counted::open_count(&[
                                     p.open_now as i64,
@@ -252,6 +255,8 @@ pub struct ListenerSummary {
     pub local_addr: Option<IpAddr>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    #[serde(flatten)]
+    pub owner: WorkloadSummary,
     pub accepted: u64,
     pub accepted_per_sec: f64,
     pub established_now: u64,
@@ -265,6 +270,34 @@ pub struct ListenerSummary {
     pub distinct_peers: u64,
     pub lifetime_p50_ns: Option<u64>,
     pub lifetime_p99_ns: Option<u64>,
+}
+
+/// The owner's workload in a summary row: the events' keys (null where unknown) and
+/// `workload`, its short name (see [`Resolver::short_name`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WorkloadSummary {
+    pub workload: Option<String>,
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub pod: Option<String>,
+}
+
+impl WorkloadSummary {
+    fn of(w: Option<&Workload>) -> Self {
+        let Some(w) = w else {
+            return Self::default();
+        };
+        Self {
+            workload: Resolver::short_name(w),
+            cgroup: w.cgroup.clone(),
+            unit: w.unit.clone(),
+            container_id: w.container_id.clone(),
+            pod_namespace: w.pod_namespace.clone(),
+            pod: w.pod.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -286,6 +319,8 @@ pub struct OutboundSummary {
 pub struct OutboundProcess {
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    #[serde(flatten)]
+    pub owner: WorkloadSummary,
     pub connects: u64,
     pub open_now: u64,
     /// Its open count rose at each of the last second boundaries: a likely connection leak.

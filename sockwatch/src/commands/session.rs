@@ -100,19 +100,18 @@ impl Pipeline {
             // Recorded before the event, as a check's decision is: `report` replays it.
             self.samples(&[Owned::Expired(e)])?;
         }
+        // Here, once per event, for the summary and the file alike: the resolver caches by id,
+        // so a hash lookup each.
+        let workload = match (&mut self.workloads, ev.cgroup_id) {
+            (Some(r), Some(id)) => Some(r.resolve(id)),
+            _ => None,
+        };
         if let Some(agg) = &mut self.agg {
-            feed::live_event(agg, &self.keep_all, &ev, &self.clock);
+            feed::live_event_in(agg, &self.keep_all, &ev, workload, &self.clock);
         }
         self.events += 1;
         match &mut self.export {
-            Some(e) => {
-                // Here, once per event: the resolver caches by id, so a hash lookup each.
-                let workload = match (&mut self.workloads, ev.cgroup_id) {
-                    (Some(r), Some(id)) => Some(r.resolve(id)),
-                    _ => None,
-                };
-                e.sink.event_in(&ev, workload)
-            }
+            Some(e) => e.sink.event_in(&ev, workload),
             None => Ok(()),
         }
     }

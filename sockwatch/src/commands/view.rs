@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use comfy_table::{Table, presets::NOTHING};
 
-use crate::aggregate::{Summary, capabilities};
+use crate::aggregate::{Summary, WorkloadSummary, capabilities};
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -13,6 +13,11 @@ fn table(header: &[&str]) -> Table {
 
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// What a row's WORKLOAD cell shows: the workload's short name, else the command name.
+fn workload(owner: &WorkloadSummary, comm: Option<&str>) -> String {
+    opt(owner.workload.as_deref().or(comm))
 }
 
 fn counts(m: &BTreeMap<String, u64>) -> String {
@@ -75,6 +80,8 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
         "PEERS",
         "P50",
         "P99",
+        // Last: scripts that count columns find the others where they were.
+        "WORKLOAD",
     ]);
     for l in s.listeners.iter().take(max_rows) {
         listeners.add_row(vec![
@@ -96,6 +103,7 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
             l.distinct_peers.to_string(),
             duration(l.lifetime_p50_ns),
             duration(l.lifetime_p99_ns),
+            workload(&l.owner, l.comm.as_deref()),
         ]);
     }
     let _ = writeln!(out, "LISTENING PORTS\n{listeners}");
@@ -108,6 +116,7 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
         "FAILED",
         "OPEN",
         "PROCESSES",
+        "WORKLOAD",
     ]);
     for o in s.outbound.iter().take(max_rows) {
         let procs = o
@@ -124,6 +133,14 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
             })
             .collect::<Vec<_>>()
             .join(" ");
+        // Each process's, once: the replicas of one workload are one name.
+        let mut names: Vec<String> = o
+            .processes
+            .iter()
+            .map(|p| workload(&p.owner, p.comm.as_deref()))
+            .collect();
+        names.sort();
+        names.dedup();
         outbound.add_row(vec![
             o.netns.to_string(),
             o.peer_port.to_string(),
@@ -132,6 +149,7 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
             counts(&o.failed),
             o.open_now.to_string(),
             procs,
+            names.join(" "),
         ]);
     }
     let _ = writeln!(out, "\nOUTBOUND (by remote port)\n{outbound}");
@@ -195,6 +213,50 @@ mod tests {
         let text = render(&a.summary(), 10);
         assert!(text.contains("WARNING: near the open-file limit"));
         assert!(text.contains("42") && text.contains("srv") && text.contains("95"));
+    }
+
+    #[test]
+    fn workload_column_shows_the_short_name_else_the_command() {
+        use crate::{aggregate::Obs, host::workload::Workload, kernel::decode::EventKind};
+        let mut a = Aggregator::new();
+        let listen = |port, comm| Obs {
+            time_ns: 0,
+            kind: EventKind::Listen,
+            netns: 1,
+            family: crate::kernel::decode::Family::Ipv4,
+            local_addr: "0.0.0.0".parse().unwrap(),
+            local_port: port,
+            peer_addr: "0.0.0.0".parse().unwrap(),
+            peer_port: 0,
+            pid: Some(port.into()),
+            comm: Some(comm),
+            direction: None,
+            duration_ns: None,
+            errno: None,
+            reason: None,
+            tracked: true,
+        };
+        a.event(&listen(8080, "nginx"));
+        a.name_workload(
+            &listen(8080, "nginx"),
+            &Workload {
+                pod_namespace: Some("shop".into()),
+                pod: Some("web-0".into()),
+                ..Workload::default()
+            },
+        );
+        a.event(&listen(9090, "agent"));
+        let text = render(&a.summary(), 10);
+        let header = text.lines().nth(1).unwrap();
+        assert!(header.trim_end().ends_with("WORKLOAD"), "{header}");
+        let row = |port: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(port))
+                .unwrap()
+                .to_string()
+        };
+        assert!(row("8080").trim_end().ends_with(" shop/web-0"), "{text}");
+        assert!(row("9090").trim_end().ends_with(" agent"), "{text}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::{Sample, sample};
 use crate::{
     aggregate::{Aggregator, Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample},
     filter::Filter,
+    host::workload::Workload,
     kernel::decode::{Direction, EventKind, Family},
     kernel::loss::{Loss, Quiet},
     record::sink::header::SCHEMA,
@@ -28,6 +29,15 @@ struct Line<'a> {
     #[serde(borrow)]
     comm: Option<Cow<'a, str>>,
     cgroup_id: Option<u64>,
+    /// The workload keys (events of a run that resolved cgroups); present, possibly null, or
+    /// all absent (older recordings).
+    #[serde(default, deserialize_with = "present")]
+    cgroup: Option<Option<String>>,
+    unit: Option<String>,
+    container_id: Option<String>,
+    pod_uid: Option<String>,
+    pod_namespace: Option<String>,
+    pod: Option<String>,
     netns: Option<u32>,
     direction: Option<Cow<'a, str>>,
     duration_ns: Option<u64>,
@@ -46,6 +56,11 @@ struct Line<'a> {
     schema: Option<u64>,
     /// The header record's: what the kernel let the run see.
     capabilities: Option<serde_json::Value>,
+}
+
+/// A key present, even as null, is `Some`; an absent one is `None` (with `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// What one exported line was.
@@ -287,6 +302,20 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
                 return Ok(Fed::Filtered);
             }
             agg.event(&obs);
+            if let Some(cgroup) = line.cgroup {
+                // As the live run named it (see `feed::live_event_in`).
+                let workload = Workload {
+                    cgroup_id: line.cgroup_id.unwrap_or(0),
+                    cgroup,
+                    unit: line.unit,
+                    container_id: line.container_id,
+                    pod_uid: line.pod_uid,
+                    pod_namespace: line.pod_namespace,
+                    pod: line.pod,
+                    ..Workload::default()
+                };
+                agg.name_workload(&obs, &workload);
+            }
             Ok(Fed::Event)
         }
     }

@@ -9,6 +9,7 @@ use crate::{
     aggregate::{Aggregator, Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample},
     clock::WallClock,
     filter::Filter,
+    host::workload::Workload,
     kernel::decode::{self, Event, EventKind},
 };
 
@@ -77,6 +78,18 @@ pub fn reopened(agg: &Aggregator, ev: &Event, at_ns: i64, snapshot_ns: i64) -> O
 /// Feeds a live kernel event (if the filter keeps it); returns whether it was kept. Raw state
 /// transitions are kept but not part of the summary.
 pub fn live_event(agg: &mut Aggregator, filter: &Filter, ev: &Event, clock: &WallClock) -> bool {
+    live_event_in(agg, filter, ev, None, clock)
+}
+
+/// As [`live_event`], with the workload the event's cgroup resolved to (as its recorded keys
+/// give it back to `report`).
+pub fn live_event_in(
+    agg: &mut Aggregator,
+    filter: &Filter,
+    ev: &Event,
+    workload: Option<&Workload>,
+    clock: &WallClock,
+) -> bool {
     if let EventKind::State(_) = ev.kind {
         return filter.keeps_kind(ev.kind.code());
     }
@@ -104,6 +117,9 @@ pub fn live_event(agg: &mut Aggregator, filter: &Filter, ev: &Event, clock: &Wal
         return false;
     }
     agg.event(&obs);
+    if let Some(w) = workload {
+        agg.name_workload(&obs, w);
+    }
     true
 }
 

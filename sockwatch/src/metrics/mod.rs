@@ -292,6 +292,7 @@ mod tests {
             local_addr: None,
             pid: Some(7),
             comm: Some("srv".into()),
+            owner: Default::default(),
             accepted,
             accepted_per_sec: 0.0,
             established_now: 0,
