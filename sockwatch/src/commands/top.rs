@@ -78,7 +78,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     let live = args.format == SummaryFormat::Table;
     let clock = WallClock::new();
     let interval = args.run.interval;
-    let mut last_events = 0u64;
+    let mut last_accepted = 0u64;
     let outcome = session::run(
         SessionOptions {
             load,
@@ -105,9 +105,11 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
                 out.extend_from_slice(b"\x1b[2J\x1b[H");
             }
             let _ = write_time_of_day(&mut out, clock.unix_ns(WallClock::monotonic_now()));
-            let rate = (events - last_events) as f64 / interval;
-            last_events = events;
             let accepted: u64 = summary.listeners.iter().map(|l| l.accepted).sum();
+            // Counted in the kernel, few events reach this process: the rate that tells is of
+            // connections accepted.
+            let rate = accepted.saturating_sub(last_accepted) as f64 / interval;
+            last_accepted = accepted;
             let open: u64 = summary
                 .listeners
                 .iter()
@@ -116,8 +118,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
                 + summary.outbound.iter().map(|o| o.open_now).sum::<u64>();
             let _ = writeln!(
                 out,
-                " UTC  listeners: {}  accepted: {accepted}  open: {open}  events: {events} \
-                 ({rate:.0}/s)  lost: {}",
+                " UTC  listeners: {}  accepted: {accepted} ({rate:.0}/s)  open: {open}  lost: {}",
                 summary.listeners.len(),
                 loss.total()
             );
