@@ -291,6 +291,23 @@ pub struct FilterArgs {
     #[arg(long, value_name = "PATH", value_parser = filter::parse_cgroup)]
     pub cgroup: Option<filter::Cgroup>,
 
+    /// Only sockets owned by processes of this container: its id or the first hex digits of
+    /// it (as `docker ps` or `crictl ps` shows them). See docs/usage.md#workloads.
+    #[arg(long, value_name = "ID-PREFIX", value_parser = filter::parse_container,
+          conflicts_with_all = ["cgroup", "pod", "unit"])]
+    pub container: Option<filter::WorkloadMatch>,
+
+    /// Only sockets owned by processes of this Kubernetes pod (NAME in any namespace, or
+    /// NAMESPACE/NAME), named from --pods-dir.
+    #[arg(long, value_name = "[NAMESPACE/]NAME", value_parser = filter::parse_pod,
+          conflicts_with_all = ["cgroup", "unit"])]
+    pub pod: Option<filter::WorkloadMatch>,
+
+    /// Only sockets owned by processes of this systemd service or scope (e.g. nginx.service).
+    #[arg(long, value_name = "NAME", value_parser = filter::parse_unit,
+          conflicts_with = "cgroup")]
+    pub unit: Option<filter::WorkloadMatch>,
+
     /// Only sockets in this network namespace: its inode, or a namespace file such as
     /// /proc/PID/ns/net.
     #[arg(long, value_name = "INODE|PATH", value_parser = filter::parse_netns)]
@@ -327,6 +344,11 @@ impl FilterArgs {
             netns: self.netns,
             kinds: (!self.events.is_empty())
                 .then(|| self.events.iter().fold(0, |k, &code| k | (1 << code))),
+            workload: self
+                .container
+                .clone()
+                .or_else(|| self.pod.clone())
+                .or_else(|| self.unit.clone()),
         }
     }
 }
@@ -630,5 +652,58 @@ mod tests {
         // Filters apply to report too; --states is trace's alone.
         assert!(Cli::try_parse_from(["sockwatch", "report", "f", "--event", "close"]).is_ok());
         assert!(Cli::try_parse_from(["sockwatch", "top", "--states"]).is_err());
+    }
+
+    #[test]
+    fn workload_filter_options() {
+        use crate::filter::WorkloadMatch;
+        let f = trace_filter(&["--container", "3F4E8d"]).unwrap();
+        assert_eq!(f.workload, Some(WorkloadMatch::Container("3f4e8d".into())));
+        let f = trace_filter(&["--pod", "shop/web-0"]).unwrap();
+        assert_eq!(
+            f.workload,
+            Some(WorkloadMatch::Pod {
+                namespace: Some("shop".into()),
+                name: "web-0".into()
+            })
+        );
+        let f = trace_filter(&["--unit", "nginx.service"]).unwrap();
+        assert_eq!(
+            f.workload,
+            Some(WorkloadMatch::Unit("nginx.service".into()))
+        );
+        assert_eq!(trace_filter(&[]).unwrap().workload, None);
+
+        let e = trace_filter(&["--container", "xyz"]).unwrap_err();
+        assert!(
+            e.contains("for '--container <ID-PREFIX>': 'xyz' is not a container id: give 1 to 64 hex digits"),
+            "{e}"
+        );
+        let e = trace_filter(&["--pod", "Shop/web_0"]).unwrap_err();
+        assert!(
+            e.contains("'Shop/web_0' is not a pod: give NAME or NAMESPACE/NAME"),
+            "{e}"
+        );
+        let e = trace_filter(&["--pod", "shop/"]).unwrap_err();
+        assert!(e.contains("is not a pod"), "{e}");
+        let e = trace_filter(&["--unit", "nginx"]).unwrap_err();
+        assert!(e.contains("'nginx' is not a systemd unit"), "{e}");
+        // One workload at a time, and not with --cgroup.
+        let e = trace_filter(&["--pod", "web-0", "--unit", "a.service"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = trace_filter(&["--container", "ab", "--pod", "web-0"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        // The pods directory is the kubelet's unless told.
+        let cli =
+            Cli::try_parse_from(["sockwatch", "top", "--pods-dir", "/host/var/log/pods"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Top(t)) if t.run.pods_dir == std::path::Path::new("/host/var/log/pods"))
+        );
+        let cli = Cli::try_parse_from(["sockwatch", "trace"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Trace(t)) if t.run.pods_dir == std::path::Path::new("/var/log/pods"))
+        );
+        // Filters on recorded names.
+        assert!(Cli::try_parse_from(["sockwatch", "report", "f", "--pod", "web-0"]).is_ok());
     }
 }

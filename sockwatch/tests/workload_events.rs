@@ -35,8 +35,8 @@ struct TestCgroups {
 }
 
 impl TestCgroups {
-    fn new(mount: &Path) -> Self {
-        let dir = mount.join(format!("sockwatch-test-{}-events", std::process::id()));
+    fn new(mount: &Path, tag: &str) -> Self {
+        let dir = mount.join(format!("sockwatch-test-{}-{tag}", std::process::id()));
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         Self {
             mount: mount.to_path_buf(),
@@ -81,6 +81,18 @@ impl Drop for TestCgroups {
     }
 }
 
+/// The cgroup v2 mount; None (said) where there is none, except in CI.
+fn cgroup2_or_skip(test: &str) -> Option<PathBuf> {
+    match find_cgroup2() {
+        Ok(m) => Some(m.path),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{test}: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED {test}: {e}");
+            None
+        }
+    }
+}
+
 /// Starts a server in the cgroup at `dir`, listens, has one connection accepted; its port.
 fn serve_once_in(dir: &Path) -> u16 {
     let mut server = Server::start(None);
@@ -106,16 +118,12 @@ fn listen_and_accept_events_name_the_container_and_the_pod() {
     if !root_or_skip("listen_and_accept_events_name_the_container_and_the_pod") {
         return;
     }
-    let mount = match find_cgroup2() {
-        Ok(m) => m,
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{e}"),
-        Err(e) => {
-            eprintln!("SKIPPED listen_and_accept_events_name_the_container_and_the_pod: {e}");
-            return;
-        }
+    let Some(mount) = cgroup2_or_skip("listen_and_accept_events_name_the_container_and_the_pod")
+    else {
+        return;
     };
     // Made before sockwatch starts: its first walk of the hierarchy finds them.
-    let cgroups = TestCgroups::new(&mount.path);
+    let cgroups = TestCgroups::new(&mount, "events");
     let (docker_dir, docker_path) = cgroups.make(&format!("system.slice/docker-{ID}.scope"));
     let (pod_dir, pod_path) = cgroups.make(&format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID2}.scope"
@@ -196,4 +204,80 @@ fn listen_and_accept_events_name_the_container_and_the_pod() {
     assert_eq!(pod["pod_namespace"], "shop", "{pod}");
     assert_eq!(pod["pod"], "web-0", "{pod}");
     assert_eq!(pod["container_id"], ID2, "{pod}");
+}
+
+/// The ports of the servers of `dirs` (one each, in order) that events in `t` name.
+fn ports_seen(events: &[Value], ports: &[u16]) -> Vec<u16> {
+    ports
+        .iter()
+        .copied()
+        .filter(|&p| events.iter().any(|e| e["local_port"] == u64::from(p)))
+        .collect()
+}
+
+#[test]
+fn workload_filters_keep_only_that_workload() {
+    if !root_or_skip("workload_filters_keep_only_that_workload") {
+        return;
+    }
+    let Some(mount) = cgroup2_or_skip("workload_filters_keep_only_that_workload") else {
+        return;
+    };
+    const UID2: &str = "0f1e2d3c-4b5a-4968-8776-655443322110";
+    const UID2_: &str = "0f1e2d3c_4b5a_4968_8776_655443322110";
+    const ID3: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    let cgroups = TestCgroups::new(&mount, "filters");
+    let (docker, _) = cgroups.make(&format!("system.slice/docker-{ID}.scope"));
+    let (shop, _) = cgroups.make(&format!(
+        "kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID2}.scope"
+    ));
+    let (dev, _) = cgroups.make(&format!(
+        "kubepods.slice/kubepods-pod{UID2_}.slice/cri-containerd-{ID3}.scope"
+    ));
+    let pods = TempDir::new("filter-pods");
+    fs::create_dir(pods.path().join(format!("shop_web-0_{UID}"))).expect("pod log dir");
+    fs::create_dir(pods.path().join(format!("dev_web-0_{UID2}"))).expect("pod log dir");
+    let pods_dir = pods.path().to_string_lossy().into_owned();
+
+    let run = |filter: &[&str]| {
+        let mut args = vec!["--pods-dir", pods_dir.as_str()];
+        args.extend_from_slice(filter);
+        let (t, ports) =
+            trace_in_new_netns(&args, || [&docker, &shop, &dev].map(|d| serve_once_in(d)));
+        let seen = ports_seen(&t.events, &ports);
+        (seen, ports)
+    };
+    // One pod: its slice, filtered in the kernel.
+    let (seen, [_, shop_port, _]) = run(&["--pod", "shop/web-0"]);
+    assert_eq!(seen, [shop_port]);
+    // A name in two namespaces: filtered by sockwatch, both kept.
+    let (seen, [_, shop_port, dev_port]) = run(&["--pod", "web-0"]);
+    assert_eq!(seen, [shop_port, dev_port]);
+    // A container by its short id.
+    let (seen, [docker_port, _, _]) = run(&["--container", &ID[..12]]);
+    assert_eq!(seen, [docker_port]);
+
+    // Nothing by that name: a one-line error before anything is traced.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+        .args([
+            "trace",
+            "--pods-dir",
+            &pods_dir,
+            "--pod",
+            "shop/nobody",
+            "--duration",
+            "1",
+        ])
+        .output()
+        .expect("run sockwatch");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "sockwatch: error: --pod shop/nobody: no cgroup on this host belongs to it (pods are named \
+             from {pods_dir}; see docs/usage.md#workloads)"
+        ),
+        "{stderr}"
+    );
 }

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeSet, HashSet},
     io::{self, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -19,7 +19,7 @@ use crate::{
     aggregate::{Aggregator, Conn, Expiry, HeldOpen, Summary, expiry},
     clock::WallClock,
     feed,
-    filter::Filter,
+    filter::{Filter, WorkloadFiltering},
     host::sampler::{KernelConns, Owned, Sampler},
     host::workload::Resolver,
     kernel::decode::{self, EventKind},
@@ -52,8 +52,39 @@ pub struct SessionOptions {
     pub aggregate: bool,
     /// How often open connections are checked against the kernel's table (when aggregating).
     pub expire_interval: Duration,
-    /// Where pods are named from (see [`crate::host::workload`]).
-    pub pods_dir: PathBuf,
+    /// Names each event's workload (see [`workloads`]); None where it cannot.
+    pub workloads: Option<Resolver>,
+}
+
+/// The resolver of a live run's workloads, with `filter`'s workload filter resolved against it
+/// (saying on stderr how it is applied). Without cgroup v2 the run goes on unnamed, unless a
+/// workload filter needs the names.
+pub fn workloads(filter: &mut Filter, pods_dir: &Path) -> anyhow::Result<Option<Resolver>> {
+    let mut resolver = Resolver::new(pods_dir.to_path_buf());
+    let what = filter.workload.as_ref().map(ToString::to_string);
+    let how = filter.resolve_workload(resolver.as_mut().map_err(|e| &*e), pods_dir)?;
+    if let (Some(what), Some(how)) = (what, how) {
+        match how {
+            WorkloadFiltering::Kernel(dir) => {
+                eprintln!(
+                    "sockwatch: {what}: filtered in the kernel, by cgroup {}",
+                    dir.display()
+                );
+            }
+            WorkloadFiltering::Userspace(n) => eprintln!(
+                "sockwatch: {what}: {n} cgroups match; filtered by sockwatch, on each event's \
+                 workload"
+            ),
+        }
+    }
+    Ok(match resolver {
+        Ok(r) => Some(r),
+        Err(e) => {
+            // Not fatal: events are still traced, without workload names.
+            eprintln!("sockwatch: workloads are not named: {e}");
+            None
+        }
+    })
 }
 
 pub struct Outcome {
@@ -89,6 +120,17 @@ impl Pipeline {
             self.decode_errors += 1;
             return Ok(());
         };
+        if self.filter.workload.is_some() {
+            // Left to userspace (see `Filter::resolve_workload`): as if the kernel had not
+            // sent it.
+            let workload = match (&mut self.workloads, ev.cgroup_id) {
+                (Some(r), Some(id)) => Some(r.resolve(id)),
+                _ => None,
+            };
+            if !self.filter.keeps_workload(workload) {
+                return Ok(());
+            }
+        }
         let reopened = match &self.agg {
             Some(agg) if ev.kind == EventKind::Established => {
                 let at = self.clock.unix_ns(ev.ts_ns) as i64;
@@ -172,14 +214,7 @@ pub async fn run(
         snapshot_ns: i64::MAX,
         decode_errors: 0,
         events: 0,
-        workloads: match Resolver::new(opts.pods_dir) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                // Not fatal: events are still traced, without workload names.
-                eprintln!("sockwatch: workloads are not named: {e}");
-                None
-            }
-        },
+        workloads: opts.workloads,
     };
     let mut sampler = Sampler::default();
     let mut expiry = Expiry::new();

@@ -47,7 +47,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     };
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
-    let filter = args.filter.filter();
+    let mut filter = args.filter.filter();
+    // Before the output too: a workload that matches nothing fails fast.
+    let workloads = session::workloads(&mut filter, &args.run.pods_dir)?;
     kernel.supports(&filter)?;
     // Under the live table's first line (and after the final tables) while anything is missing.
     let not_seen = view::not_seen(kernel.capabilities.to_json().as_object(), NOT_SEEN);
@@ -86,7 +88,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
             duration: args.run.duration.map(Duration::from_secs),
             ready_file: args.run.ready_file,
             expire_interval: Duration::from_secs(args.run.expire_interval),
-            pods_dir: args.run.pods_dir.clone(),
+            workloads,
             interval: Duration::from_secs_f64(interval),
             filter,
             export,

@@ -22,7 +22,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     };
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
-    let filter = args.filter.filter();
+    let mut filter = args.filter.filter();
+    // Before the output too: a workload that matches nothing fails fast.
+    let workloads = session::workloads(&mut filter, &args.run.pods_dir)?;
     kernel.supports(&filter)?;
     let clock = WallClock::new();
     let header = FileHeader {
@@ -60,7 +62,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
             ready_file: args.run.ready_file,
             interval: std::time::Duration::from_secs_f64(args.run.interval),
             expire_interval: std::time::Duration::from_secs(args.run.expire_interval),
-            pods_dir: args.run.pods_dir.clone(),
+            workloads,
             filter,
             export: Some(Export {
                 sink,

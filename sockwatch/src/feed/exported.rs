@@ -298,23 +298,26 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
                 // A recording is aggregated from its events alone.
                 tracked: false,
             };
-            if !filter.keeps(&obs) || !filter.keeps_cgroup(line.cgroup_id) {
+            // As the live run named it (see `feed::live_event_in`).
+            let workload = line.cgroup.map(|cgroup| Workload {
+                cgroup_id: line.cgroup_id.unwrap_or(0),
+                cgroup,
+                unit: line.unit,
+                container_id: line.container_id,
+                pod_uid: line.pod_uid,
+                pod_namespace: line.pod_namespace,
+                pod: line.pod,
+                ..Workload::default()
+            });
+            if !filter.keeps(&obs)
+                || !filter.keeps_cgroup(line.cgroup_id)
+                || !filter.keeps_workload(workload.as_ref())
+            {
                 return Ok(Fed::Filtered);
             }
             agg.event(&obs);
-            if let Some(cgroup) = line.cgroup {
-                // As the live run named it (see `feed::live_event_in`).
-                let workload = Workload {
-                    cgroup_id: line.cgroup_id.unwrap_or(0),
-                    cgroup,
-                    unit: line.unit,
-                    container_id: line.container_id,
-                    pod_uid: line.pod_uid,
-                    pod_namespace: line.pod_namespace,
-                    pod: line.pod,
-                    ..Workload::default()
-                };
-                agg.name_workload(&obs, &workload);
+            if let Some(w) = &workload {
+                agg.name_workload(&obs, w);
             }
             Ok(Fed::Event)
         }

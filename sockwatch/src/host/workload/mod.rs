@@ -244,6 +244,16 @@ impl Resolver {
         scan.complete
     }
 
+    /// Every cgroup of the hierarchy (as of the last walk) whose workload `keep` wants, pods
+    /// named; for resolving a workload to its cgroup at start-up, not for the event path.
+    pub fn matching(&mut self, keep: impl Fn(&Workload) -> bool) -> Vec<Workload> {
+        let ids: Vec<u64> = self.paths.keys().copied().collect();
+        ids.into_iter()
+            .map(|id| self.resolve(id).clone())
+            .filter(|w| keep(w))
+            .collect()
+    }
+
     /// A short name for tables: the pod (`namespace/name`) when named, else the container's
     /// short id (its first 12 hex digits, as `docker ps` shows it), else the pod uid
     /// (`pod:<uid>`), else the unit; None when none is known (the root cgroup, a user's
