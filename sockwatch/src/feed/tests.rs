@@ -538,11 +538,26 @@ fn workloads_read_back_as_recorded() {
         }
     }
     let mut read = Aggregator::new();
-    for line in String::from_utf8(out).unwrap().lines() {
+    for line in String::from_utf8(out.clone()).unwrap().lines() {
         assert_eq!(exported_line(&mut read, &filter, line), Ok(Fed::Event));
     }
     let s = live.summary();
     assert_eq!(read.summary(), s);
+    // `report --pod shop/web-0`: on the recorded names; unnamed events fail it.
+    let by_pod = Filter {
+        workload: Some(crate::filter::WorkloadMatch::Pod {
+            namespace: Some("shop".into()),
+            name: "web-0".into(),
+        }),
+        ..Filter::default()
+    };
+    let mut only = Aggregator::new();
+    let fed: Vec<Fed> = String::from_utf8(out.clone())
+        .unwrap()
+        .lines()
+        .map(|l| exported_line(&mut only, &by_pod, l).unwrap())
+        .collect();
+    assert_eq!(fed, [Fed::Event, Fed::Filtered, Fed::Event, Fed::Filtered]);
     let l = &s.listeners[0];
     assert_eq!(l.owner.workload.as_deref(), Some("shop/web-0"));
     assert_eq!(l.owner.pod_namespace.as_deref(), Some("shop"));
