@@ -251,7 +251,8 @@ fn top_serves_exact_per_port_metrics() {
                 "connect_lost",
                 "read_failed",
                 "decode_errors",
-                "expired"
+                "expired",
+                "counts_full"
             ]
         );
         assert!(value(&s, "process_cpu_seconds_total", &[]).is_some_and(|v| v > 0.0));
