@@ -281,3 +281,56 @@ fn workload_filters_keep_only_that_workload() {
         "{stderr}"
     );
 }
+
+#[test]
+fn top_names_the_pod_and_outlives_its_cgroup() {
+    if !root_or_skip("top_names_the_pod_and_outlives_its_cgroup") {
+        return;
+    }
+    let Some(mount) = cgroup2_or_skip("top_names_the_pod_and_outlives_its_cgroup") else {
+        return;
+    };
+    let cgroups = TestCgroups::new(&mount, "gone");
+    let pod_rel = format!("kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID2}.scope");
+    let (pod_dir, _) = cgroups.make(&pod_rel);
+    let pods = TempDir::new("pods-gone");
+    fs::create_dir(pods.path().join(format!("shop_web-0_{UID}"))).expect("pod log dir");
+    let pods_dir = pods.path().to_string_lossy().into_owned();
+    let args = [common::TOP_JSON, &["--pods-dir", &pods_dir]].concat();
+    let (t, stdout, port) = common::run_in_new_netns(&args, libc::SIGTERM, |_| {
+        let mut server = Server::start(None);
+        fs::write(pod_dir.join("cgroup.procs"), server.pid().to_string())
+            .expect("move the server into the pod's cgroup");
+        let port = server.listen("127.0.0.1:0");
+        // A connection open while the pod's cgroup goes away.
+        let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        fs::write(cgroups.dir.join("cgroup.procs"), server.pid().to_string())
+            .expect("move the server out");
+        for rel in [
+            pod_rel.as_str(),
+            &format!("kubepods.slice/kubepods-pod{UID_}.slice"),
+            "kubepods.slice",
+        ] {
+            fs::remove_dir(cgroups.dir.join(rel)).expect("remove the pod's cgroup");
+        }
+        drop(client);
+        server.ask("accept 1");
+        server.stop();
+        port
+    });
+    let live: Value = serde_json::from_str(&stdout).expect("live summary JSON");
+    let l = live["listeners"]
+        .as_array()
+        .and_then(|ls| {
+            ls.iter()
+                .find(|l| l["netns"] == t.netns && l["port"] == u64::from(port))
+        })
+        .unwrap_or_else(|| panic!("no listener {port}: {live:#}"));
+    // Named from its listen event, when the pod's cgroup was there.
+    assert_eq!(l["workload"], "shop/web-0", "{l}");
+    assert_eq!(l["accepted"], 1, "{l}");
+    // The listener's last event comes after its cgroup is gone: still named, as gone.
+    let stop = on_port(&t.events, "listen_stop", port);
+    assert_eq!(stop.len(), 1, "{:#?}", t.events);
+    assert_eq!(stop[0]["pod"], "web-0", "{}", stop[0]);
+}
