@@ -13,7 +13,7 @@
 //!   decoding, loss accounting. Only here (and in [`host`]) does sockwatch make system calls
 //!   about the kernel; [`kernel::decode`] itself is pure.
 //! - [`host`]: state the events do not carry (sockets older than sockwatch, accept queues,
-//!   descriptor pressure), read from netlink and /proc.
+//!   descriptor pressure, workload names from cgroups), read from netlink, /proc and cgroupfs.
 //! - [`record`]: output files, rotation, compression, and recordings read back.
 //! - [`feed`] and [`aggregate`]: records into the per-port summary; pure, so a live summary and
 //!   the report of its recording agree.
