@@ -26,6 +26,9 @@ pub struct ListenerRow {
     pub port: String,
     /// The owner's command name as last seen; empty when unknown (and for `other`).
     pub comm: String,
+    /// The owner's workload (pod, container, unit: see `host::workload`); empty when unknown.
+    /// One per listener, so it adds no series.
+    pub workload: String,
     pub accepted: u64,
     pub closed: u64,
     pub established: u64,
@@ -181,6 +184,7 @@ impl Selector {
                     netns: l.netns.to_string(),
                     port: l.port.to_string(),
                     comm: l.comm.clone().unwrap_or_default(),
+                    workload: l.owner.workload.clone().unwrap_or_default(),
                     queue: l.queue_depth.zip(l.backlog),
                     ..Default::default()
                 });

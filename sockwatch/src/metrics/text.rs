@@ -121,6 +121,7 @@ fn encode_snapshot(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
             ("netns", l.netns.clone()),
             ("port", l.port.clone()),
             ("comm", l.comm.clone()),
+            ("workload", l.workload.clone()),
         ]
     };
     let ls = &s.listeners;
@@ -307,6 +308,7 @@ mod tests {
                 netns: "4026531840".into(),
                 port: "8080".into(),
                 comm: "we\"b\\srv\nx".into(),
+                workload: "shop/web-0".into(),
                 accepted: 12,
                 closed: 10,
                 established: 2,
@@ -339,7 +341,7 @@ mod tests {
                 ..Default::default()
             },
         };
-        let l = r#"netns="4026531840",port="8080",comm="we\"b\\srv\nx""#;
+        let l = r#"netns="4026531840",port="8080",comm="we\"b\\srv\nx",workload="shop/web-0""#;
         let o = r#"netns="4026531840",remote_port="5432""#;
         let expected = format!(
             "\
