@@ -1,20 +1,23 @@
 //! Root integration test of `sockwatch::host::workload`: cgroups made under this host's real
 //! cgroup v2 mount in the shapes of each runtime and of pods, in a parent of the test's own,
 //! resolved by their ids; one removed after being resolved; one holding a process of the test's.
+mod common;
+
 use std::{
     ffi::CString,
     fs, io,
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use common::{
+    TempDir,
+    cgroups::{TestCgroup, mount_or_skip, pod_log_dir},
+};
 use sockwatch::host::workload::{
-    CONTAINERD, CRIO, Cgroup2Mount, DOCKER, PODMAN, ROOT_CGROUP_ID, Resolver, Workload,
-    find_cgroup2,
+    CONTAINERD, CRIO, DOCKER, PODMAN, ROOT_CGROUP_ID, Resolver, Workload,
 };
 
 const ID: &str = "3f4e8d2c1b0a99887766554433221100ffeeddccbbaa00112233445566778899";
@@ -26,124 +29,6 @@ const UID2_: &str = "0f1e2d3c_4b5a_4968_8776_655443322110";
 const STATIC_UID: &str = "d41d8cd98f00b204e9800998ecf8427e";
 /// No cgroup has this id: ids count up from 1.
 const NO_SUCH_ID: u64 = u64::MAX - 7;
-
-/// The cgroup v2 mount, when the test can make cgroups in it. Without root, or on a host
-/// without cgroup v2, it says it skipped, except in CI (CI=true), where that is a failure.
-fn mount_or_skip(test: &str) -> Option<Cgroup2Mount> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            !ci,
-            "{test}: CI=true but not running as root: the cgroup tests cannot run"
-        );
-        eprintln!("SKIPPED {test}: needs root to make cgroups (run as root)");
-        return None;
-    }
-    match find_cgroup2() {
-        Ok(m) => Some(m),
-        Err(e) if !ci => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
-}
-
-/// A cgroup of the test's own under the mount, with everything made below it; removed on drop
-/// (after the processes still in it are moved back to the root cgroup), even when the test
-/// fails.
-struct TestCgroup {
-    mount: PathBuf,
-    dir: PathBuf,
-}
-
-impl TestCgroup {
-    fn new(mount: &Cgroup2Mount, tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "sockwatch-test-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = mount.path.join(name);
-        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        Self {
-            mount: mount.path.clone(),
-            dir,
-        }
-    }
-
-    /// Makes `rel` (and its parents) below the test's cgroup; its path and id.
-    fn make(&self, rel: &str) -> (PathBuf, u64) {
-        let p = self.dir.join(rel);
-        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        let id = fs::metadata(&p).unwrap().ino();
-        (p, id)
-    }
-
-    /// The cgroup path of `rel`, as /proc/PID/cgroup and the resolver give it.
-    fn cgroup_path(&self, rel: &str) -> String {
-        let name = self.dir.file_name().unwrap().to_string_lossy();
-        format!("/{name}/{rel}")
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Deepest first: a cgroup can only be removed once it has no children and no
-        // processes.
-        let mut dirs: Vec<PathBuf> = walkdir::WalkDir::new(&self.dir)
-            .contents_first(true)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_dir())
-            .map(|e| e.into_path())
-            .collect();
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in dirs {
-            if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in procs.lines() {
-                    let _ = fs::write(self.mount.join("cgroup.procs"), pid);
-                }
-            }
-            // A process that just exited may hold its cgroup for a moment (EBUSY).
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while let Err(e) = fs::remove_dir(&d) {
-                if e.kind() == io::ErrorKind::NotFound || Instant::now() > deadline {
-                    eprintln!("cleanup: rmdir {}: {e}", d.display());
-                    break;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-/// A directory removed on drop, for the pod logs.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "sockwatch-test-{}-workload-{tag}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn pod(&self, namespace: &str, name: &str, uid: &str) {
-        fs::create_dir(self.0.join(format!("{namespace}_{name}_{uid}"))).unwrap();
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A process of the test's, killed and reaped on drop.
 struct Sleeper(Child);
@@ -275,8 +160,13 @@ fn runtime_and_pod_shaped_cgroups_resolve() {
 
     let cg = TestCgroup::new(&mount, "shapes");
     let pods = TempDir::new("shapes");
-    pods.pod("default", "web-0", UID);
-    pods.pod("kube-system", "kube-apiserver-node1", STATIC_UID);
+    pod_log_dir(pods.path(), "default", "web-0", UID);
+    pod_log_dir(
+        pods.path(),
+        "kube-system",
+        "kube-apiserver-node1",
+        STATIC_UID,
+    );
     let short = |s: &str| Some(s.to_owned());
     let wants = [
         Want {
@@ -343,7 +233,7 @@ fn runtime_and_pod_shaped_cgroups_resolve() {
     ];
     let made: Vec<(PathBuf, u64)> = wants.iter().map(|w| cg.make(&w.rel)).collect();
 
-    let mut r = Resolver::new(pods.0.clone()).expect("resolver");
+    let mut r = Resolver::new(pods.path().to_path_buf()).expect("resolver");
     assert_eq!(r.mount(), &mount);
     for (w, (dir, id)) in wants.iter().zip(&made) {
         // The id an event carries is the one the kernel gives the cgroup.
@@ -362,10 +252,10 @@ fn a_removed_cgroup_is_gone_and_nothing_breaks() {
     };
     let cg = TestCgroup::new(&mount, "removed");
     let pods = TempDir::new("removed");
-    pods.pod("prod", "api-7", UID);
+    pod_log_dir(pods.path(), "prod", "api-7", UID);
     let rel = format!("kubepods/besteffort/pod{UID}/{ID}");
     let (dir, id) = cg.make(&rel);
-    let mut r = Resolver::new(pods.0.clone())
+    let mut r = Resolver::new(pods.path().to_path_buf())
         .expect("resolver")
         .with_rescan_interval(Duration::ZERO);
     assert_eq!(r.resolve(id).to_string(), "prod/api-7");

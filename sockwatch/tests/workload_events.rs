@@ -3,18 +3,16 @@
 //! log directory in a temporary --pods-dir), traced as JSON Lines in a fresh network namespace.
 mod common;
 
-use std::{
-    fs, io,
-    net::TcpStream,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{fs, net::TcpStream, os::unix::fs::MetadataExt, path::Path};
 
-use common::{TempDir, report_json, root_or_skip, server::Server, trace_in_new_netns};
+use common::{
+    TempDir,
+    cgroups::{TestCgroup, mount_or_skip, pod_log_dir},
+    report_json, root_or_skip,
+    server::Server,
+    trace_in_new_netns,
+};
 use serde_json::Value;
-use sockwatch::host::workload::find_cgroup2;
 
 const ID: &str = "3f4e8d2c1b0a99887766554433221100ffeeddccbbaa00112233445566778899";
 const ID2: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -25,72 +23,6 @@ const UID_: &str = "6a1b2c3d_4e5f_4a6b_8c7d_0e1f2a3b4c5d";
 #[test]
 fn server_process_entry_point() {
     common::server::entry_point();
-}
-
-/// The test's own cgroups under the mount; on drop, the processes left in them go back to the
-/// root cgroup and every directory is removed, deepest first, even when the test fails.
-struct TestCgroups {
-    mount: PathBuf,
-    dir: PathBuf,
-}
-
-impl TestCgroups {
-    fn new(mount: &Path, tag: &str) -> Self {
-        let dir = mount.join(format!("sockwatch-test-{}-{tag}", std::process::id()));
-        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        Self {
-            mount: mount.to_path_buf(),
-            dir,
-        }
-    }
-
-    /// Makes `rel` and its parents; its directory and its path as the resolver gives it.
-    fn make(&self, rel: &str) -> (PathBuf, String) {
-        let p = self.dir.join(rel);
-        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        let name = self.dir.file_name().unwrap().to_string_lossy();
-        (p, format!("/{name}/{rel}"))
-    }
-}
-
-impl Drop for TestCgroups {
-    fn drop(&mut self) {
-        let mut dirs: Vec<PathBuf> = walkdir::WalkDir::new(&self.dir)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_dir())
-            .map(|e| e.into_path())
-            .collect();
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in dirs {
-            if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in procs.lines() {
-                    let _ = fs::write(self.mount.join("cgroup.procs"), pid);
-                }
-            }
-            // A process that just exited may hold its cgroup for a moment (EBUSY).
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while let Err(e) = fs::remove_dir(&d) {
-                if e.kind() == io::ErrorKind::NotFound || Instant::now() > deadline {
-                    eprintln!("cleanup: rmdir {}: {e}", d.display());
-                    break;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-/// The cgroup v2 mount; None (said) where there is none, except in CI.
-fn cgroup2_or_skip(test: &str) -> Option<PathBuf> {
-    match find_cgroup2() {
-        Ok(m) => Some(m.path),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{test}: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
 }
 
 /// Starts a server in the cgroup at `dir`, listens, has one connection accepted; its port.
@@ -118,18 +50,22 @@ fn listen_and_accept_events_name_the_container_and_the_pod() {
     if !root_or_skip("listen_and_accept_events_name_the_container_and_the_pod") {
         return;
     }
-    let Some(mount) = cgroup2_or_skip("listen_and_accept_events_name_the_container_and_the_pod")
+    let Some(mount) = mount_or_skip("listen_and_accept_events_name_the_container_and_the_pod")
     else {
         return;
     };
     // Made before sockwatch starts: its first walk of the hierarchy finds them.
-    let cgroups = TestCgroups::new(&mount, "events");
-    let (docker_dir, docker_path) = cgroups.make(&format!("system.slice/docker-{ID}.scope"));
-    let (pod_dir, pod_path) = cgroups.make(&format!(
+    let cgroups = TestCgroup::new(&mount, "events");
+    let docker_rel = format!("system.slice/docker-{ID}.scope");
+    let (docker_dir, _) = cgroups.make(&docker_rel);
+    let docker_path = cgroups.cgroup_path(&docker_rel);
+    let pod_rel = format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID2}.scope"
-    ));
+    );
+    let (pod_dir, _) = cgroups.make(&pod_rel);
+    let pod_path = cgroups.cgroup_path(&pod_rel);
     let pods = TempDir::new("pods");
-    fs::create_dir(pods.path().join(format!("shop_web-0_{UID}"))).expect("pod log dir");
+    pod_log_dir(pods.path(), "shop", "web-0", UID);
     let pods_dir = pods.path().to_string_lossy().into_owned();
     assert!(
         fs::metadata(&docker_dir).unwrap().ino() != fs::metadata(&pod_dir).unwrap().ino(),
@@ -220,13 +156,13 @@ fn workload_filters_keep_only_that_workload() {
     if !root_or_skip("workload_filters_keep_only_that_workload") {
         return;
     }
-    let Some(mount) = cgroup2_or_skip("workload_filters_keep_only_that_workload") else {
+    let Some(mount) = mount_or_skip("workload_filters_keep_only_that_workload") else {
         return;
     };
     const UID2: &str = "0f1e2d3c-4b5a-4968-8776-655443322110";
     const UID2_: &str = "0f1e2d3c_4b5a_4968_8776_655443322110";
     const ID3: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
-    let cgroups = TestCgroups::new(&mount, "filters");
+    let cgroups = TestCgroup::new(&mount, "filters");
     let (docker, _) = cgroups.make(&format!("system.slice/docker-{ID}.scope"));
     let (shop, _) = cgroups.make(&format!(
         "kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID2}.scope"
@@ -235,8 +171,8 @@ fn workload_filters_keep_only_that_workload() {
         "kubepods.slice/kubepods-pod{UID2_}.slice/cri-containerd-{ID3}.scope"
     ));
     let pods = TempDir::new("filter-pods");
-    fs::create_dir(pods.path().join(format!("shop_web-0_{UID}"))).expect("pod log dir");
-    fs::create_dir(pods.path().join(format!("dev_web-0_{UID2}"))).expect("pod log dir");
+    pod_log_dir(pods.path(), "shop", "web-0", UID);
+    pod_log_dir(pods.path(), "dev", "web-0", UID2);
     let pods_dir = pods.path().to_string_lossy().into_owned();
 
     let run = |filter: &[&str]| {
@@ -287,14 +223,14 @@ fn top_names_the_pod_and_outlives_its_cgroup() {
     if !root_or_skip("top_names_the_pod_and_outlives_its_cgroup") {
         return;
     }
-    let Some(mount) = cgroup2_or_skip("top_names_the_pod_and_outlives_its_cgroup") else {
+    let Some(mount) = mount_or_skip("top_names_the_pod_and_outlives_its_cgroup") else {
         return;
     };
-    let cgroups = TestCgroups::new(&mount, "gone");
+    let cgroups = TestCgroup::new(&mount, "gone");
     let pod_rel = format!("kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID2}.scope");
     let (pod_dir, _) = cgroups.make(&pod_rel);
     let pods = TempDir::new("pods-gone");
-    fs::create_dir(pods.path().join(format!("shop_web-0_{UID}"))).expect("pod log dir");
+    pod_log_dir(pods.path(), "shop", "web-0", UID);
     let pods_dir = pods.path().to_string_lossy().into_owned();
     let args = [common::TOP_JSON, &["--pods-dir", &pods_dir]].concat();
     let (t, stdout, port) = common::run_in_new_netns(&args, libc::SIGTERM, |_| {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bpf;
+pub mod cgroups;
 pub mod counts;
 pub mod server;
 
