@@ -71,19 +71,19 @@ struct EventRecord<'a> {
     pid: Option<u32>,
     comm: Option<std::borrow::Cow<'a, str>>,
     cgroup_id: Option<u64>,
-    /// The workload keys: present (possibly null) when the cgroup was resolved.
+    /// The workload keys: present when known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    cgroup: Option<Option<&'a str>>,
+    cgroup: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<Option<&'a str>>,
+    unit: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    container_id: Option<Option<&'a str>>,
+    container_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pod_uid: Option<Option<&'a str>>,
+    pod_uid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pod_namespace: Option<Option<&'a str>>,
+    pod_namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pod: Option<Option<&'a str>>,
+    pod: Option<&'a str>,
     netns: u32,
     direction: Option<&'static str>,
     /// Present (possibly null) on close and listen_stop only.
@@ -121,12 +121,12 @@ pub(crate) fn serde_event_line(
         pid: ev.pid,
         comm: ev.comm.as_ref().map(|c| c.as_str()),
         cgroup_id: ev.cgroup_id,
-        cgroup: workload.map(|w| w.cgroup.as_deref()),
-        unit: workload.map(|w| w.unit.as_deref()),
-        container_id: workload.map(|w| w.container_id.as_deref()),
-        pod_uid: workload.map(|w| w.pod_uid.as_deref()),
-        pod_namespace: workload.map(|w| w.pod_namespace.as_deref()),
-        pod: workload.map(|w| w.pod.as_deref()),
+        cgroup: workload.and_then(|w| w.cgroup.as_deref()),
+        unit: workload.and_then(|w| w.unit.as_deref()),
+        container_id: workload.and_then(|w| w.container_id.as_deref()),
+        pod_uid: workload.and_then(|w| w.pod_uid.as_deref()),
+        pod_namespace: workload.and_then(|w| w.pod_namespace.as_deref()),
+        pod: workload.and_then(|w| w.pod.as_deref()),
         netns: ev.netns,
         direction: ev.direction.map(|d| d.as_str()),
         duration_ns: ends.then_some(ev.duration_ns),
@@ -406,8 +406,7 @@ mod tests {
             lines[0].contains(
                 "\"cgroup_id\":99,\"cgroup\":\"/system.slice/docker-ab.scope\",\
                  \"unit\":\"docker-ab.scope\",\"container_id\":\"abababababababababababababababab\
-                 abababababababababababababababab\",\"pod_uid\":null,\"pod_namespace\":null,\
-                 \"pod\":null,\"netns\":"
+                 abababababababababababababababab\",\"netns\":"
             ),
             "{}",
             lines[0]
