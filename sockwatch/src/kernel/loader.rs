@@ -19,7 +19,11 @@ use crate::{
     filter::{Filter, FilterError},
     kernel::btf::{self, BtfError},
     kernel::capabilities::{Capabilities, ProgramChoice},
+    kernel::load_errors::{attach_error, one_line, with_causes},
     kernel::loss::KernelCounters,
+    kernel::map_sizes::{
+        MAX_PENDING_CONNECTS, counter_map_sizes, preallocated, socket_map_entries,
+    },
     kernel::tp_format,
     kernel::tracefs,
 };
@@ -103,51 +107,11 @@ enum Link {
 /// The reader drains the ring at least this often: the programs wake it only for bulk.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Sizes of the in-kernel counter maps: listening ports, remote ports, (port, errno) pairs,
-/// (remote port, process) pairs and (port, peer address) pairs. Their memory follows their use
-/// (these are upper bounds), except where the kernel makes the loader preallocate them
-/// ([`PREALLOCATED_MAP_SIZES`]).
-pub const MAP_SIZES: MapSizes = MapSizes {
-    listeners: 1 << 14,
-    outbound: 1 << 14,
-    errors: 1 << 16,
-    processes: 1 << 16,
-    peers: 1 << 18,
-};
-
-/// The counter maps' sizes where the kernel needs them preallocated (before Linux 6.1): a
-/// listener's counts take 7.7 KiB, so 1024 listening ports take 8 MiB; about 17 MiB in all.
-pub const PREALLOCATED_MAP_SIZES: MapSizes = MapSizes {
-    listeners: 1 << 10,
-    outbound: 1 << 14,
-    errors: 1 << 14,
-    processes: 1 << 14,
-    peers: 1 << 16,
-};
-
-/// Where the kernel needs the socket map preallocated, it holds at most this many sockets (about
-/// 100 MiB): the socket map's size before it could grow on demand.
-pub const PREALLOCATED_MAX_SOCKETS: u32 = 1 << 20;
-
-/// The compat build's pending connects: connects in flight (a blocking connect() from its SYN
-/// to its return) at once. An LRU map, always preallocated (about 80 bytes an entry).
-pub const MAX_PENDING_CONNECTS: u32 = 1 << 16;
-
-/// Entries of each counter map (see [`MAP_SIZES`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MapSizes {
-    pub listeners: u32,
-    pub outbound: u32,
-    pub errors: u32,
-    pub processes: u32,
-    pub peers: u32,
-}
-
 /// Sizes chosen by the user.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Live sockets tracked at once (socket map entries). Where the kernel needs the map
-    /// preallocated, at most [`PREALLOCATED_MAX_SOCKETS`].
+    /// preallocated, at most [`crate::kernel::map_sizes::PREALLOCATED_MAX_SOCKETS`].
     pub max_sockets: u32,
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
@@ -526,99 +490,6 @@ impl Tracer {
     }
 }
 
-/// Entries of the socket map: as asked, or capped where the kernel needs it preallocated.
-fn socket_map_entries(asked: u32, prealloc: bool) -> u32 {
-    if prealloc {
-        asked.min(PREALLOCATED_MAX_SOCKETS)
-    } else {
-        asked
-    }
-}
-
-/// The counter maps' sizes: one entry each when nothing is counted (they are then never used,
-/// and a preallocated one would cost its full size).
-fn counter_map_sizes(mode: Mode, prealloc: bool) -> MapSizes {
-    if mode.count == 0 {
-        return MapSizes {
-            listeners: 1,
-            outbound: 1,
-            errors: 1,
-            processes: 1,
-            peers: 1,
-        };
-    }
-    if prealloc {
-        PREALLOCATED_MAP_SIZES
-    } else {
-        MAP_SIZES
-    }
-}
-
-/// `BPF_F_NO_PREALLOC`.
-const NO_PREALLOC: u32 = 1;
-
-/// An object's bytes, aligned as the ELF parser needs them.
-struct Aligned {
-    words: Vec<u64>,
-    len: usize,
-}
-
-impl Aligned {
-    fn new(bytes: &[u8]) -> Self {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        Self::bytes_of(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        Self {
-            words,
-            len: bytes.len(),
-        }
-    }
-
-    fn bytes_of(words: &mut [u64]) -> &mut [u8] {
-        // SAFETY: a u64 slice is valid as bytes, in the same allocation.
-        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: as above, read-only.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        let len = self.len;
-        &mut Self::bytes_of(&mut self.words)[..len]
-    }
-}
-
-/// `object` with `BPF_F_NO_PREALLOC` cleared in every map definition (the `maps` section: one
-/// `struct bpf_map_def` per map symbol). aya has no way to set a map's flags at load time.
-fn preallocated(object: &[u8]) -> Result<Aligned, String> {
-    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    let flags_at = std::mem::offset_of!(aya_obj::maps::bpf_map_def, map_flags);
-    let file = object::File::parse(object).map_err(|e| format!("the eBPF object: {e}"))?;
-    let section = file
-        .section_by_name("maps")
-        .ok_or("the eBPF object has no maps section")?;
-    let (start, size) = section
-        .file_range()
-        .ok_or("the eBPF object's maps section has no data")?;
-    let mut out = Aligned::new(object);
-    let bytes = out.bytes_mut();
-    for symbol in file.symbols() {
-        if symbol.section_index() != Some(section.index()) || symbol.size() == 0 {
-            continue;
-        }
-        let within = symbol.address() - section.address();
-        let at = (start + within) as usize + flags_at;
-        if within + flags_at as u64 + 4 > size {
-            return Err(format!("map {:?} lies outside its section", symbol.name()));
-        }
-        let field: &mut [u8; 4] = (&mut bytes[at..at + 4]).try_into().expect("4 bytes");
-        let flags = u32::from_le_bytes(*field) & !NO_PREALLOC;
-        *field = flags.to_le_bytes();
-    }
-    Ok(out)
-}
-
 fn prog_recursion_misses(fd: i32) -> io::Result<u64> {
     use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
     // SAFETY: both are plain C structs for which all-zero is valid.
@@ -642,94 +513,6 @@ fn prog_recursion_misses(fd: i32) -> io::Result<u64> {
     Ok(info.recursion_misses)
 }
 
-/// An attach failure; a tracepoint the kernel does not have (ENOENT) gets its own message.
-fn attach_error(
-    name: &'static str,
-    tracepoint: String,
-    cause: aya::programs::ProgramError,
-) -> LoadError {
-    use aya::programs::{ProgramError, trace_point::TracePointError};
-    let absent = match &cause {
-        ProgramError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
-        ProgramError::TracePointError(TracePointError::FileError { io_error, .. }) => {
-            io_error.kind() == io::ErrorKind::NotFound
-        }
-        _ => false,
-    };
-    if !absent {
-        return LoadError::Attach {
-            name,
-            tracepoint,
-            cause,
-        };
-    }
-    let why = if tracepoint.starts_with("syscalls:") {
-        "syscall tracepoints need a kernel built with CONFIG_FTRACE_SYSCALLS=y"
-    } else if tracepoint.contains("inet_sock_set_state") {
-        "sockwatch needs it to see TCP state changes (Linux 4.16 or later)"
-    } else {
-        "sockwatch needs it (see /sys/kernel/tracing/available_events)"
-    };
-    LoadError::NoTracepoint { tracepoint, why }
-}
-
-const BPF_REFUSED: &str = "the kernel refused bpf() (needs CAP_BPF and CAP_PERFMON in the host's \
-                            user namespace; unprivileged containers, seccomp profiles and kernel \
-                            lockdown prevent it)";
-
-/// An error and its causes on one line, with the fix when the kernel refused bpf() itself.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut refused = false;
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        // Some layers repeat their cause's words: keep each once.
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        refused |= c
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM));
-        cause = c.source();
-    }
-    if refused {
-        text.push_str("; ");
-        text.push_str(BPF_REFUSED);
-    }
-    text.replace('\n', " ")
-}
-
-/// A program error on one line: the verifier's log is long, its last finding is the reason.
-fn one_line(e: &aya::programs::ProgramError) -> String {
-    match e {
-        aya::programs::ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let reason = log
-                .lines()
-                .map(str::trim)
-                .rev()
-                .find(|l| {
-                    !l.is_empty()
-                        && !l.starts_with("verification time")
-                        && !l.starts_with("stack depth")
-                        && !l.starts_with("processed ")
-                })
-                .unwrap_or("no verifier output");
-            if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
-                // Refused before verification: a policy, not the program.
-                return format!("{io_error}: {BPF_REFUSED}");
-            }
-            format!("{io_error}; verifier: {reason}")
-        }
-        other => other.to_string().replace('\n', " "),
-    }
-}
-
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use the memory cgroup,
 /// so failing to raise the limit is expected where the capability is missing.
 fn raise_memlock_limit() {
@@ -739,134 +522,4 @@ fn raise_memlock_limit() {
     };
     // SAFETY: valid pointer to a valid rlimit.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use aya::programs::{ProgramError, trace_point::TracePointError};
-
-    fn syscall_error(errno: i32) -> ProgramError {
-        ProgramError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_raw_tracepoint_open",
-            io_error: io::Error::from_raw_os_error(errno),
-        })
-    }
-
-    /// Each legacy map definition of `object`: name and flags.
-    fn map_flags(object: &[u8]) -> Vec<(String, u32)> {
-        let obj = aya_obj::Object::parse(object).expect("the object parses");
-        let mut out: Vec<(String, u32)> = obj
-            .maps
-            .iter()
-            .filter_map(|(name, map)| match map {
-                aya_obj::maps::Map::Legacy(m) if !name.starts_with('.') => {
-                    Some((name.clone(), m.def.map_flags))
-                }
-                _ => None,
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn preallocating_clears_the_on_demand_flag_and_nothing_else() {
-        for object in [OBJECT, OBJECT_COMPAT] {
-            let before = map_flags(object);
-            let on_demand: Vec<&str> = before
-                .iter()
-                .filter(|(_, f)| f & NO_PREALLOC != 0)
-                .map(|(n, _)| n.as_str())
-                .collect();
-            for name in [
-                "SOCKS",
-                "LISTENERS",
-                "OUTBOUND",
-                "ERRORS",
-                "PROCESSES",
-                "PEERS",
-            ] {
-                assert!(on_demand.contains(&name), "{name}: {before:?}");
-            }
-            let patched = preallocated(object).expect("patched");
-            let after = map_flags(patched.bytes());
-            let want: Vec<(String, u32)> = before
-                .iter()
-                .map(|(n, f)| (n.clone(), f & !NO_PREALLOC))
-                .collect();
-            assert_eq!(after, want);
-            // Only the flag words changed.
-            let changed = object
-                .iter()
-                .zip(patched.bytes())
-                .filter(|(a, b)| a != b)
-                .count();
-            assert_eq!(changed, on_demand.len(), "one byte per map");
-            assert_eq!(patched.bytes().len(), object.len());
-        }
-    }
-
-    #[test]
-    fn counter_maps_take_one_entry_each_unless_counting() {
-        let one = counter_map_sizes(Mode::RING_ONLY, true);
-        assert_eq!((one.listeners, one.peers), (1, 1));
-        let counting = Mode {
-            count: 1,
-            ring_kinds: 0,
-        };
-        assert_eq!(counter_map_sizes(counting, false), MAP_SIZES);
-        assert_eq!(counter_map_sizes(counting, true), PREALLOCATED_MAP_SIZES);
-        assert_eq!(socket_map_entries(1 << 24, false), 1 << 24);
-        assert_eq!(socket_map_entries(1 << 24, true), PREALLOCATED_MAX_SOCKETS);
-        assert_eq!(socket_map_entries(1 << 16, true), 1 << 16);
-    }
-
-    #[test]
-    fn absent_raw_tracepoint_is_named_with_why() {
-        let e = attach_error(
-            "inet_sock_set_state",
-            "inet_sock_set_state".into(),
-            syscall_error(libc::ENOENT),
-        );
-        assert_eq!(
-            e.to_string(),
-            "tracepoint inet_sock_set_state does not exist in this kernel: sockwatch needs it to \
-             see TCP state changes (Linux 4.16 or later)"
-        );
-        let e = attach_error("kfree_skb", "kfree_skb".into(), syscall_error(libc::ENOENT));
-        assert!(
-            e.to_string()
-                .starts_with("tracepoint kfree_skb does not exist in this kernel: "),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn absent_syscall_tracepoint_names_the_config() {
-        let cause = ProgramError::TracePointError(TracePointError::FileError {
-            filename: "/sys/kernel/tracing/events/syscalls/sys_exit_connect/id".into(),
-            io_error: io::Error::from_raw_os_error(libc::ENOENT),
-        });
-        let e = attach_error(
-            "sys_exit_connect",
-            "syscalls:sys_exit_connect".into(),
-            cause,
-        );
-        assert_eq!(
-            e.to_string(),
-            "tracepoint syscalls:sys_exit_connect does not exist in this kernel: syscall \
-             tracepoints need a kernel built with CONFIG_FTRACE_SYSCALLS=y"
-        );
-    }
-
-    #[test]
-    fn other_attach_failures_keep_their_cause() {
-        let e = attach_error("kfree_skb", "kfree_skb".into(), syscall_error(libc::EPERM));
-        assert!(matches!(e, LoadError::Attach { .. }), "{e}");
-        assert!(
-            e.to_string()
-                .starts_with("attaching kfree_skb to tracepoint kfree_skb failed: ")
-        );
-    }
 }

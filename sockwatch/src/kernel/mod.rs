@@ -5,6 +5,8 @@
 //! - [`tracefs`]: tracefs for the syscall tracepoints, without touching the host's mounts.
 //! - [`capabilities`]: what this kernel supports, probed, never inferred from a version.
 //! - [`loader`]: loads, attaches and detaches the programs; reads their counters.
+//! - [`load_errors`]: why a load or an attach failed, in one line.
+//! - [`map_sizes`]: how big the maps are, preallocated where the kernel needs it.
 //! - [`counts`]: the in-kernel per-port, per-error and per-process counts, read from their maps.
 //! - [`source`] -> [`decode`]: the ring buffer read on the event loop, bytes to events.
 //! - [`loss`]: every way an event can go missing, counted.
@@ -12,8 +14,10 @@ pub mod btf;
 pub mod capabilities;
 pub mod counts;
 pub mod decode;
+pub mod load_errors;
 pub mod loader;
 pub mod loss;
+pub mod map_sizes;
 pub mod source;
 pub mod tp_format;
 pub mod tracefs;
