@@ -9,7 +9,7 @@
 //!   /proc/PID/fdinfo (the largest sample during the hold) minus the sum at ready, per
 //!   connection;
 //! - its time to ready (from its start to its `--ready-file`);
-//! - its CPU per check against the kernel's socket table (see `check_cost`);
+//! - its CPU per check against the kernel's socket table (see `super::check_cost`);
 //! - then, the N connections still held, a second `top`: its time to ready, and whether its
 //!   `established_now` is exactly N too.
 //!
@@ -28,12 +28,9 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::{
-    Bench, CHURN_MAX_SECONDS, Mode,
+    Bench, CHURN_MAX_SECONDS, Mode, check_cost,
     count::{counters, listener},
-    procfs::{
-        bpf_map_memlock, clock_ticks, file_nr, hwm_kib, meminfo, parse_stat_ticks, rss_kib,
-        threads_named,
-    },
+    procfs::{bpf_map_memlock, file_nr, hwm_kib, meminfo, rss_kib},
     progress,
     report::{num, opt},
     run::{Churn, parse_churn},
@@ -42,15 +39,8 @@ use super::{
 
 /// sockwatch's `--expire-interval` here (its default is 30 s): the quiet window spans
 /// CHECKS_IN_WINDOW checks.
-const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
-const CHECKS_IN_WINDOW: u32 = 4;
-/// How often the window samples sockwatch's CPU time and threads.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// After its dump thread ends, a check goes on for a moment on the main thread (the expiry
-/// and the corrections of the open counts): this long counts as the check's too.
-const AFTER_DUMP: Duration = Duration::from_secs(1);
-/// The name of the thread that reads the kernel's socket table for a check.
-const DUMP_THREAD: &str = "sockwatch-dump";
+pub(super) const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const CHECKS_IN_WINDOW: u32 = 4;
 /// Kernel memory per idle loopback TCP socket, as planned (measured: about 3.2 KiB on 6.18,
 /// socket, file and inode together), and what is kept free besides.
 const SOCKET_KIB: u64 = 4;
@@ -242,89 +232,6 @@ pub(super) fn settle(before_kib: u64) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// One reading of sockwatch during the window: seconds since its start, its CPU time in
-/// clock ticks, and whether a check's dump thread was running.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Sample {
-    pub(super) t: f64,
-    pub(super) ticks: u64,
-    pub(super) dump: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub(super) struct CheckCost {
-    pub(super) expire_interval_s: u64,
-    pub(super) window_s: f64,
-    /// Checks that ended in the window (dump threads seen to end).
-    pub(super) checks: u32,
-    /// sockwatch's CPU over the window (utime + stime).
-    pub(super) cpu_s: f64,
-    /// The part of the window outside checks, and sockwatch's CPU per second there.
-    pub(super) idle_s: f64,
-    pub(super) idle_cpu_s_per_s: f64,
-    /// (cpu_s - idle_cpu_s_per_s * window_s) / checks.
-    pub(super) cpu_s_per_check: Option<f64>,
-    /// How long a check's dump thread lived (median; to the sampling's 0.1 s).
-    pub(super) dump_s_median: Option<f64>,
-}
-
-/// CPU per check from samples taken every SAMPLE_EVERY over a window: a stretch between two
-/// samples belongs to a check when a dump thread is seen at either end, or when it starts less
-/// than `after_s` after a dump thread was first seen gone; the rest is idle, and its CPU per second, times the whole window, is
-/// what the window would have cost without checks. The remainder over the checks that ended in
-/// the window is the CPU of one check.
-pub(super) fn check_cost(
-    samples: &[Sample],
-    hz: f64,
-    after_s: f64,
-    interval_s: u64,
-) -> Option<CheckCost> {
-    let (first, last) = (samples.first()?, samples.last()?);
-    let mut idle_s = 0.0;
-    let mut idle_ticks = 0u64;
-    // When the last check's dump thread was first seen gone.
-    let mut ended: Option<f64> = None;
-    let mut checks = 0u32;
-    let mut dumps = Vec::new();
-    let mut dump_start: Option<f64> = None;
-    for w in samples.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        if a.dump {
-            dump_start.get_or_insert(a.t);
-        }
-        if a.dump && !b.dump {
-            checks += 1;
-            ended = Some(b.t);
-            if let Some(s) = dump_start.take() {
-                dumps.push(b.t - s);
-            }
-        }
-        let busy = a.dump || b.dump || ended.is_some_and(|e| a.t < e + after_s);
-        if !busy {
-            idle_s += b.t - a.t;
-            idle_ticks += b.ticks.saturating_sub(a.ticks);
-        }
-    }
-    let window_s = last.t - first.t;
-    let cpu_s = last.ticks.saturating_sub(first.ticks) as f64 / hz;
-    let idle_cpu_s_per_s = if idle_s > 0.0 {
-        idle_ticks as f64 / hz / idle_s
-    } else {
-        0.0
-    };
-    Some(CheckCost {
-        expire_interval_s: interval_s,
-        window_s,
-        checks,
-        cpu_s,
-        idle_s,
-        idle_cpu_s_per_s,
-        cpu_s_per_check: (checks > 0)
-            .then(|| (cpu_s - idle_cpu_s_per_s * window_s) / f64::from(checks)),
-        dump_s_median: (!dumps.is_empty()).then(|| super::report::median(dumps)),
-    })
-}
-
 /// The largest kernel memory of sockwatch's maps seen.
 #[derive(Debug, Default)]
 struct MapPeak {
@@ -389,7 +296,7 @@ pub(super) struct Concurrency {
     pub(super) bpf_maps: usize,
     /// (peak - at ready) / held.
     pub(super) bpf_map_bytes_per_connection: Option<f64>,
-    pub(super) check: Option<CheckCost>,
+    pub(super) check: Option<check_cost::CheckCost>,
     /// Its CPU over its whole life.
     pub(super) tracer_cpu_s: f64,
     pub(super) lost: Option<BTreeMap<String, u64>>,
@@ -485,7 +392,7 @@ impl Bench<'_> {
             held.held as f64 / held.ramp_s.max(1e-9),
             opt(kernel_bytes_per_socket, |b| format!("{b:.0}"))
         ));
-        let check = measure_checks(t.pid, EXPIRE_INTERVAL, &mut || peak.sample(pid))?;
+        let check = check_cost::measure_checks(t.pid, EXPIRE_INTERVAL, &mut || peak.sample(pid))?;
         peak.sample(pid);
         let hwm = hwm_kib(t.pid);
         progress("concurrency: stopping sockwatch (its last look covers every connection)");
@@ -600,92 +507,6 @@ impl Bench<'_> {
     }
 }
 
-/// Waits for a check to come and go, then samples sockwatch over the next CHECKS_IN_WINDOW
-/// checks (see `check_cost`). None if no check was seen in time.
-fn measure_checks(
-    pid: libc::pid_t,
-    interval: Duration,
-    tick: &mut impl FnMut(),
-) -> anyhow::Result<Option<CheckCost>> {
-    let ticks = || {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| parse_stat_ticks(&s))
-    };
-    let dumping = || !threads_named(pid, DUMP_THREAD).is_empty();
-    progress(format!(
-        "concurrency: waiting for sockwatch's next check (every {} s) to start the quiet window",
-        interval.as_secs()
-    ));
-    let until = Instant::now() + 2 * interval + Duration::from_secs(60);
-    let mut seen = false;
-    loop {
-        let d = dumping();
-        if d {
-            seen = true;
-        } else if seen {
-            break;
-        }
-        if Instant::now() > until {
-            progress("warning: no check of sockwatch's seen in time: no CPU per check");
-            return Ok(None);
-        }
-        thread::sleep(SAMPLE_EVERY);
-    }
-    thread::sleep(AFTER_DUMP);
-    progress(format!(
-        "concurrency: quiet window: sockwatch's CPU over {CHECKS_IN_WINDOW} checks (about {} s)",
-        interval.as_secs() * u64::from(CHECKS_IN_WINDOW)
-    ));
-    let start = Instant::now();
-    let until = start + interval * (CHECKS_IN_WINDOW + 1) + Duration::from_secs(60);
-    let mut samples = Vec::new();
-    let mut done = 0;
-    let mut last_done = start;
-    let mut prev = false;
-    let mut next_tick = start;
-    loop {
-        let Some(t) = ticks() else {
-            bail!("sockwatch exited during the quiet window");
-        };
-        let d = dumping();
-        samples.push(Sample {
-            t: start.elapsed().as_secs_f64(),
-            ticks: t,
-            dump: d,
-        });
-        if prev && !d {
-            done += 1;
-            last_done = Instant::now();
-            progress(format!(
-                "concurrency: check {done}/{CHECKS_IN_WINDOW} over ({:.0} s into the window)",
-                start.elapsed().as_secs_f64()
-            ));
-        }
-        prev = d;
-        if done >= CHECKS_IN_WINDOW && last_done.elapsed() >= AFTER_DUMP {
-            break;
-        }
-        if Instant::now() > until {
-            progress(format!(
-                "warning: only {done} of {CHECKS_IN_WINDOW} checks ended in the window"
-            ));
-            break;
-        }
-        if Instant::now() >= next_tick {
-            tick();
-            next_tick += Duration::from_millis(500);
-        }
-        thread::sleep(SAMPLE_EVERY);
-    }
-    Ok(check_cost(
-        &samples,
-        clock_ticks(),
-        AFTER_DUMP.as_secs_f64(),
-        interval.as_secs(),
-    ))
-}
-
 /// The concurrency part of the report, for people.
 pub(super) fn render(c: &Concurrency) -> String {
     let f = |v: Option<f64>, d: usize| opt(v, |x| format!("{x:.d$}"));
@@ -771,70 +592,4 @@ pub(super) fn render(c: &Concurrency) -> String {
         out.push_str(&format!("  open_corrections: {o}\n"));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn samples(spec: &[(f64, u64, bool)]) -> Vec<Sample> {
-        spec.iter()
-            .map(|&(t, ticks, dump)| Sample { t, ticks, dump })
-            .collect()
-    }
-
-    #[test]
-    fn check_cost_takes_the_idle_rate_off() {
-        // 100 ticks/s. Idle: 1 tick per second. Two checks of 1 s, each costing 50 ticks
-        // beyond idle, at t = 2..3 and 6..7; AFTER_DUMP 0.5 s.
-        let s = samples(&[
-            (0.0, 0, false),
-            (1.0, 1, false),
-            (2.0, 2, false),
-            (2.5, 30, true),
-            (3.0, 53, false),
-            (4.0, 54, false),
-            (5.0, 55, false),
-            (6.0, 56, false),
-            (6.5, 90, true),
-            (7.0, 107, false),
-            (8.0, 108, false),
-        ]);
-        let c = check_cost(&s, 100.0, 0.5, 10).unwrap();
-        assert_eq!(c.checks, 2);
-        assert!((c.window_s - 8.0).abs() < 1e-9);
-        assert!((c.cpu_s - 1.08).abs() < 1e-9);
-        // Busy: 2-2.5 and 2.5-3 (the dump), 3-4 (it starts as the dump is seen gone), and
-        // the same from 6 to 8; idle: 0-2 and 4-6.
-        assert!((c.idle_s - 4.0).abs() < 1e-9);
-        assert!((c.idle_cpu_s_per_s - 0.01).abs() < 1e-9);
-        // (1.08 - 0.08) / 2
-        assert!((c.cpu_s_per_check.unwrap() - 0.5).abs() < 1e-9);
-        assert!((c.dump_s_median.unwrap() - 0.5).abs() < 1e-9);
-    }
-
-    #[test]
-    fn check_cost_without_checks() {
-        let s = samples(&[(0.0, 0, false), (1.0, 3, false)]);
-        let c = check_cost(&s, 100.0, 1.0, 10).unwrap();
-        assert_eq!((c.checks, c.cpu_s_per_check), (0, None));
-        assert!((c.idle_cpu_s_per_s - 0.03).abs() < 1e-9);
-        assert!(check_cost(&[], 100.0, 1.0, 10).is_none());
-    }
-
-    #[test]
-    fn the_stretch_right_after_a_check_is_the_checks() {
-        let s = samples(&[
-            (0.0, 0, true),
-            (0.5, 10, false),
-            (1.0, 20, false),
-            (2.0, 21, false),
-        ]);
-        let c = check_cost(&s, 100.0, 1.0, 10).unwrap();
-        // 0-0.5 (dump), 0.5-1.0 and 1.0-2.0 (they start less than 1 s after the dump was
-        // seen gone at 0.5): busy; nothing idle.
-        assert_eq!(c.checks, 1);
-        assert_eq!(c.idle_s, 0.0);
-        assert!((c.cpu_s_per_check.unwrap() - 0.21).abs() < 1e-9);
-    }
 }

@@ -33,6 +33,7 @@
 //! Every process started here is stopped by its pid, also on errors (and dies with xtask through
 //! PR_SET_PDEATHSIG if xtask is killed).
 mod baseline;
+mod check_cost;
 mod concurrency;
 mod count;
 mod procfs;
