@@ -306,3 +306,33 @@ fn a_recording_run_still_finds_the_closes_the_ring_lost() {
     assert_eq!(a.expired(), 1);
     assert_eq!(a.summary().listeners[0].established_now, 2);
 }
+
+#[test]
+fn a_recording_runs_connect_makes_the_process_row_its_workload_is_named_on() {
+    let mut a = counting();
+    let connect = Obs {
+        tracked: true,
+        direction: Some(Direction::Active),
+        pid: Some(7),
+        comm: Some("app"),
+        ..obs(
+            EventKind::Connect,
+            S,
+            ("10.0.0.2", 40000),
+            ("10.0.0.9", 5432),
+        )
+    };
+    a.event(&connect);
+    let w = crate::host::workload::Workload {
+        cgroup: Some("/system.slice/app.service".into()),
+        unit: Some("app.service".into()),
+        ..Default::default()
+    };
+    a.name_workload(&connect, &w);
+    // Named before the counters are read, and not counted twice after.
+    a.apply_counts(&counts(), 2 * S);
+    let s = a.summary();
+    let p = &s.outbound[0].processes[0];
+    assert_eq!((p.pid, p.connects), (Some(7), 4));
+    assert_eq!(p.owner.workload.as_deref(), Some("app.service"));
+}

@@ -248,11 +248,16 @@ impl Aggregator {
                 EventKind::Close => {
                     self.forget(&key);
                 }
-                // The kernel keeps only their number; the addresses are listed when seen.
+                // The kernel keeps only their number; the addresses are listed when seen, and
+                // the process's row is made as `report` makes it from the same event (so that
+                // its workload can be named from it).
                 EventKind::Connect => {
-                    self.outbound(o.netns, o.peer_port)
-                        .peers
-                        .insert(o.peer_addr);
+                    let out = self.outbound(o.netns, o.peer_port);
+                    out.peers.insert(o.peer_addr);
+                    let p = out.processes.entry(o.pid).or_default();
+                    if p.comm.is_none() {
+                        p.comm = o.comm.map(str::to_string);
+                    }
                 }
                 EventKind::Accept => {
                     self.listener(o.netns, o.local_port)
