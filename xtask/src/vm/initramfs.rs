@@ -24,6 +24,8 @@ pub struct Run {
     pub exe: PathBuf,
     /// The crate directory (cargo runs tests there; some tests rely on it).
     pub cwd: PathBuf,
+    /// More arguments for libtest (`--ignored --exact NAME --nocapture` for one measurement).
+    pub args: Vec<String>,
 }
 
 pub struct Plan<'a> {
@@ -175,13 +177,16 @@ fn quote(s: &str) -> String {
 fn init_script(plan: &Plan<'_>) -> String {
     let mut runs = String::new();
     for run in &plan.runs {
-        let filter = plan
-            .filter
-            .map(|f| format!(" {}", quote(f)))
-            .unwrap_or_default();
+        let args: String = run
+            .args
+            .iter()
+            .map(String::as_str)
+            .chain(plan.filter)
+            .map(|a| format!(" {}", quote(a)))
+            .collect();
         runs.push_str(&format!(
             "say run-begin {name}\n\
-             cd {cwd} && {exe} --test-threads=1 --color never{filter} >&3 2>&1\n\
+             cd {cwd} && {exe} --test-threads=1 --color never{args} >&3 2>&1\n\
              say run-end {name} $?\n\
              cd /\n",
             name = run.name,
@@ -260,6 +265,7 @@ mod tests {
                 name: "accept".into(),
                 exe: "/w/target/debug/deps/accept-123".into(),
                 cwd: "/w/sockwatch".into(),
+                args: Vec::new(),
             }],
             filter: Some("it's"),
             stage: Path::new("/s"),
@@ -271,5 +277,28 @@ mod tests {
              --test-threads=1 --color never 'it'\\''s' >&3 2>&1\nsay run-end accept $?\n"
         ));
         assert!(s.contains("say done\n"));
+    }
+
+    #[test]
+    fn init_passes_a_run_its_own_arguments() {
+        let plan = Plan {
+            busybox: Path::new("/bb"),
+            sockwatch: Path::new("/w/target/debug/sockwatch"),
+            exes: Vec::new(),
+            runs: vec![Run {
+                name: "hook_cost".into(),
+                exe: "/w/target/debug/deps/hook_cost-1".into(),
+                cwd: "/w/sockwatch".into(),
+                args: ["--ignored", "--exact", "measure"]
+                    .map(String::from)
+                    .to_vec(),
+            }],
+            filter: None,
+            stage: Path::new("/s"),
+        };
+        assert!(init_script(&plan).contains(
+            "'/w/target/debug/deps/hook_cost-1' --test-threads=1 --color never \
+             '--ignored' '--exact' 'measure' >&3 2>&1\n"
+        ));
     }
 }

@@ -9,6 +9,9 @@
 //! - results.rs: parses that channel (markers + libtest output) into results;
 //! - table.rs: renders docs/kernels.md from the results.
 //!
+//! `--hook-cost` boots the same kernels to run one measurement instead of the tests
+//! (sockwatch/tests/hook_cost.rs, an ignored test) and prints the table it reports per kernel.
+//!
 //! Everything lives in target/vm/: apt lists, debs, unpacked kernels, stripped binaries, the
 //! console logs (logs/<suite>.log) and results.json.
 mod apt;
@@ -42,6 +45,11 @@ use self::{
 /// The core test set: the integration test binaries run on every kernel by default
 /// (sockwatch/tests/kernels.rs: what differs between kernels).
 const CORE_TESTS: &[&str] = &["kernels"];
+
+/// `--hook-cost`: the one measurement run instead of the tests (an ignored test, so that the
+/// matrix and `cargo test` skip it), and the libtest arguments that pick it out.
+const HOOK_COST_BINARY: &str = "hook_cost";
+const HOOK_COST_ARGS: &[&str] = &["--ignored", "--exact", "measure_hook_cost", "--nocapture"];
 
 /// The kernels: Debian suites, each with the names it is also known by.
 const SUITES: &[(&str, &[&str])] = &[
@@ -87,6 +95,12 @@ pub struct VmArgs {
     /// VMs run at once (each takes one host core and 3 GB) [default: one per core, at most 4].
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Instead of the tests, measure what each hook kind costs the host on each kernel
+    /// (sockwatch/tests/hook_cost.rs): ns per getppid() with nothing attached and under `top`
+    /// with each kind, and the kernel time per connection. Prints each kernel's table; results
+    /// in target/vm/hook_cost.json and target/vm/logs/hook-cost.txt; docs/kernels.md untouched.
+    #[arg(long, conflicts_with_all = ["full", "filter"])]
+    pub hook_cost: bool,
 }
 
 /// A kernel ready to boot.
@@ -113,7 +127,11 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
     }
 
     let built = artifacts::build(&root)?;
-    let tests = select_tests(&built.tests, args.full)?;
+    let tests = if args.hook_cost {
+        select_named(&built.tests, &[HOOK_COST_BINARY])?
+    } else {
+        select_tests(&built.tests, args.full)?
+    };
     let bin = |name: &str| {
         built
             .bins
@@ -124,7 +142,13 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
     };
     let sockwatch = bin("sockwatch")?;
     let churn = bin("sockwatch-churn")?;
-    let set = if args.full { "full" } else { "core" };
+    let set = if args.hook_cost {
+        "hook-cost"
+    } else if args.full {
+        "full"
+    } else {
+        "core"
+    };
     let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
     eprintln!("vm: {set} test set: {}", names.join(", "));
 
@@ -157,6 +181,11 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
                 name: t.name.clone(),
                 exe: t.exe.clone(),
                 cwd: t.dir.clone(),
+                args: if args.hook_cost {
+                    HOOK_COST_ARGS.iter().map(|a| a.to_string()).collect()
+                } else {
+                    Vec::new()
+                },
             })
             .collect(),
         filter: args.filter.as_deref(),
@@ -196,9 +225,21 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
         filter: args.filter.clone(),
         kernels,
     };
-    let path = vm_dir.join("results.json");
+    // A measurement keeps its own results: the matrix's results.json stays the tests'.
+    let path = vm_dir.join(if args.hook_cost {
+        "hook_cost.json"
+    } else {
+        "results.json"
+    });
     fs::write(&path, serde_json::to_string_pretty(&run)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
+    if args.hook_cost {
+        let text = reports(&run);
+        let log = vm_dir.join("logs/hook-cost.txt");
+        fs::write(&log, &text).with_context(|| format!("cannot write {}", log.display()))?;
+        eprintln!("\n{text}");
+        eprintln!("vm: the tables are also in {}", log.display());
+    }
     // The table is of the core set on every kernel: a subset run, a filtered or full one, or
     // one where a kernel could not even be fetched leaves the last such table in place.
     let all_ran = SUITES.iter().all(|(s, _)| {
@@ -206,7 +247,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .any(|k| k.suite == *s && k.outcome != FETCH_FAILED)
     });
-    if all_ran && !args.full && args.filter.is_none() {
+    if all_ran && !args.full && args.filter.is_none() && !args.hook_cost {
         let docs = root.join("docs");
         fs::create_dir_all(&docs).context("cannot create docs/")?;
         fs::write(docs.join("kernels.md"), table::render(&run))
@@ -256,19 +297,64 @@ fn select_tests(all: &[TestBinary], full: bool) -> anyhow::Result<Vec<TestBinary
     if full {
         return Ok(all.to_vec());
     }
-    let core: Vec<TestBinary> = all
+    select_named(all, CORE_TESTS)
+}
+
+/// sockwatch's integration test binaries of these names, all of which must have been built.
+fn select_named(all: &[TestBinary], names: &[&str]) -> anyhow::Result<Vec<TestBinary>> {
+    let picked: Vec<TestBinary> = all
         .iter()
-        .filter(|t| t.dir.ends_with("sockwatch") && CORE_TESTS.contains(&t.name.as_str()))
+        .filter(|t| t.dir.ends_with("sockwatch") && names.contains(&t.name.as_str()))
         .cloned()
         .collect();
-    if core.len() < CORE_TESTS.len() {
+    if picked.len() < names.len() {
         bail!(
-            "the core test binaries ({}) were not all built: found {:?}",
-            CORE_TESTS.join(", "),
-            core.iter().map(|t| &t.name).collect::<Vec<_>>()
+            "the test binaries {} were not all built: found {:?}",
+            names.join(", "),
+            picked.iter().map(|t| &t.name).collect::<Vec<_>>()
         );
     }
-    Ok(core)
+    Ok(picked)
+}
+
+/// Every kernel's reports (a measurement's tables), or why a kernel has none.
+fn reports(run: &RunResults) -> String {
+    let mut out = String::new();
+    for k in &run.kernels {
+        out.push_str(&format!("== {} ({}) ==\n", k.suite, k.release));
+        let reports: Vec<_> = k.binaries.iter().flat_map(|b| &b.reports).collect();
+        if reports.is_empty() {
+            let failed = k
+                .binaries
+                .iter()
+                .flat_map(|b| &b.tests)
+                .find(|t| t.outcome == Outcome::Failed);
+            let why = match (failed, &k.problem) {
+                // With --nocapture libtest keeps no detail: the panic is in the results log.
+                (Some(t), _) => t
+                    .detail
+                    .as_deref()
+                    .and_then(|d| d.lines().find(|l| !l.trim().is_empty()))
+                    .unwrap_or("the measurement failed")
+                    .to_string(),
+                (None, Some(p)) => p.clone(),
+                (None, None) => format!("{} (the measurement printed nothing)", k.outcome),
+            };
+            out.push_str(&format!(
+                "no table: {why} (see target/vm/logs/{}.results)\n",
+                k.suite
+            ));
+        }
+        for r in reports {
+            out.push_str(&r.text);
+            out.push('\n');
+            if !r.complete {
+                out.push_str("(cut short)\n");
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// bin/busybox from busybox-static, unpacked under target/vm/busybox/<version>/.
@@ -576,6 +662,49 @@ mod tests {
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(19_782), "2024-02-29");
         assert_eq!(civil_date(20_454), "2026-01-01");
+    }
+
+    #[test]
+    fn reports_per_kernel_or_why_not() {
+        use self::results::{BinaryResult, Report, TestResult};
+        let measured = |suite: &str, reports: Vec<Report>, outcome: Outcome| KernelResult {
+            suite: suite.into(),
+            release: format!("{suite}-release"),
+            outcome: "ok".into(),
+            binaries: vec![BinaryResult {
+                name: "hook_cost".into(),
+                exit_code: Some(0),
+                complete: true,
+                tests: vec![TestResult {
+                    name: "measure_hook_cost".into(),
+                    outcome,
+                    detail: None,
+                }],
+                reports,
+            }],
+            ..Default::default()
+        };
+        let table = Report {
+            title: "hook cost".into(),
+            text: "configuration  ratio\nnothing  1.000".into(),
+            complete: true,
+        };
+        let run = RunResults {
+            sockwatch_version: "0".into(),
+            date: "2026-01-01".into(),
+            test_set: "hook-cost".into(),
+            filter: None,
+            kernels: vec![
+                measured("bookworm", vec![table], Outcome::Ok),
+                measured("trixie", Vec::new(), Outcome::Failed),
+            ],
+        };
+        assert_eq!(
+            reports(&run),
+            "== bookworm (bookworm-release) ==\nconfiguration  ratio\nnothing  1.000\n\n\
+             == trixie (trixie-release) ==\nno table: the measurement failed \
+             (see target/vm/logs/trixie.results)\n\n"
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 const MARK: &str = "@@vm ";
+/// A report a test prints for people (a measurement's table) starts with a line
+/// `=== report: TITLE ===` and ends with `=== end report ===`; it is kept whole.
+const REPORT_BEGIN: &str = "=== report: ";
+const REPORT_END: &str = "=== end report ===";
 /// Lines of a failed test's captured output kept as its detail.
 const DETAIL_LINES: usize = 40;
 
@@ -53,6 +57,18 @@ pub struct BinaryResult {
     /// libtest printed its `test result:` line.
     pub complete: bool,
     pub tests: Vec<TestResult>,
+    /// Reports the binary printed (see REPORT_BEGIN), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<Report>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub title: String,
+    /// The lines between the frame's two lines.
+    pub text: String,
+    /// False when the output stopped before the closing line.
+    pub complete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,6 +296,9 @@ struct Libtest {
     details: HashMap<String, Vec<String>>,
     failure_list: Vec<String>,
     complete: bool,
+    /// The report being read: its title and lines so far.
+    report: Option<(String, Vec<String>)>,
+    reports: Vec<Report>,
 }
 
 #[derive(PartialEq)]
@@ -311,6 +330,8 @@ impl Libtest {
             details: HashMap::new(),
             failure_list: Vec::new(),
             complete: false,
+            report: None,
+            reports: Vec::new(),
         }
     }
 
@@ -328,6 +349,26 @@ impl Libtest {
     }
 
     fn line(&mut self, line: &str) -> Vec<Event> {
+        if let Some((title, lines)) = self.report.as_mut() {
+            if line == REPORT_END {
+                self.reports.push(Report {
+                    title: std::mem::take(title),
+                    text: lines.join("\n"),
+                    complete: true,
+                });
+                self.report = None;
+            } else {
+                lines.push(line.to_string());
+            }
+            return Vec::new();
+        }
+        if let Some(title) = line
+            .strip_prefix(REPORT_BEGIN)
+            .and_then(|t| t.strip_suffix(" ==="))
+        {
+            self.report = Some((title.to_string(), Vec::new()));
+            return Vec::new();
+        }
         if line.starts_with("test result: ") {
             self.complete = true;
             let pending = std::mem::take(&mut self.pending);
@@ -408,11 +449,19 @@ impl Libtest {
                 t.detail = (!text.is_empty()).then_some(text);
             }
         }
+        if let Some((title, lines)) = self.report.take() {
+            self.reports.push(Report {
+                title,
+                text: lines.join("\n"),
+                complete: false,
+            });
+        }
         let result = BinaryResult {
             name: self.binary,
             exit_code,
             complete: self.complete,
             tests: self.tests,
+            reports: self.reports,
         };
         (result, events)
     }
@@ -581,6 +630,36 @@ mod tests {
     }
 
     #[test]
+    fn a_report_between_its_frame_lines_is_kept_whole() {
+        let text = "@@vm run-begin hook_cost\n\
+             running 1 test\n\
+             test measure_hook_cost ... \n\
+             === report: hook cost ===\n\
+             configuration  ratio\n\
+             \n\
+             test this ... is not a result\n\
+             ok\n\
+             === end report ===\n\
+             ok\n\
+             test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 2 filtered out; finished in 9.00s\n\
+             @@vm run-end hook_cost 0\n@@vm done\n";
+        let (p, _) = feed(text);
+        let b = &p.binaries[0];
+        assert_eq!(outcomes(b), [("measure_hook_cost", Outcome::Ok)]);
+        assert_eq!(
+            b.reports,
+            [Report {
+                title: "hook cost".into(),
+                text: "configuration  ratio\n\ntest this ... is not a result\nok".into(),
+                complete: true,
+            }]
+        );
+        let (p, _) = feed("@@vm run-begin t\n=== report: x ===\nhalf a table\n");
+        assert_eq!(p.binaries[0].reports[0].text, "half a table");
+        assert!(!p.binaries[0].reports[0].complete);
+    }
+
+    #[test]
     fn truncated_run_vm_died() {
         let text = format!(
             "{CHECK}@@vm run-begin accept\nrunning 3 tests\ntest one ... ok\ntest two ... "
@@ -626,6 +705,7 @@ mod tests {
                 name: "t".into(),
                 exit_code: Some(0),
                 complete: true,
+                reports: Vec::new(),
                 tests: vec![
                     TestResult {
                         name: "a".into(),

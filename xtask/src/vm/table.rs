@@ -140,6 +140,7 @@ mod tests {
                 exit_code: Some(0),
                 complete: true,
                 tests,
+                reports: Vec::new(),
             }],
             ..Default::default()
         }
