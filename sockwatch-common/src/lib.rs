@@ -364,6 +364,15 @@ pub struct KernelOffsets {
     /// accept4 (the `compat` build's entry hooks; 0 otherwise).
     pub sys_enter_arg0: u32,
     pub sys_enter_arg1: u32,
+    /// Offsets in `struct pt_regs` of a kernel function's first two arguments at its entry and
+    /// of its return value at its return (x86-64: di, si, ax; arm64: x0, x1, x0), for the
+    /// kprobe hooks.
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    pub regs_ret: u32,
+    /// Where an fexit program on `inet_csk_accept` finds the return value: after the
+    /// function's arguments, whose number changed (4 before Linux 6.10, 2 since).
+    pub accept_ret_arg: u32,
     /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's `enum skb_drop_reason`;
     /// `NO_DROP_REASON` when the kernel has none, which turns the overflow hook off.
     pub drop_reason_listen_overflow: u32,
@@ -372,7 +381,7 @@ pub struct KernelOffsets {
     pub wakeup_bytes: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
 
 /// A drop reason no kernel uses.
 pub const NO_DROP_REASON: u32 = u32::MAX;

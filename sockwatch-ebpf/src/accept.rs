@@ -1,54 +1,51 @@
-//! `syscalls:sys_exit_accept{,4}`: accepted connections attributed to the process that called
-//! accept(), and accept() failures tied to the listening socket (its fd read from the registers
-//! the syscall saved: no entry hook).
+//! What an accept's return means, whichever hook sees it (see `syscall`, `fexit`, `kprobe`):
+//! accepted connections attributed to the process that accepted them, and accept() failures
+//! tied to the listening socket.
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use sockwatch_common::{counter, flags, kind, tcp_state};
 
 use crate::{
+    errno::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted},
     filter::{self, Verdict},
-    maps::{SOCKS, bump, offsets, record_field},
+    maps::{SOCKS, bump, offsets},
     sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_of_fd},
     store::copy16,
-    syscall::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted},
-    thread::Args,
 };
 
-/// Attached to both sys_exit_accept and sys_exit_accept4.
-#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    if crate::hooks_only() {
-        return 0;
-    }
-    let off = offsets();
-    // Taken first, whatever the outcome, so that none is left behind (compat build).
-    let args = Args::take();
-    let ret = record_field(&ctx, off.sys_exit_ret) as i64;
+/// An accept call (accept, accept4, or the kernel's `__sys_accept4`) returned `ret`; its first
+/// argument, the listening fd, comes from `listener_fd` (read only on failure). With `BY_FD`
+/// a success is reported here, its socket found from the returned fd; without, the hook on
+/// the accept path's return (`inet_csk_accept`) reports it from the socket itself.
+#[inline(always)]
+pub fn accept_returned<const BY_FD: bool>(ret: i64, listener_fd: impl FnOnce() -> Option<u64>) {
     let Some(errno) = errno_of(ret) else {
-        if ret >= 0 {
-            accepted(ret as u64);
+        if BY_FD && ret >= 0 {
+            let off = offsets();
+            if let Some(sk) = sock_of_fd(ret as u64, &off) {
+                accepted(sk);
+            }
         }
-        return 0;
+        return;
     };
     // The listening fd is a socket unless accept() said otherwise.
     if errno == EBADF || errno == ENOTSOCK {
-        return 0;
+        return;
     }
-    // accept(fd, ...): the listening socket's fd.
-    let Some(listener) = args.arg0().and_then(|fd| sock_of_fd(fd, &off)) else {
-        return 0;
+    let off = offsets();
+    let Some(listener) = listener_fd().and_then(|fd| sock_of_fd(fd, &off)) else {
+        return;
     };
     if !is_tcp(listener, &off) {
-        return 0;
+        return;
     }
     if errno == EAGAIN {
         bump(counter::ACCEPT_WOULD_BLOCK);
-        return 0;
+        return;
     }
     if interrupted(errno) {
         bump(counter::ACCEPT_INTERRUPTED);
-        return 0;
+        return;
     }
     let mut slot = MaybeUninit::uninit();
     let owner = current_owner(&mut slot, 0, netns_of(listener, &off), 0);
@@ -64,17 +61,13 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
             ev.duration_ns = 0;
         },
     );
-    0
 }
 
-/// A connection was accepted as `fd`: report it with the accepting process, and make that
-/// process the socket's owner for its later events.
+/// The connection `sk` was accepted by the current process: report it with that process, and
+/// make it the socket's owner for its later events.
 #[inline(always)]
-fn accepted(fd: u64) {
+pub fn accepted(sk: u64) {
     let off = offsets();
-    let Some(sk) = sock_of_fd(fd, &off) else {
-        return;
-    };
     if !is_tcp(sk, &off) {
         return;
     }

@@ -1,5 +1,4 @@
-//! `syscalls:sys_exit_connect` (no entry hook: the arguments are read from the registers the
-//! syscall saved, at its exit).
+//! What a connect's return means, whichever hook sees it (see `syscall`, `fexit`, `kprobe`).
 //!
 //! At CLOSE->SYN_SENT the kernel has not yet chosen the local port, so the connect event waits
 //! until connect() returns (or the socket's next state change). connect() errors raised before
@@ -7,60 +6,62 @@
 //! after the SYN (refused, timed out) come from the socket's SYN_SENT->CLOSE change.
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_user};
 use sockwatch_common::{
     AF_INET, AF_INET6, KernelOffsets, SockInfo, counter, flags, kind, tcp_state,
 };
 
 use crate::{
+    errno::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted},
     filter::Verdict,
-    maps::{SOCKS, bump, offsets, record_field},
-    sock::{copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of, sock_of_fd},
+    maps::{SOCKS, bump},
+    sock::{copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of},
     store::put16,
-    syscall::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted},
-    thread::{self, Args},
+    thread,
 };
 
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    if crate::hooks_only() {
-        return 0;
-    }
-    // This thread's connecting socket and the call's arguments, taken: the call is over.
+/// A connect call returned `ret`. `sock` finds its socket and `dest` where it was going; both
+/// are asked for only when it failed.
+#[inline(always)]
+pub fn connect_returned(
+    ret: i64,
+    sock: impl FnOnce(&KernelOffsets) -> Option<u64>,
+    dest: impl FnOnce() -> Option<Destination>,
+    off: &KernelOffsets,
+) {
+    // This thread's connecting socket (0: none), taken: the call is over.
     let connecting = thread::take_connecting();
-    let args = Args::take();
-    let off = offsets();
-    let errno = errno_of(record_field(&ctx, off.sys_exit_ret) as i64);
+    let errno = errno_of(ret);
     // Still connecting, or already connected: not a failure.
     let failed =
         errno.filter(|&e| !matches!(e, EINPROGRESS | EALREADY | EISCONN) && !interrupted(e));
     let Some(errno) = failed else {
-        if let Some(sk) = connecting {
+        if connecting != 0 {
+            let sk = connecting;
             // A SYN was sent: the connect is reported now, a failure by the state change.
             emit_pending_connect(sk, tcp_state::SYN_SENT);
         }
-        return 0;
+        return;
     };
-    // connect(fd, addr, len): an inet destination, or not ours.
-    let Some(dest) = args.arg1().and_then(destination) else {
-        return 0;
+    // An inet destination, or not ours.
+    let Some(dest) = dest() else {
+        return;
     };
-    let Some(sk) = args.arg0().and_then(|fd| sock_of_fd(fd, &off)) else {
-        return 0;
+    let Some(sk) = sock(off) else {
+        return;
     };
-    if connecting == Some(sk) {
+    if connecting == sk {
         // This call sent a SYN: its state change reports the failure.
         emit_pending_connect(sk, tcp_state::SYN_SENT);
-        return 0;
+        return;
     }
     // (A connecting socket other than this call's was left by a SYN sent outside connect(),
     // TCP Fast Open say: its connect was reported by its own state change.)
-    connect_failed_early(sk, &dest, errno, &off);
-    0
+    connect_failed_early(sk, &dest, errno, off);
 }
 
 /// Where a failed connect() was going, from the caller's sockaddr.
-struct Destination {
+pub struct Destination {
     family: u8,
     /// Host byte order.
     port: u16,
@@ -69,17 +70,36 @@ struct Destination {
     hi: [u8; 8],
 }
 
-/// The destination in the user's `struct sockaddr_in{,6}` at `uaddr`; None for other families.
+/// Where a sockaddr lives: the caller's memory (at a syscall) or the kernel's copy of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    User,
+    Kernel,
+}
+
 #[inline(always)]
-fn destination(uaddr: u64) -> Option<Destination> {
+fn read<T>(addr: u64, memory: Memory) -> Option<T> {
+    // SAFETY: both helpers fault-safely copy from any address.
+    unsafe {
+        match memory {
+            Memory::User => bpf_probe_read_user(addr as *const T),
+            Memory::Kernel => bpf_probe_read_kernel(addr as *const T),
+        }
+    }
+    .ok()
+}
+
+/// The destination in the `struct sockaddr_in{,6}` at `addr`; None for other families.
+#[inline(always)]
+pub fn destination(addr: u64, memory: Memory) -> Option<Destination> {
     // Family (u16), port (be16), then the v4 address at 4 or, for v6, flowinfo at 4 and the
     // address at 8.
-    let head = unsafe { bpf_probe_read_user(uaddr as *const [u8; 8]) }.ok()?;
+    let head: [u8; 8] = read(addr, memory)?;
     let family = u16::from_ne_bytes([head[0], head[1]]);
     let (lo, hi) = if family == u16::from(AF_INET) {
         ([head[4], head[5], head[6], head[7], 0, 0, 0, 0], [0; 8])
     } else if family == u16::from(AF_INET6) {
-        let a = unsafe { bpf_probe_read_user((uaddr + 8) as *const [[u8; 8]; 2]) }.ok()?;
+        let a: [[u8; 8]; 2] = read(addr + 8, memory)?;
         (a[0], a[1])
     } else {
         // Unix and other families: not ours.

@@ -2,10 +2,12 @@
 //!
 //! - `state`: `sock:inet_sock_set_state` (raw tracepoint): connection lifecycle.
 //! - `states`: the same tracepoint, every raw transition (`trace --states` only).
-//! - `connect`: `syscalls:sys_exit_connect`: connect once its local port is bound, and
-//!   connect() errors.
-//! - `accept`: `syscalls:sys_exit_accept{,4}`: accepts and accept() failures.
-//! - `syscall`: what those share: errno decoding.
+//! - `fexit`: fexit programs on `inet_stream_connect`, `__sys_accept4` and `inet_csk_accept`:
+//!   connects, connect() errors, accepts and accept() failures, where the kernel allows them.
+//! - `kprobe`: kprobes and kretprobes on the same functions, where fexit is refused.
+//! - `syscall`: `syscalls:sys_exit_{connect,accept,accept4}`, where neither is allowed.
+//! - `connect`, `accept`: what a connect's or an accept's return means, for all three.
+//! - `errno`: what those share: errno decoding.
 //! - `thread`: per-thread state (the connecting socket, the socket call's arguments).
 //! - `enter`: `syscalls:sys_enter_{connect,accept,accept4}`, in the `compat` build only: the
 //!   arguments saved at entry, for kernels that cannot read them at exit.
@@ -33,7 +35,13 @@ mod drop;
 #[cfg(all(target_arch = "bpf", feature = "compat"))]
 mod enter;
 #[cfg(target_arch = "bpf")]
+mod errno;
+#[cfg(target_arch = "bpf")]
+mod fexit;
+#[cfg(target_arch = "bpf")]
 mod filter;
+#[cfg(target_arch = "bpf")]
+mod kprobe;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

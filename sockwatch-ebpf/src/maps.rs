@@ -136,6 +136,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sys_exit_ret: 0,
     sys_enter_arg0: 0,
     sys_enter_arg1: 0,
+    regs_arg0: 0,
+    regs_arg1: 0,
+    regs_ret: 0,
+    accept_ret_arg: 0,
     drop_reason_listen_overflow: sockwatch_common::NO_DROP_REASON,
     wakeup_bytes: 0,
 };

@@ -580,7 +580,18 @@ pub fn sock_of_fd(fd: u64, off: &KernelOffsets) -> Option<u64> {
     let fd_array = read(fdt + off.fdt_fd as u64)?;
     let file = read(fd_array + fd * 8)?;
     let socket = read(file + off.file_private_data as u64)?;
-    let sk = read(socket + off.socket_sk as u64)?;
+    sock_of_socket(socket, off)
+}
+
+/// `socket->sk`: the `struct sock` of a `struct socket`.
+#[inline(always)]
+pub fn sock_of_socket(socket: u64, off: &KernelOffsets) -> Option<u64> {
+    if socket == 0 {
+        return None;
+    }
+    // SAFETY: a fault-safe read.
+    let sk: u64 =
+        unsafe { bpf_probe_read_kernel((socket + off.socket_sk as u64) as *const u64) }.ok()?;
     (sk != 0).then_some(sk)
 }
 

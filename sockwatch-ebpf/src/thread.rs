@@ -6,6 +6,8 @@
 //! - with the `compat` feature (kernels without those), in hash maps keyed by thread id, with
 //!   the arguments saved by entry hooks (`enter`).
 //!
+//! The kprobe hooks (`kprobe`) save their function's arguments at its entry in either build.
+//!
 //! The loader picks the build by probing the kernel.
 #[cfg(feature = "compat")]
 pub use compat::*;
@@ -37,13 +39,63 @@ mod current {
         }
     }
 
-    /// The socket the current thread was connecting, taken: its connect() is over.
+    /// The socket the current thread was connecting (0: none), taken: its connect() is over.
+    /// A plain number, not an Option: the compiler may spill an Option's undefined payload,
+    /// which the verifier refuses to read.
     #[inline(always)]
-    pub fn take_connecting() -> Option<u64> {
-        CONNECTING
-            .current(false)
-            .map(core::mem::take)
-            .filter(|&sk| sk != 0)
+    pub fn take_connecting() -> u64 {
+        match CONNECTING.current(false) {
+            Some(sk) => core::mem::take(sk),
+            None => 0,
+        }
+    }
+
+    /// The first two arguments of the kernel function the current thread is in, saved at its
+    /// entry by a kprobe (see `kprobe`), for its return probe.
+    #[btf_map]
+    static ARGS: TaskStorage<[u64; 2]> = TaskStorage::new();
+
+    #[inline(always)]
+    pub fn save_args(args: &[u64; 2]) {
+        if let Some(saved) = ARGS.current(true) {
+            crate::store::put(&mut saved[0], args[0]);
+            crate::store::put(&mut saved[1], args[1]);
+        }
+    }
+
+    /// The arguments `save_args` saved, taken (zero if none was).
+    pub struct SavedArgs {
+        arg0: u64,
+        arg1: u64,
+    }
+
+    impl SavedArgs {
+        #[inline(always)]
+        pub fn take() -> Self {
+            match ARGS.current(false) {
+                Some(saved) => {
+                    let taken = Self {
+                        arg0: saved[0],
+                        arg1: saved[1],
+                    };
+                    // Two zero stores in a row would become a memset call.
+                    crate::store::put(&mut saved[0], 0);
+                    crate::store::put(&mut saved[1], 0);
+                    taken
+                }
+                None => Self { arg0: 0, arg1: 0 },
+            }
+        }
+
+        #[inline(always)]
+        pub fn arg0(&self) -> Option<u64> {
+            (self.arg0 != 0).then_some(self.arg0)
+        }
+
+        #[inline(always)]
+        pub fn arg1(&self) -> Option<u64> {
+            (self.arg1 != 0).then_some(self.arg1)
+        }
     }
 
     /// The first two arguments of the socket call the current thread is returning from.
@@ -141,7 +193,8 @@ mod compat {
     #[map]
     static CONNECTING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(THREADS, 0);
 
-    /// The first two arguments of the socket call each thread is in, saved by `enter`.
+    /// The first two arguments of the socket call (or kernel function) each thread is in,
+    /// saved by `enter` (or by a kprobe, see `kprobe`).
     #[map]
     static ARGS: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(THREADS, 0);
 
@@ -156,12 +209,14 @@ mod compat {
     }
 
     #[inline(always)]
-    pub fn take_connecting() -> Option<u64> {
+    pub fn take_connecting() -> u64 {
         let tid = tid();
         // SAFETY: a copy is made before the entry is removed.
-        let sk = unsafe { CONNECTING.get(&tid) }.copied()?;
+        let Some(sk) = unsafe { CONNECTING.get(&tid) }.copied() else {
+            return 0;
+        };
         let _ = CONNECTING.remove(&tid);
-        (sk != 0).then_some(sk)
+        sk
     }
 
     /// Saves the arguments at the syscall's entry.
@@ -171,6 +226,9 @@ mod compat {
     }
 
     pub struct Args(Option<[u64; 2]>);
+
+    /// The kprobes' saved arguments live in the same map.
+    pub type SavedArgs = Args;
 
     impl Args {
         /// Takes the arguments saved at entry, so that none outlives its call.

@@ -6,6 +6,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use crate::{
     filter::{self, Filter},
     kernel::decode::Family,
+    kernel::hooks::HookKind,
     kernel::loader::LoadOptions,
     record::compress::Compression,
     record::rotate::Rotation,
@@ -395,6 +396,34 @@ pub struct KernelArgs {
     /// Which build of the kernel programs to load (see `sockwatch check`).
     #[arg(long, value_enum, default_value_t = Programs::Auto)]
     pub programs: Programs,
+
+    /// What sees connect() and accept() return: fentry (fexit programs on kernel functions),
+    /// kprobe (kprobes on the same functions) or syscall (the syscall tracepoints, which slow
+    /// every system call on the host a little). auto: the first of these the kernel allows
+    /// (`sockwatch check` says which). See docs/how-it-works.md#hook-kinds.
+    #[arg(long, value_enum, default_value_t = Hooks::Auto)]
+    pub hooks: Hooks,
+}
+
+/// `--hooks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Hooks {
+    #[default]
+    Auto,
+    Fentry,
+    Kprobe,
+    Syscall,
+}
+
+impl Hooks {
+    pub fn forced(self) -> Option<HookKind> {
+        match self {
+            Hooks::Auto => None,
+            Hooks::Fentry => Some(HookKind::Fentry),
+            Hooks::Kprobe => Some(HookKind::Kprobe),
+            Hooks::Syscall => Some(HookKind::Syscall),
+        }
+    }
 }
 
 impl KernelArgs {
@@ -408,6 +437,7 @@ impl KernelArgs {
             btf: self.btf.clone(),
             tracefs: self.tracefs.clone(),
             force_compat: self.programs == Programs::Compat,
+            hooks: self.hooks.forced(),
             mode: sockwatch_common::Mode::RING_ONLY,
         }
     }

@@ -397,6 +397,8 @@ fn header_capabilities_are_read_and_merged_across_files() {
     let no_syscalls = header_line(
         Probes {
             syscall_tracepoints: false,
+            fentry: Err("refused"),
+            kprobe: Err("refused"),
             ..all_probes()
         },
         1,
@@ -444,6 +446,7 @@ fn header_capabilities_are_read_and_merged_across_files() {
                 name::ACCEPT_FAILURES,
                 name::ACCEPT_OWNER,
                 name::CONNECT_ERRORS,
+                name::HOOKS,
                 name::OVERFLOW_EVENTS
             ]
         );

@@ -77,6 +77,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         Ok(off)
     };
     let (syscall_arg0, syscall_arg1) = syscall_args(btf)?;
+    let (regs_arg0, regs_arg1, regs_ret) = function_registers(btf)?;
     Ok(KernelOffsets {
         skc_daddr: sc("skc_daddr")?,
         skc_rcv_saddr: sc("skc_rcv_saddr")?,
@@ -101,6 +102,11 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sys_exit_ret: 0,
         sys_enter_arg0: 0,
         sys_enter_arg1: 0,
+        regs_arg0,
+        regs_arg1,
+        regs_ret,
+        // Set by the loader when it picks the fexit hooks (see `kernel::hooks`).
+        accept_ret_arg: 0,
         drop_reason_listen_overflow: listen_overflow_reason(btf),
         // Set by the loader from the ring size.
         wakeup_bytes: 0,
@@ -130,6 +136,73 @@ fn syscall_args(btf: &Btf) -> Result<(u32, u32), BtfError> {
         });
     };
     Ok(args)
+}
+
+/// Where a kernel function's first two arguments are in `struct pt_regs` at its entry, and its
+/// return value at its return (the kprobe hooks).
+fn function_registers(btf: &Btf) -> Result<(u32, u32, u32), BtfError> {
+    #[cfg(target_arch = "x86_64")]
+    let regs = (
+        field_offset(btf, "pt_regs", &["di"])?,
+        field_offset(btf, "pt_regs", &["si"])?,
+        field_offset(btf, "pt_regs", &["ax"])?,
+    );
+    #[cfg(target_arch = "aarch64")]
+    let regs = {
+        // regs[0], regs[1]; x0 also holds the return value.
+        let x0 = field_offset(btf, "pt_regs", &["regs"])?;
+        (x0, x0 + 8, x0)
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let regs = {
+        let _ = btf;
+        (0, 0, 0)
+    };
+    Ok(regs)
+}
+
+/// A kernel function as its BTF describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    /// Its BTF type id (what an fexit program names as its target).
+    pub id: u32,
+    /// Its parameters' types, spelled as in [`raw_tracepoint_args`].
+    pub params: Vec<String>,
+    pub ret: String,
+}
+
+/// Kernel function `name`, if the kernel's BTF has it (a function the compiler inlined
+/// everywhere has none, and cannot be hooked).
+pub fn function(btf: &Btf, name: &str) -> Result<Function, BtfError> {
+    let missing = || BtfError::Missing {
+        what: format!("function {name}"),
+    };
+    let ids = btf.resolve_ids_by_name(name).unwrap_or_default();
+    for id in ids {
+        let Ok(Type::Func(func)) = btf.resolve_type_by_id(id) else {
+            continue;
+        };
+        let Ok(Type::FuncProto(proto)) = btf.resolve_chained_type(&func) else {
+            return Err(missing());
+        };
+        let spelled = |t: Result<Type, _>| match t {
+            Ok(t) => spell(btf, strip(btf, t)),
+            Err(_) => "?".to_string(),
+        };
+        return Ok(Function {
+            id,
+            params: proto
+                .parameters
+                .iter()
+                .map(|p| spelled(btf.resolve_chained_type(p)))
+                .collect(),
+            ret: match proto.return_type_id() {
+                0 => "void".to_string(),
+                ret => spelled(btf.resolve_type_by_id(ret)),
+            },
+        });
+    }
+    Err(missing())
 }
 
 /// The listen-overflow drop reason, if this kernel reports it where the program looks: as

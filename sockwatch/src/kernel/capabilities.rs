@@ -16,7 +16,11 @@ use btf_rs::Btf;
 use serde::Serialize;
 use sockwatch_common::{KernelOffsets, NO_DROP_REASON};
 
-use crate::{kernel::btf, kernel::tp_format};
+use crate::{
+    kernel::btf,
+    kernel::hooks::{HookKind, HookProbes},
+    kernel::tp_format,
+};
 
 /// One thing the kernel may or may not allow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,8 +44,8 @@ pub struct ProgramChoice {
     /// The object built for kernels without task storage, `bpf_task_pt_regs` or BPF
     /// compare-and-swap (per-thread hash maps and syscall entry hooks).
     pub compat: bool,
-    /// The accept/connect syscall tracepoints exist.
-    pub syscall_hooks: bool,
+    /// How accept and connect returns are seen; None: not at all (no kind works here).
+    pub hooks: Option<HookKind>,
     /// `skb:kfree_skb` reports listen-overflow drops with the listener.
     pub overflow_hook: bool,
     /// Hash maps are preallocated: the kernel warns when a tracing program uses one that
@@ -56,6 +60,16 @@ pub struct Capabilities {
     pub kernel: String,
     pub programs: ProgramChoice,
     pub list: Vec<Capability>,
+    /// What the list was made from, to make it again when the user forces a choice.
+    probes: Probes,
+    forced: Forced,
+}
+
+/// Choices the user forced (`--programs compat`, `--hooks KIND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Forced {
+    compat: bool,
+    hooks: Option<HookKind>,
 }
 
 /// Names of the capabilities, as they appear in records and in `sockwatch check`.
@@ -71,16 +85,19 @@ pub mod name {
     pub const RECURSION_MISSES: &str = "recursion_misses";
     pub const SOCK_DIAG: &str = "sock_diag";
     pub const CGROUP_FILTER: &str = "cgroup_filter";
+    pub const HOOKS: &str = "hooks";
 }
 
 const CURRENT_VIA: &str = "task storage, saved syscall registers, compare-and-swap";
 const COMPAT_VIA: &str = "hash maps by thread, syscall entry hooks";
 const VIA_SYSCALL_EXITS: &str = "syscall exit tracepoints";
 const VIA_SYSCALL_ENTRIES_AND_EXITS: &str = "syscall entry and exit tracepoints";
+const VIA_FENTRY: &str = "fexit on inet_stream_connect, __sys_accept4, inet_csk_accept";
+const VIA_KPROBE: &str = "kprobes on inet_stream_connect, __sys_accept4, inet_csk_accept";
 
 /// What the probes found, before it is turned into the list (kept apart so that the wording
 /// and the program choice are tested without a kernel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probes {
     pub ring_buffer: bool,
     pub task_storage: bool,
@@ -97,6 +114,10 @@ pub struct Probes {
     /// Tracing programs may use hash maps that allocate as entries are added (the BPF memory
     /// allocator, Linux 6.1); before, the kernel allows them with a kernel WARNING.
     pub run_time_alloc: bool,
+    /// fexit programs load and attach on the hooked functions; or why not.
+    pub fentry: Result<(), &'static str>,
+    /// kprobes and kretprobes can be placed on them; or why not.
+    pub kprobe: Result<(), &'static str>,
 }
 
 impl Probes {
@@ -116,6 +137,8 @@ impl Probes {
             sock_diag: true,
             ancestor_cgroup: true,
             run_time_alloc: true,
+            fentry: Ok(()),
+            kprobe: Ok(()),
         }
     }
 
@@ -128,7 +151,12 @@ impl Probes {
     ) -> Result<Self, tp_format::FormatError> {
         let helper = |h| is_helper_supported(ProgramType::TracePoint, h).unwrap_or(false);
         let syscall_missing = missing_syscall_tracepoint(tracefs)?;
+        let hooks = HookProbes::run(btf);
+        // Kept for the rest of the run, in the capabilities' notes.
+        let leak = |r: Result<(), String>| r.map_err(|why| &*Box::leak(why.into_boxed_str()));
         Ok(Self {
+            fentry: leak(hooks.fentry),
+            kprobe: leak(hooks.kprobe),
             ring_buffer: is_map_supported(MapType::RingBuf).unwrap_or(false),
             task_storage: is_map_supported(MapType::TaskStorage).unwrap_or(false),
             task_pt_regs: helper(BpfHelper::BPF_FUNC_task_pt_regs),
@@ -146,13 +174,50 @@ impl Probes {
         })
     }
 
+    /// Each hook kind in order of preference, with why it cannot be used here.
+    fn hook_kinds(&self) -> [(HookKind, Result<(), String>); 3] {
+        [
+            (HookKind::Fentry, self.fentry.map_err(str::to_string)),
+            (HookKind::Kprobe, self.kprobe.map_err(str::to_string)),
+            (
+                HookKind::Syscall,
+                if self.syscall_tracepoints {
+                    Ok(())
+                } else {
+                    Err(self.no_syscalls())
+                },
+            ),
+        ]
+    }
+
+    fn no_syscalls(&self) -> String {
+        match self.syscall_missing {
+            Some((event, tracefs)) => format!(
+                "no syscall tracepoint syscalls:{event} in {tracefs} (the kernel needs CONFIG_FTRACE_SYSCALLS=y, or --tracefs is not where tracefs is mounted)"
+            ),
+            None => "no syscall tracepoints".to_string(),
+        }
+    }
+
     /// The program choice and the list, in a stable order.
     pub fn capabilities(&self, kernel: String) -> Capabilities {
-        let current =
-            self.task_storage && self.task_pt_regs && self.current_task_btf && self.cmpxchg;
+        self.build(kernel, Forced::default())
+    }
+
+    fn build(&self, kernel: String, forced: Forced) -> Capabilities {
+        let current = !forced.compat
+            && self.task_storage
+            && self.task_pt_regs
+            && self.current_task_btf
+            && self.cmpxchg;
+        let kinds = self.hook_kinds();
+        let hooks = match forced.hooks {
+            Some(kind) => Some(kind),
+            None => kinds.iter().find(|(_, r)| r.is_ok()).map(|(k, _)| *k),
+        };
         let programs = ProgramChoice {
             compat: !current,
-            syscall_hooks: self.syscall_tracepoints,
+            hooks,
             overflow_hook: self.overflow_reason,
             preallocated_maps: !self.run_time_alloc,
         };
@@ -183,25 +248,57 @@ impl Probes {
                 what: "per-thread state of the programs",
                 available: true,
                 via: Some(if current { CURRENT_VIA } else { COMPAT_VIA }),
-                note: (!current).then(|| {
-                    format!(
-                        "this kernel lacks {}: the programs for older kernels run instead (nothing is lost; they cost a little more)",
-                        self.missing_for_current().join(", ")
-                    )
-                }),
+                note: if forced.compat {
+                    Some("the programs for older kernels, as asked (--programs compat)".into())
+                } else {
+                    (!current).then(|| {
+                        format!(
+                            "this kernel lacks {}: the programs for older kernels run instead (nothing is lost; they cost a little more)",
+                            self.missing_for_current().join(", ")
+                        )
+                    })
+                },
             },
         ];
-        let syscall_via = self.syscall_tracepoints.then_some(if current {
-            VIA_SYSCALL_EXITS
-        } else {
-            VIA_SYSCALL_ENTRIES_AND_EXITS
+        let hooks_via = hooks.map(|kind| match kind {
+            HookKind::Fentry => VIA_FENTRY,
+            HookKind::Kprobe => VIA_KPROBE,
+            HookKind::Syscall if current => VIA_SYSCALL_EXITS,
+            HookKind::Syscall => VIA_SYSCALL_ENTRIES_AND_EXITS,
         });
-        let no_syscalls = || match self.syscall_missing {
-            Some((event, tracefs)) => format!(
-                "no syscall tracepoint syscalls:{event} in {tracefs} (the kernel needs CONFIG_FTRACE_SYSCALLS=y, or --tracefs is not where tracefs is mounted)"
-            ),
-            None => "no syscall tracepoints".to_string(),
+        let refused = |upto: HookKind| -> Vec<String> {
+            kinds
+                .iter()
+                .take_while(|(k, _)| *k != upto)
+                .filter_map(|(k, r)| r.as_ref().err().map(|why| format!("{k}: {why}")))
+                .collect()
         };
+        let hooks_note = match (hooks, forced.hooks) {
+            (Some(kind), Some(_)) => format!("{kind}, as asked (--hooks {kind})"),
+            (Some(HookKind::Fentry), None) => {
+                "fentry: the host's other system calls are left alone".to_string()
+            }
+            (Some(HookKind::Kprobe), None) => format!(
+                "kprobe ({}): the host's other system calls are left alone",
+                refused(HookKind::Kprobe).join("; ")
+            ),
+            (Some(HookKind::Syscall), None) => format!(
+                "syscall tracepoints ({}): while sockwatch runs, every system call on this host takes a little longer (docs/performance.md#hook-kinds)",
+                refused(HookKind::Syscall).join("; ")
+            ),
+            (None, _) => refused(HookKind::Syscall)
+                .into_iter()
+                .chain(std::iter::once(self.no_syscalls()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        list.push(Capability {
+            name: name::HOOKS,
+            what: "how connect() and accept() returns are seen",
+            available: hooks.is_some(),
+            via: hooks_via,
+            note: Some(hooks_note),
+        });
         for (name, what, lost) in [
             (
                 name::ACCEPT_OWNER,
@@ -222,9 +319,11 @@ impl Probes {
             list.push(Capability {
                 name,
                 what,
-                available: self.syscall_tracepoints,
-                via: syscall_via,
-                note: (!self.syscall_tracepoints).then(|| format!("{}: {lost}", no_syscalls())),
+                available: hooks.is_some(),
+                via: hooks_via,
+                note: hooks
+                    .is_none()
+                    .then(|| format!("no fentry, no kprobes, and {}: {lost}", self.no_syscalls())),
             });
         }
         list.push(Capability {
@@ -272,6 +371,8 @@ impl Probes {
             kernel,
             programs,
             list,
+            probes: *self,
+            forced,
         }
     }
 
@@ -305,16 +406,47 @@ impl Capabilities {
         if self.programs.compat {
             return;
         }
-        self.programs.compat = true;
-        if let Some(c) = self.list.iter_mut().find(|c| c.name == name::PROGRAMS) {
-            c.via = Some(COMPAT_VIA);
-            c.note = Some("the programs for older kernels, as asked (--programs compat)".into());
+        let forced = Forced {
+            compat: true,
+            ..self.forced
+        };
+        *self = self.probes.build(std::mem::take(&mut self.kernel), forced);
+    }
+
+    /// Uses hooks of `kind` (`--hooks KIND`); an error, in one line, when this kernel has none.
+    pub fn force_hooks(&mut self, kind: HookKind) -> Result<(), String> {
+        let kinds = self.probes.hook_kinds();
+        if let Some((_, Err(why))) = kinds.iter().find(|(k, _)| *k == kind) {
+            let usable: Vec<&str> = kinds
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(k, _)| k.name())
+                .collect();
+            let instead = if usable.is_empty() {
+                String::new()
+            } else {
+                format!(" (this kernel offers: {})", usable.join(", "))
+            };
+            return Err(format!(
+                "--hooks {kind} is not available on this kernel: {why}; use --hooks auto{instead}"
+            ));
         }
-        for c in self.list.iter_mut().filter(|c| c.available) {
-            if c.via == Some(VIA_SYSCALL_EXITS) {
-                c.via = Some(VIA_SYSCALL_ENTRIES_AND_EXITS);
-            }
-        }
+        let forced = Forced {
+            hooks: Some(kind),
+            ..self.forced
+        };
+        *self = self.probes.build(std::mem::take(&mut self.kernel), forced);
+        Ok(())
+    }
+
+    /// The hook kinds this kernel allows, in order of preference.
+    pub fn hooks_offered(&self) -> Vec<HookKind> {
+        self.probes
+            .hook_kinds()
+            .into_iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(k, _)| k)
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&Capability> {
@@ -354,7 +486,11 @@ impl Capabilities {
 
     /// What `sockwatch check --format json` prints.
     pub fn check_json(&self) -> serde_json::Value {
-        serde_json::json!({ "kernel": self.kernel, "capabilities": self.list })
+        serde_json::json!({
+            "kernel": self.kernel,
+            "capabilities": self.list,
+            "hooks": { "used": self.programs.hooks, "offered": self.hooks_offered() },
+        })
     }
 }
 
@@ -474,19 +610,116 @@ mod tests {
     }
 
     #[test]
-    fn a_kernel_with_everything_runs_the_current_programs_and_has_no_notice() {
+    fn a_kernel_with_everything_runs_the_current_programs_on_fentry_and_says_only_that() {
         let c = all().capabilities("6.18".into());
         assert_eq!(
             c.programs,
             ProgramChoice {
                 compat: false,
-                syscall_hooks: true,
+                hooks: Some(HookKind::Fentry),
                 overflow_hook: true,
                 preallocated_maps: false,
             }
         );
-        assert!(c.notices().is_empty(), "{:?}", c.notices());
+        assert_eq!(
+            c.notices(),
+            ["hooks: fentry: the host's other system calls are left alone"]
+        );
         assert!(c.list.iter().all(|c| c.available));
+        assert_eq!(c.get(name::ACCEPT_OWNER).unwrap().via, Some(VIA_FENTRY));
+        assert_eq!(
+            c.hooks_offered(),
+            [HookKind::Fentry, HookKind::Kprobe, HookKind::Syscall]
+        );
+    }
+
+    const REFUSED: &str =
+        "the kernel refuses fexit programs on inet_stream_connect (EPERM: Operation not permitted)";
+    const NO_KPROBES: &str = "this kernel has no kprobe event source";
+
+    #[test]
+    fn hooks_fall_back_from_fentry_to_kprobes_to_syscalls_and_say_why() {
+        let kprobe = Probes {
+            fentry: Err(REFUSED),
+            ..all()
+        }
+        .capabilities("x".into());
+        assert_eq!(kprobe.programs.hooks, Some(HookKind::Kprobe));
+        assert_eq!(
+            kprobe.get(name::CONNECT_ERRORS).unwrap().via,
+            Some(VIA_KPROBE)
+        );
+        assert_eq!(
+            kprobe.get(name::HOOKS).unwrap().note.as_deref(),
+            Some(
+                format!("kprobe (fentry: {REFUSED}): the host's other system calls are left alone")
+                    .as_str()
+            )
+        );
+        let syscall = Probes {
+            fentry: Err(REFUSED),
+            kprobe: Err(NO_KPROBES),
+            ..all()
+        }
+        .capabilities("x".into());
+        assert_eq!(syscall.programs.hooks, Some(HookKind::Syscall));
+        assert_eq!(syscall.hooks_offered(), [HookKind::Syscall]);
+        let note = syscall.get(name::HOOKS).unwrap().note.clone().unwrap();
+        assert!(
+            note.starts_with(&format!(
+                "syscall tracepoints (fentry: {REFUSED}; kprobe: {NO_KPROBES}): while sockwatch runs, every system call"
+            )),
+            "{note}"
+        );
+        assert_eq!(
+            syscall.get(name::ACCEPT_FAILURES).unwrap().via,
+            Some(VIA_SYSCALL_EXITS)
+        );
+    }
+
+    #[test]
+    fn forcing_a_hook_kind_uses_it_or_names_what_the_kernel_offers() {
+        let probes = Probes {
+            fentry: Err(REFUSED),
+            ..all()
+        };
+        let mut c = probes.capabilities("x".into());
+        c.force_hooks(HookKind::Syscall).unwrap();
+        assert_eq!(c.programs.hooks, Some(HookKind::Syscall));
+        assert_eq!(
+            c.get(name::HOOKS).unwrap().note.as_deref(),
+            Some("syscall, as asked (--hooks syscall)")
+        );
+        // Forcing compat afterwards keeps the forced kind.
+        c.force_compat();
+        assert_eq!(c.programs.hooks, Some(HookKind::Syscall));
+        assert!(c.programs.compat);
+        let err = probes
+            .capabilities("x".into())
+            .force_hooks(HookKind::Fentry)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "--hooks fentry is not available on this kernel: {REFUSED}; use --hooks auto (this kernel offers: kprobe, syscall)"
+            )
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn check_json_names_the_hooks_used_and_offered() {
+        let c = Probes {
+            kprobe: Err(NO_KPROBES),
+            ..all()
+        }
+        .capabilities("x".into());
+        let v = c.check_json();
+        assert_eq!(v["hooks"]["used"], "fentry");
+        assert_eq!(
+            v["hooks"]["offered"],
+            serde_json::json!(["fentry", "syscall"])
+        );
     }
 
     #[test]
@@ -506,19 +739,18 @@ mod tests {
         assert!(c.programs.preallocated_maps);
         assert!(!c.programs.overflow_hook);
         assert!(c.has(name::ACCEPT_FAILURES));
-        assert_eq!(
-            c.get(name::ACCEPT_FAILURES).unwrap().via,
-            Some("syscall entry and exit tracepoints")
-        );
+        // fentry works there: no syscall hook at all.
+        assert_eq!(c.get(name::ACCEPT_FAILURES).unwrap().via, Some(VIA_FENTRY));
         assert!(!c.has(name::OVERFLOW_EVENTS));
         let notices = c.notices();
-        assert_eq!(notices.len(), 3, "{notices:?}");
+        assert_eq!(notices.len(), 4, "{notices:?}");
         assert!(
             notices[0].starts_with("kernel_programs: this kernel lacks BPF task storage (5.11), ")
         );
         assert!(notices[0].contains("bpf_task_pt_regs (5.15)"));
-        assert!(notices[1].starts_with("listen_overflow_events: "));
-        assert!(notices[2].contains("5.12"));
+        assert!(notices[1].starts_with("hooks: fentry"));
+        assert!(notices[2].starts_with("listen_overflow_events: "));
+        assert!(notices[3].contains("5.12"));
         assert!(notices.iter().all(|n| !n.contains('\n')));
     }
 
@@ -542,10 +774,13 @@ mod tests {
         let c = Probes {
             syscall_tracepoints: false,
             syscall_missing: Some(("sys_exit_accept4", "/sys/kernel/tracing")),
+            fentry: Err(REFUSED),
+            kprobe: Err(NO_KPROBES),
             ..all()
         }
         .capabilities("x".into());
-        assert!(!c.programs.syscall_hooks);
+        // Nor fentry nor kprobes here.
+        assert_eq!(c.programs.hooks, None);
         for n in [
             name::ACCEPT_OWNER,
             name::ACCEPT_FAILURES,
@@ -557,8 +792,8 @@ mod tests {
             let note = cap.note.as_ref().unwrap();
             assert!(
                 note.starts_with(
-                    "no syscall tracepoint syscalls:sys_exit_accept4 in /sys/kernel/tracing \
-                     (the kernel needs CONFIG_FTRACE_SYSCALLS=y"
+                    "no fentry, no kprobes, and no syscall tracepoint syscalls:sys_exit_accept4 \
+                     in /sys/kernel/tracing (the kernel needs CONFIG_FTRACE_SYSCALLS=y"
                 ),
                 "{note}"
             );
@@ -567,7 +802,12 @@ mod tests {
 
     #[test]
     fn forcing_compat_changes_the_programs_and_says_so() {
-        let mut c = all().capabilities("6.18".into());
+        let mut c = Probes {
+            fentry: Err(REFUSED),
+            kprobe: Err(NO_KPROBES),
+            ..all()
+        }
+        .capabilities("6.18".into());
         c.force_compat();
         assert!(c.programs.compat);
         assert_eq!(c.get(name::PROGRAMS).unwrap().via, Some(COMPAT_VIA));
@@ -575,7 +815,8 @@ mod tests {
             c.get(name::ACCEPT_FAILURES).unwrap().via,
             Some(VIA_SYSCALL_ENTRIES_AND_EXITS)
         );
-        assert_eq!(c.notices().len(), 1);
+        // The programs' note, and the hooks' (always there).
+        assert_eq!(c.notices().len(), 2);
     }
 
     #[test]
@@ -594,7 +835,7 @@ mod tests {
                 .contains("inet_diag")
         );
         assert_eq!(v["accept_owner"]["available"], true);
-        assert_eq!(v["accept_owner"]["via"], "syscall exit tracepoints");
+        assert_eq!(v["accept_owner"]["via"], VIA_FENTRY);
         assert!(v["accept_owner"].get("note").is_none());
         let check = c.check_json();
         assert_eq!(check["kernel"], "6.12");

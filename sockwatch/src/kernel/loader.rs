@@ -9,8 +9,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
-        trace_point::TracePointLinkId,
+        FExit, KProbe, RawTracePoint, TracePoint, fexit::FExitLinkId, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use sockwatch_common::{Mode, SockInfo, counter};
@@ -19,6 +19,7 @@ use crate::{
     filter::{Filter, FilterError},
     kernel::btf::{self, BtfError},
     kernel::capabilities::{Capabilities, ProgramChoice},
+    kernel::hooks::{self, HookKind},
     kernel::load_errors::{attach_error, one_line, with_causes},
     kernel::loss::KernelCounters,
     kernel::map_sizes::{
@@ -37,15 +38,35 @@ pub(crate) static OBJECT: &[u8] =
 pub(crate) static OBJECT_COMPAT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch-ebpf-compat"));
 
-/// Where each program attaches. Syscall hooks come first, so that when the state-change hook
-/// starts, the hooks completing its events are already there.
+/// Where each program attaches. The accept/connect hooks come first, so that when the
+/// state-change hook starts, the hooks completing its events are already there.
 #[derive(Clone, Copy)]
 enum Hook {
     Tracepoint(&'static str, &'static str),
     Raw(&'static str),
+    /// An fexit program on a kernel function (the function is named at load).
+    Fexit(&'static str),
+    /// A kprobe or kretprobe (as the program was built) on a kernel function.
+    Kprobe(&'static str),
 }
 
 const PROGRAMS: &[(&str, &[Hook])] = &[
+    // One of three sets of accept/connect hooks (see `kernel::hooks`): fexit programs,
+    (FENTRY_PROGRAMS[0].0, &[Hook::Fexit(FENTRY_PROGRAMS[0].1)]),
+    (FENTRY_PROGRAMS[1].0, &[Hook::Fexit(FENTRY_PROGRAMS[1].1)]),
+    (FENTRY_PROGRAMS[2].0, &[Hook::Fexit(FENTRY_PROGRAMS[2].1)]),
+    // kprobes (the entry probe first: it saves what the return probes read),
+    (
+        hooks::KPROBE_ENTRY_PROGRAM,
+        &[
+            Hook::Kprobe(KPROBE_PROGRAMS[0].1),
+            Hook::Kprobe(KPROBE_PROGRAMS[1].1),
+        ],
+    ),
+    (KPROBE_PROGRAMS[0].0, &[Hook::Kprobe(KPROBE_PROGRAMS[0].1)]),
+    (KPROBE_PROGRAMS[1].0, &[Hook::Kprobe(KPROBE_PROGRAMS[1].1)]),
+    (KPROBE_PROGRAMS[2].0, &[Hook::Kprobe(KPROBE_PROGRAMS[2].1)]),
+    // or syscall tracepoints.
     // The compat object only: saves the arguments the exits below read.
     (
         ENTRY_PROGRAM,
@@ -86,15 +107,30 @@ const OVERFLOW_PROGRAM: &str = "kfree_skb";
 /// The syscall hooks (exits, and the compat object's entries).
 const SYSCALL_PROGRAMS: &[&str] = &[ENTRY_PROGRAM, "sys_exit_connect", "sys_exit_accept"];
 
+use hooks::{FENTRY_PROGRAMS, KPROBE_PROGRAMS};
+
+/// The accept/connect programs of hook kind `kind`.
+fn hook_programs(kind: HookKind) -> Vec<&'static str> {
+    match kind {
+        HookKind::Fentry => FENTRY_PROGRAMS.iter().map(|p| p.0).collect(),
+        HookKind::Kprobe => std::iter::once(hooks::KPROBE_ENTRY_PROGRAM)
+            .chain(KPROBE_PROGRAMS.iter().map(|p| p.0))
+            .collect(),
+        HookKind::Syscall => SYSCALL_PROGRAMS.to_vec(),
+    }
+}
+
 /// The programs this run loads, in attach order.
 fn programs(
     states: bool,
     choice: ProgramChoice,
 ) -> impl Iterator<Item = &'static (&'static str, &'static [Hook])> {
+    let hook_set: Vec<&str> = choice.hooks.map(hook_programs).unwrap_or_default();
+    let every_hook: Vec<&str> = HookKind::ALL.into_iter().flat_map(hook_programs).collect();
     PROGRAMS.iter().filter(move |(name, _)| {
         (states || *name != STATES_PROGRAM)
             && (choice.compat || *name != ENTRY_PROGRAM)
-            && (choice.syscall_hooks || !SYSCALL_PROGRAMS.contains(name))
+            && (!every_hook.contains(name) || hook_set.contains(name))
             && (choice.overflow_hook || *name != OVERFLOW_PROGRAM)
     })
 }
@@ -102,6 +138,8 @@ fn programs(
 enum Link {
     Tracepoint(&'static str, TracePointLinkId),
     Raw(&'static str, RawTracePointLinkId),
+    Fexit(&'static str, FExitLinkId),
+    Kprobe(&'static str, KProbeLinkId),
 }
 
 /// The reader drains the ring at least this often: the programs wake it only for bulk.
@@ -123,6 +161,8 @@ pub struct LoadOptions {
     pub tracefs: Option<PathBuf>,
     /// Load the compat programs even where the current ones would load.
     pub force_compat: bool,
+    /// Use this kind of accept/connect hooks (`--hooks`); None: the best this kernel allows.
+    pub hooks: Option<HookKind>,
     /// Whether the programs count in the kernel, and which events they write to the ring
     /// ([`Mode::RING_ONLY`]: every event, no counting).
     pub mode: Mode,
@@ -167,6 +207,8 @@ pub enum LoadError {
         tracepoint: String,
         why: &'static str,
     },
+    #[error("{0}")]
+    Hooks(String),
     #[error("eBPF map {name}: {cause}")]
     Map {
         name: &'static str,
@@ -196,7 +238,7 @@ pub struct KernelSupport {
 pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
     require_root()?;
     let btf = btf::read(&opts.btf)?;
-    let offsets = btf::resolve(&btf)?;
+    let mut offsets = btf::resolve(&btf)?;
     // First, so that a kernel refusing bpf() itself (a user namespace, lockdown, seccomp) is
     // named as that, not as missing features.
     if let Err(e) = aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
@@ -206,6 +248,12 @@ pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
     let mut capabilities = Capabilities::probe(&btf, &offsets, tracefs)?;
     if opts.force_compat {
         capabilities.force_compat();
+    }
+    if let Some(kind) = opts.hooks {
+        capabilities.force_hooks(kind).map_err(LoadError::Hooks)?;
+    }
+    if let Ok(functions) = hooks::functions(&btf) {
+        offsets.accept_ret_arg = functions.accept_ret_arg;
     }
     if !capabilities.has(crate::kernel::capabilities::name::RING_BUFFER) {
         return Err(LoadError::NoRingBuffer);
@@ -265,10 +313,11 @@ impl Tracer {
         // A quarter full wakes the reader; below that it drains on its timer (POLL_INTERVAL).
         offsets.wakeup_bytes = opts.ring_bytes / 4;
         let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
-        if choice.syscall_hooks {
+        let syscall_hooks = choice.hooks == Some(HookKind::Syscall);
+        if syscall_hooks {
             offsets.sys_exit_ret = crate::kernel::capabilities::syscall_exit_ret(tracefs)?;
         }
-        if choice.compat && choice.syscall_hooks {
+        if choice.compat && syscall_hooks {
             let entries = crate::kernel::capabilities::SYSCALL_ENTRIES;
             offsets.sys_enter_arg0 = tp_format::common_offset(tracefs, &entries, "fd")?;
             // connect's address (at accept's entry the same slot holds the peer-address pointer,
@@ -312,13 +361,27 @@ impl Tracer {
         let mut ebpf = loader
             .load(object)
             .map_err(|e| LoadError::Object(with_causes(&e)))?;
-        for &(name, _) in programs(opts.states, choice) {
+        // fexit programs are loaded against the kernel function they attach to.
+        let kernel_btf = if choice.hooks == Some(HookKind::Fentry) {
+            Some(
+                aya::Btf::parse_file(&opts.btf, aya::Endianness::default()).map_err(|e| {
+                    LoadError::Object(format!("reading {}: {e}", opts.btf.display()))
+                })?,
+            )
+        } else {
+            None
+        };
+        for &(name, attach) in programs(opts.states, choice) {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingProgram { name })?;
-            let res = match prog {
-                aya::programs::Program::RawTracePoint(p) => p.load(),
-                aya::programs::Program::TracePoint(p) => p.load(),
+            let res = match (prog, attach.first(), &kernel_btf) {
+                (aya::programs::Program::RawTracePoint(p), _, _) => p.load(),
+                (aya::programs::Program::TracePoint(p), _, _) => p.load(),
+                (aya::programs::Program::FExit(p), Some(Hook::Fexit(function)), Some(btf)) => {
+                    p.load(function, btf)
+                }
+                (aya::programs::Program::KProbe(p), _, _) => p.load(),
                 _ => return Err(LoadError::MissingProgram { name }),
             };
             res.map_err(|e| LoadError::Program {
@@ -354,6 +417,22 @@ impl Tracer {
                             .map(|id| Link::Raw(name, id))
                             .map_err(|cause| attach_error(name, event.to_string(), cause))?
                     }
+                    Hook::Fexit(function) => {
+                        let p: &mut FExit = self.typed(name)?;
+                        p.attach()
+                            .map(|id| Link::Fexit(name, id))
+                            .map_err(|cause| {
+                                function_attach_error(name, "fexit", function, &cause)
+                            })?
+                    }
+                    Hook::Kprobe(function) => {
+                        let p: &mut KProbe = self.typed(name)?;
+                        p.attach(function, 0)
+                            .map(|id| Link::Kprobe(name, id))
+                            .map_err(|cause| {
+                                function_attach_error(name, "kprobe", function, &cause)
+                            })?
+                    }
                 };
                 self.links.push(link);
             }
@@ -385,6 +464,16 @@ impl Tracer {
                 }
                 Link::Tracepoint(name, id) => {
                     if let Ok(p) = self.typed::<TracePoint>(name) {
+                        let _ = p.detach(id);
+                    }
+                }
+                Link::Fexit(name, id) => {
+                    if let Ok(p) = self.typed::<FExit>(name) {
+                        let _ = p.detach(id);
+                    }
+                }
+                Link::Kprobe(name, id) => {
+                    if let Ok(p) = self.typed::<KProbe>(name) {
                         let _ = p.detach(id);
                     }
                 }
@@ -487,6 +576,22 @@ impl Tracer {
             .filter_map(|fd| prog_recursion_misses(fd.as_fd().as_raw_fd()).ok())
             .sum();
         skipped.saturating_sub(self.counter(counter::NESTED_HANDLED).unwrap_or(0))
+    }
+}
+
+/// An fexit or kprobe attach failed although the probe at start-up worked.
+fn function_attach_error(
+    name: &'static str,
+    kind: &str,
+    function: &str,
+    cause: &aya::programs::ProgramError,
+) -> LoadError {
+    LoadError::Program {
+        name,
+        detail: format!(
+            "attaching it as {kind} to {function} failed: {} (run with --hooks syscall to use the syscall tracepoints instead)",
+            one_line(cause)
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`btf`] and [`tp_format`]: struct field and tracepoint record offsets of this kernel.
 //! - [`tracefs`]: tracefs for the syscall tracepoints, without touching the host's mounts.
 //! - [`capabilities`]: what this kernel supports, probed, never inferred from a version.
+//! - [`hooks`]: which hooks see connect() and accept() return: fexit, kprobes or syscalls.
 //! - [`loader`]: loads, attaches and detaches the programs; reads their counters.
 //! - [`load_errors`]: why a load or an attach failed, in one line.
 //! - [`map_sizes`]: how big the maps are, preallocated where the kernel needs it.
@@ -14,6 +15,7 @@ pub mod btf;
 pub mod capabilities;
 pub mod counts;
 pub mod decode;
+pub mod hooks;
 pub mod load_errors;
 pub mod loader;
 pub mod loss;

@@ -49,6 +49,7 @@ impl Run {
             btf: VMLINUX_BTF.into(),
             tracefs: None,
             force_compat: compat,
+            hooks: None,
             mode,
         };
         // On a thread of its own: where tracefs is not mounted, that thread mounts it in a mount
