@@ -428,6 +428,9 @@ mod tests {
         // x86-64's pt_regs is the ptrace layout (r15 first, 8 bytes each): si is the 14th
         // register, di the 15th.
         assert_eq!(syscall_args(&btf).unwrap(), (14 * 8, 13 * 8));
+        // A function's arguments at its entry are di and si too; its return value is ax, the
+        // 11th register.
+        assert_eq!(function_registers(&btf).unwrap(), (14 * 8, 13 * 8, 10 * 8));
     }
 
     #[test]

@@ -84,6 +84,19 @@ pub fn functions(btf: &Btf) -> Result<Functions, String> {
     let get = |name: &str| {
         btf::function(btf, name).map_err(|_| format!("this kernel has no function {name} in BTF"))
     };
+    signatures(
+        &get(CONNECT_FUNCTION)?,
+        &get(ACCEPT_FUNCTION)?,
+        &get(ACCEPTED_FUNCTION)?,
+    )
+}
+
+/// The check of [`functions`], on the functions as BTF describes them.
+fn signatures(
+    connect: &btf::Function,
+    accept: &btf::Function,
+    accepted: &btf::Function,
+) -> Result<Functions, String> {
     let differs = |f: &btf::Function, name: &str| {
         format!(
             "{name} takes ({}) and returns {} here, which the programs do not read",
@@ -91,28 +104,26 @@ pub fn functions(btf: &Btf) -> Result<Functions, String> {
             f.ret
         )
     };
-    let connect = get(CONNECT_FUNCTION)?;
     let p = &connect.params;
+    // The address's type was renamed over time; the programs read it as a pointer.
     if !(p.len() == 4
         && p[0] == "struct socket *"
         && p[1].ends_with('*')
         && p[2] == "int"
         && connect.ret == "int")
     {
-        return Err(differs(&connect, CONNECT_FUNCTION));
+        return Err(differs(connect, CONNECT_FUNCTION));
     }
-    let accept = get(ACCEPT_FUNCTION)?;
     if !(accept.params.len() == 4 && accept.params[0] == "int" && accept.ret == "int") {
-        return Err(differs(&accept, ACCEPT_FUNCTION));
+        return Err(differs(accept, ACCEPT_FUNCTION));
     }
-    let accepted = get(ACCEPTED_FUNCTION)?;
     // (sk, flags, err, kern) before Linux 6.10; (sk, arg) since.
     let n = accepted.params.len();
     if !((n == 2 || n == 4)
         && accepted.params[0] == "struct sock *"
         && accepted.ret == "struct sock *")
     {
-        return Err(differs(&accepted, ACCEPTED_FUNCTION));
+        return Err(differs(accepted, ACCEPTED_FUNCTION));
     }
     Ok(Functions {
         ids: [connect.id, accept.id, accepted.id],
@@ -283,5 +294,110 @@ impl HookProbes {
             fentry,
             kprobe,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(id: u32, params: &[&str], ret: &str) -> btf::Function {
+        btf::Function {
+            id,
+            params: params.iter().map(|p| p.to_string()).collect(),
+            ret: ret.to_string(),
+        }
+    }
+
+    fn connect() -> btf::Function {
+        f(
+            1,
+            &["struct socket *", "struct sockaddr *", "int", "int"],
+            "int",
+        )
+    }
+
+    fn accept4() -> btf::Function {
+        f(2, &["int", "struct sockaddr *", "int *", "int"], "int")
+    }
+
+    #[test]
+    fn inet_csk_accept_returns_after_four_arguments_before_6_10_and_two_since() {
+        let old = f(
+            3,
+            &["struct sock *", "int", "int *", "_Bool"],
+            "struct sock *",
+        );
+        let new = f(
+            3,
+            &["struct sock *", "struct proto_accept_arg *"],
+            "struct sock *",
+        );
+        assert_eq!(
+            signatures(&connect(), &accept4(), &old).unwrap(),
+            Functions {
+                ids: [1, 2, 3],
+                accept_ret_arg: 4
+            }
+        );
+        assert_eq!(
+            signatures(&connect(), &accept4(), &new)
+                .unwrap()
+                .accept_ret_arg,
+            2
+        );
+    }
+
+    #[test]
+    fn a_signature_the_programs_do_not_read_is_named_in_one_line() {
+        let three = f(3, &["struct sock *", "int", "int *"], "struct sock *");
+        assert_eq!(
+            signatures(&connect(), &accept4(), &three).unwrap_err(),
+            "inet_csk_accept takes (struct sock *, int, int *) and returns struct sock * here, which the programs do not read"
+        );
+        let renamed = f(
+            1,
+            &["struct socket *", "struct sockaddr_unsized *", "int", "int"],
+            "int",
+        );
+        let csk = f(
+            3,
+            &["struct sock *", "struct proto_accept_arg *"],
+            "struct sock *",
+        );
+        assert!(signatures(&renamed, &accept4(), &csk).is_ok());
+        let by_file = f(
+            2,
+            &["struct file *", "struct sockaddr *", "int *", "int"],
+            "int",
+        );
+        assert!(
+            signatures(&connect(), &by_file, &csk)
+                .unwrap_err()
+                .starts_with("__sys_accept4 takes (struct file *, ")
+        );
+    }
+
+    #[test]
+    fn this_kernels_functions_are_the_ones_the_programs_read() {
+        let Ok(btf) = Btf::from_file(btf::VMLINUX_BTF) else {
+            eprintln!("skipped: {} not readable", btf::VMLINUX_BTF);
+            return;
+        };
+        let found = functions(&btf).expect("the hooked functions");
+        assert!([2, 4].contains(&found.accept_ret_arg));
+        assert!(found.ids.iter().all(|&id| id != 0));
+    }
+
+    #[test]
+    fn errors_read_as_the_errno_name_and_its_text() {
+        assert_eq!(
+            errno_text(std::io::Error::from_raw_os_error(libc::EPERM)),
+            "EPERM: Operation not permitted"
+        );
+        assert_eq!(
+            errno_text(std::io::Error::from_raw_os_error(524)),
+            "ENOTSUPP: not supported by this kernel"
+        );
     }
 }
