@@ -1,8 +1,9 @@
 //! Root tests of what differs between kernels: the capability probe (`sockwatch check`), the
 //! capabilities recorded in the JSON Lines header, and one connection's whole lifecycle traced
 //! with each build of the kernel programs that this kernel runs (the current one where it
-//! loads, and the compat one everywhere), and the in-kernel counters with both. They are the
-//! core of the kernel matrix (`cargo xtask vmtest`), run on every kernel it boots.
+//! loads, and the compat one everywhere) and with each kind of accept/connect hook it offers
+//! (fentry, kprobe, syscall), and the in-kernel counters with both builds. They are the core
+//! of the kernel matrix (`cargo xtask vmtest`), run on every kernel it boots.
 mod common;
 
 use std::{
@@ -72,6 +73,46 @@ fn check_loads_the_programs_and_names_what_is_missing() {
     let forced = common::check_json_with(&["--programs", "compat"]);
     assert_eq!(forced["programs"]["build"], "compat");
     assert_eq!(forced["programs"]["loaded"], true, "{forced}");
+
+    // The hooks: the first kind offered is used, and says so in one line.
+    let offered = hooks_offered();
+    assert!(!offered.is_empty(), "{v}");
+    assert_eq!(v["hooks"]["used"], offered[0].as_str(), "{v}");
+    let hooks = &caps["hooks"];
+    assert_eq!(hooks["available"], true, "{hooks}");
+    let note = hooks["note"].as_str().expect("the hooks' note");
+    assert!(
+        note.starts_with(&offered[0]) && !note.contains('\n'),
+        "{note}"
+    );
+    // A kind the kernel does not offer is refused, in one line naming it and what to use (those
+    // it offers are run by `lifecycle_is_the_same_with_every_hook_kind`).
+    for kind in ["fentry", "kprobe", "syscall"] {
+        if offered.iter().any(|k| k == kind) {
+            continue;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sockwatch"))
+            .args(["check", "--format", "json", "--hooks", kind])
+            .output()
+            .expect("run sockwatch check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--hooks {kind} ran");
+        let line = format!("sockwatch: error: --hooks {kind} is not available on this kernel: ");
+        assert!(stderr.starts_with(&line), "{stderr}");
+        assert!(stderr.contains("use --hooks auto"), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}
+
+/// The hook kinds this kernel offers, best first (`sockwatch check`).
+fn hooks_offered() -> Vec<String> {
+    let v = common::check_json();
+    v["hooks"]["offered"]
+        .as_array()
+        .expect("hooks.offered")
+        .iter()
+        .map(|k| k.as_str().expect("a kind").to_string())
+        .collect()
 }
 
 #[test]
@@ -102,7 +143,7 @@ fn lifecycle_with_the_programs_this_kernel_picks() {
     if !root_or_skip("lifecycle_with_the_programs_this_kernel_picks") {
         return;
     }
-    lifecycle("auto");
+    lifecycle("auto", "auto");
 }
 
 #[test]
@@ -110,16 +151,46 @@ fn lifecycle_with_the_compat_programs() {
     if !root_or_skip("lifecycle_with_the_compat_programs") {
         return;
     }
-    lifecycle("compat");
+    lifecycle("compat", "auto");
+}
+
+/// Every hook kind this kernel offers, with both builds of the programs, passes the same
+/// scenario, and the event streams are the same apart from times, ports and pids.
+#[test]
+fn lifecycle_is_the_same_with_every_hook_kind() {
+    if !root_or_skip("lifecycle_is_the_same_with_every_hook_kind") {
+        return;
+    }
+    let mut streams = Vec::new();
+    for kind in hooks_offered() {
+        for programs in ["auto", "compat"] {
+            streams.push((
+                format!("--hooks {kind} --programs {programs}"),
+                lifecycle(programs, &kind),
+            ));
+        }
+    }
+    let (first_run, first) = &streams[0];
+    for (run, stream) in &streams[1..] {
+        assert_eq!(stream, first, "{run} differs from {first_run}");
+    }
 }
 
 /// In a new namespace: a server process accepts one connection; with its fd limit reached, its
 /// accept() fails twice with EMFILE on a second, queued connection, which it then accepts; a
 /// connect to a closed port is refused; one without a route fails before any packet. Every
-/// event is asserted: 5-tuples, pids, errors.
-fn lifecycle(programs: &str) {
+/// event is asserted: 5-tuples, pids, errors. Returns the stream in a form that does not depend
+/// on times, ports, pids or order (see [`normalized`]).
+fn lifecycle(programs: &str, hooks: &str) -> Vec<String> {
     const FAILS: usize = 2;
-    let args = ["--max-sockets", "65536", "--programs", programs];
+    let args = [
+        "--max-sockets",
+        "65536",
+        "--programs",
+        programs,
+        "--hooks",
+        hooks,
+    ];
     let (t, (server_pid, port, clients, refused)) = trace_in_new_netns(&args, || {
         let mut server = Server::start(None);
         let port = server.listen("127.0.0.1:0");
@@ -223,6 +294,72 @@ fn lifecycle(programs: &str) {
     assert_eq!(early[0]["peer_port"].as_u64(), Some(u64::from(refused)));
     assert_eq!(early[0]["pid"].as_u64(), Some(me()));
     assert_nothing_lost(&t.lost);
+    let port_of_server = port;
+    let role = |port: u64| -> &str {
+        if port == 0 {
+            "none"
+        } else if port == port_of_server {
+            "server"
+        } else if port == u64::from(clients[0]) {
+            "first client"
+        } else if port == u64::from(clients[1]) {
+            "second client"
+        } else if port == u64::from(refused) {
+            "closed port"
+        } else {
+            "other"
+        }
+    };
+    normalized(&t.events, |e| {
+        let pid = match e["pid"].as_u64() {
+            Some(p) if p == server_pid => "server",
+            Some(p) if p == me() => "test",
+            Some(_) => "other",
+            None => "none",
+        };
+        format!(
+            "{} {} -> {} pid={pid}",
+            e["event"],
+            role(e["local_port"].as_u64().unwrap_or(0)),
+            role(e["peer_port"].as_u64().unwrap_or(0)),
+        )
+    })
+}
+
+/// Events as sorted lines: each line is `describe(event)` plus every field that must not
+/// differ between runs (kinds, directions, errors, addresses, families, flags).
+fn normalized(events: &[Value], describe: impl Fn(&Value) -> String) -> Vec<String> {
+    const VARYING: &[&str] = &[
+        "ts",
+        "ts_ns",
+        "time",
+        "duration_ns",
+        "duration_ms",
+        "pid",
+        "local_port",
+        "peer_port",
+        "netns",
+        "comm",
+        "cgroup",
+        "cgroup_id",
+        "unit",
+        "container_id",
+        "pod_uid",
+        "pod_namespace",
+        "pod",
+    ];
+    let mut lines: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let mut rest = e.as_object().cloned().unwrap_or_default();
+            for k in VARYING {
+                rest.remove(*k);
+            }
+            format!("{} {}", describe(e), Value::Object(rest))
+        })
+        .collect();
+    lines.sort();
+    lines
 }
 
 /// connect() to 127.0.0.1:`port` from a thread in a namespace of its own whose loopback is
