@@ -283,7 +283,7 @@ impl Probes {
                 refused(HookKind::Kprobe).join("; ")
             ),
             (Some(HookKind::Syscall), None) => format!(
-                "syscall tracepoints ({}): while sockwatch runs, every system call on this host takes a little longer (docs/performance.md#hook-kinds)",
+                "syscall tracepoints ({}): while sockwatch runs, every system call on this host takes a little longer (docs/how-it-works.md#hook-kinds)",
                 refused(HookKind::Syscall).join("; ")
             ),
             (None, _) => refused(HookKind::Syscall)
