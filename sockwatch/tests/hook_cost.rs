@@ -3,7 +3,10 @@
 //! - every process's system calls: ns per getppid() with nothing attached and with `sockwatch
 //!   top` running with each hook kind this kernel offers (`--hooks fentry|kprobe|syscall`). The
 //!   syscall tracepoints put every system call of every process on the kernel's slow path; the
-//!   other kinds should leave getppid() as it was;
+//!   other kinds should leave getppid() as it was. Each round's figure is its fastest short
+//!   stretch: under qemu's TCG both vCPUs share one host thread, which other work on the host
+//!   takes away at times, and so do sockwatch's own wake-ups (on a real host they run on
+//!   another CPU); all of that only ever adds time;
 //! - each connection: the kernel time of each of sockwatch's programs per loopback connection
 //!   (connect, accept, close), from the kernel's own accounting (kernel.bpf_stats_enabled).
 //!
@@ -27,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Stalled, TempDir, root_or_skip};
+use common::{TempDir, root_or_skip};
 use prog_stats::StatsEnabled;
 use serde_json::Value;
 
@@ -38,9 +41,10 @@ const ROUNDS: usize = 3;
 const ROUND_TARGET: Duration = Duration::from_secs(1);
 const MIN_CALLS: u64 = 100_000;
 const MAX_CALLS: u64 = 5_000_000;
-/// Each timed loop is cut into this many chunks, and its figure is its fastest chunk's: the
-/// host taking the VM's CPU away (other VMs, builds) only ever adds time to a chunk.
-const CHUNKS: u64 = 20;
+/// Each timed loop is cut into this many stretches (a few ms each), and its figure is its
+/// fastest stretch's. What the hooks add is there in every one; the host taking the VM's CPU
+/// away (other VMs, builds), timer ticks and sockwatch's wake-ups are not.
+const CHUNKS: u64 = 500;
 /// Loopback connections made under each hook kind for the per-connection kernel time, in
 /// batches: each program's figure is the median of its batches', for the same reason.
 const BATCHES: u64 = 8;
@@ -92,10 +96,12 @@ struct Config {
     hooks: Option<Vec<String>>,
 }
 
-/// sockwatch `top` started and attached; stopped with SIGTERM by [`Running::stop`].
+/// sockwatch `top` started and attached; stopped with SIGTERM by [`Running::stop`], or when
+/// dropped (a failed test leaves no programs attached).
 struct Running {
     child: Child,
     dir: TempDir,
+    stopped: bool,
 }
 
 impl Running {
@@ -131,7 +137,11 @@ impl Running {
             }
             thread::sleep(Duration::from_millis(10));
         }
-        Self { child, dir }
+        Self {
+            child,
+            dir,
+            stopped: false,
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -139,12 +149,32 @@ impl Running {
     }
 
     fn stop(mut self) {
+        self.stopped = true;
         let clean = common::stop(&mut self.child, libc::SIGTERM);
         assert!(
             clean,
             "sockwatch did not exit cleanly: {}",
             read_stderr(self.dir.path())
         );
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.wait();
     }
 }
 
@@ -168,7 +198,7 @@ fn ms_per_tick() -> f64 {
 }
 
 /// Nanoseconds per getppid() (a system call that does next to nothing, so whatever the hooks
-/// add to every system call shows) over `calls` calls: the fastest of `CHUNKS` chunks.
+/// add to every system call shows) over `calls` calls: the fastest of `CHUNKS` stretches.
 fn ns_per_getppid(calls: u64) -> f64 {
     let per_chunk = (calls / CHUNKS).max(1);
     (0..CHUNKS)
@@ -194,23 +224,15 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// One round's figures for one configuration.
+/// One round's figure for one configuration.
 struct Sample {
-    /// ns per getppid() while sockwatch runs (or with nothing attached).
-    running: f64,
-    /// ns per getppid() while sockwatch is stopped (SIGSTOP), its hooks still attached: what
-    /// the hooks alone cost. Nothing attached: the same as `running`.
-    stopped: f64,
-    /// sockwatch's CPU time in ms per second of the running loop (None: nothing attached).
+    /// ns per getppid().
+    ns: f64,
+    /// sockwatch's CPU time in ms per second of the loop (None: nothing attached).
     sockwatch_ms_per_s: Option<f64>,
 }
 
-/// One round of the getppid() loop under `config`: with sockwatch running, then stopped.
-///
-/// Stopped, because under single-threaded TCG the VM's two vCPUs take turns on one host
-/// thread: sockwatch's own wake-ups, on the other vCPU of a real host, here take their time
-/// from the loop. The stopped figure is the hooks' cost alone; the CPU column says how much
-/// sockwatch itself took meanwhile.
+/// One round of the getppid() loop under `config`.
 fn measure(config: &Config, calls: u64) -> Sample {
     let warm_up = || {
         // An untimed tenth first, alike for all: the loop's code and the hooks' paths warm,
@@ -219,10 +241,8 @@ fn measure(config: &Config, calls: u64) -> Sample {
     };
     let Some(extra) = &config.hooks else {
         warm_up();
-        let ns = ns_per_getppid(calls);
         return Sample {
-            running: ns,
-            stopped: ns,
+            ns: ns_per_getppid(calls),
             sockwatch_ms_per_s: None,
         };
     };
@@ -230,17 +250,12 @@ fn measure(config: &Config, calls: u64) -> Sample {
     warm_up();
     let before = cpu_ticks(sw.pid());
     let t = Instant::now();
-    let running = ns_per_getppid(calls);
+    let ns = ns_per_getppid(calls);
     let ticks = cpu_ticks(sw.pid()) - before;
     let ms_per_s = ticks as f64 * ms_per_tick() / t.elapsed().as_secs_f64();
-    let stopped = {
-        let _stalled = Stalled::new(sw.pid() as i32);
-        ns_per_getppid(calls)
-    };
     sw.stop();
     Sample {
-        running,
-        stopped,
+        ns,
         sockwatch_ms_per_s: Some(ms_per_s),
     }
 }
@@ -347,9 +362,8 @@ fn measure_hook_cost() {
         for i in 0..configs.len() {
             let c = (i + round) % configs.len();
             let s = measure(&configs[c], calls);
-            for ns in [s.running, s.stopped] {
-                assert!(ns.is_finite() && ns > 0.0, "{}: {ns} ns", configs[c].label);
-            }
+            let ns = s.ns;
+            assert!(ns.is_finite() && ns > 0.0, "{}: {ns} ns", configs[c].label);
             samples[c].push(s);
         }
     }
@@ -397,8 +411,7 @@ fn measure_hook_cost() {
     }
 }
 
-/// The table: rounds and ratios, sockwatch running and stopped, then the kernel time per
-/// connection.
+/// The table: rounds and ratios, then the kernel time per connection.
 fn report(
     release: &str,
     calls: u64,
@@ -413,11 +426,13 @@ fn report(
     let _ = writeln!(
         w,
         "kernel {release}: ns per getppid(), {calls} calls per round, {ROUNDS} rounds, \
-         configurations interleaved"
+         configurations interleaved; a round's figure: its fastest of {CHUNKS} stretches of \
+         {} calls",
+        calls / CHUNKS
     );
     let _ = writeln!(
         w,
-        "ratio: the median over the rounds of the round's ns over nothing's in that round"
+        "ratio: the median over the rounds of the round's figure over nothing's in that round"
     );
     if !takes_hooks {
         let _ = writeln!(
@@ -428,49 +443,30 @@ fn report(
     let rounds: String = (1..=ROUNDS)
         .map(|r| format!(" {:>9}", format!("round {r}")))
         .collect();
+    let _ = writeln!(
+        w,
+        "{:<20}{rounds} {:>9} {:>8} {:>14}",
+        "configuration", "median", "ratio", "sockwatch CPU"
+    );
     let nothing = &samples[0];
-    let sections = [
-        ("sockwatch top running", false),
-        (
-            "sockwatch top stopped (SIGSTOP), its hooks attached: the hooks alone",
-            true,
-        ),
-    ];
-    for (title, stopped) in sections {
-        let figure = |s: &Sample| if stopped { s.stopped } else { s.running };
-        let _ = writeln!(w);
-        let _ = writeln!(w, "{title}");
-        let cpu_header = if stopped { "" } else { "sockwatch CPU" };
+    for (c, s) in configs.iter().zip(samples) {
+        let ns: Vec<f64> = s.iter().map(|x| x.ns).collect();
+        let ratios: Vec<f64> = s.iter().zip(nothing).map(|(x, n)| x.ns / n.ns).collect();
+        let cells: String = ns.iter().map(|v| format!(" {v:>9.1}")).collect();
+        let cpu: Vec<f64> = s.iter().filter_map(|x| x.sockwatch_ms_per_s).collect();
+        let cpu = if cpu.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.0} ms/s", median(&cpu))
+        };
         let _ = writeln!(
             w,
-            "{:<20}{rounds} {:>9} {:>8} {:>14}",
-            "configuration", "median", "ratio", cpu_header
+            "{:<20}{cells} {:>9.1} {:>8.3} {:>14}",
+            c.label,
+            median(&ns),
+            median(&ratios),
+            cpu
         );
-        for (c, s) in configs.iter().zip(samples) {
-            let ns: Vec<f64> = s.iter().map(figure).collect();
-            let ratios: Vec<f64> = s
-                .iter()
-                .zip(nothing)
-                .map(|(x, n)| figure(x) / figure(n))
-                .collect();
-            let cells: String = ns.iter().map(|v| format!(" {v:>9.1}")).collect();
-            let cpu: Vec<f64> = s.iter().filter_map(|x| x.sockwatch_ms_per_s).collect();
-            let cpu = if stopped {
-                String::new()
-            } else if cpu.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{:.0} ms/s", median(&cpu))
-            };
-            let _ = writeln!(
-                w,
-                "{:<20}{cells} {:>9.1} {:>8.3} {:>14}",
-                c.label,
-                median(&ns),
-                median(&ratios),
-                cpu
-            );
-        }
     }
     let _ = writeln!(w);
     let _ = writeln!(
