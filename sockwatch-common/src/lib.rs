@@ -40,6 +40,17 @@ pub mod flags {
     pub const ACTIVE: u8 = 16;
     /// The owner recorded with OWNER_KNOWN passes the owner filters (pid, comm, cgroup).
     pub const OWNER_MATCH: u8 = 32;
+    /// `ConnEvent`'s byte, retransmit and RTT fields were read from the socket (close only).
+    pub const STATS: u8 = 64;
+}
+
+/// `ConnEvent::fin` bits: what is needed to take the SYN and FINs out of the byte counts.
+pub mod fin {
+    /// The peer's FIN was received (`SOCK_DONE`): `bytes_received` counts it.
+    pub const RECEIVED: u8 = 1;
+    /// Everything sent was acknowledged (`snd_una == write_seq`): with a FIN sent, so was
+    /// the FIN, which `bytes_acked` then counts.
+    pub const ALL_ACKED: u8 = 2;
 }
 
 /// Address families as the kernel numbers them.
@@ -90,15 +101,27 @@ pub struct ConnEvent {
     pub old_state: u8,
     pub new_state: u8,
     pub flags: u8,
-    pub _pad: [u8; 5],
+    /// On close, with `flags::STATS`: `fin::*` bits.
+    pub fin: u8,
+    pub _pad: [u8; 4],
+    /// On close, with `flags::STATS`: `tcp_sock::bytes_received` and `bytes_acked` (bytes the
+    /// peer acknowledged: sent), `total_retrans` (segments retransmitted, SYNs included) and
+    /// `srtt_us` (the smoothed RTT in microseconds, times 8, as the kernel keeps it). 0 otherwise.
+    /// The byte counts are of sequence space: the SYN and a FIN count one each (see `fin`).
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    pub total_retrans: u32,
+    pub srtt_us: u32,
 }
 
-pub const CONN_EVENT_SIZE: usize = 96;
+pub const CONN_EVENT_SIZE: usize = 120;
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == CONN_EVENT_SIZE);
 // The programs write these 16-byte fields with 8-byte stores.
 const _: () = assert!(core::mem::offset_of!(ConnEvent, comm) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(ConnEvent, local_addr) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(ConnEvent, peer_addr) % 8 == 0);
+// Events are copied as whole 8-byte words (`copy_words`).
+const _: () = assert!(CONN_EVENT_SIZE.is_multiple_of(8));
 
 /// What the kernel remembers about a live socket, keyed by its `struct sock` address.
 #[repr(C)]
@@ -383,6 +406,27 @@ pub struct KernelOffsets {
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
 
+/// Offsets of the fields read at a connection's close (see `ConnEvent::bytes_received`), a
+/// load-time global of their own: `KernelOffsets` is copied onto the programs' stacks, which
+/// have no room for more. All 0 when the kernel's BTF lacks one of them: no reads then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsOffsets {
+    /// `struct tcp_sock` fields.
+    pub bytes_received: u32,
+    pub bytes_acked: u32,
+    pub total_retrans: u32,
+    pub srtt_us: u32,
+    pub snd_una: u32,
+    pub write_seq: u32,
+    /// `struct sock`'s flags (`sk_flags`, that is `__sk_common.skc_flags`), and the bit of
+    /// `SOCK_DONE` in them.
+    pub sk_flags: u32,
+    pub sock_done_bit: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<StatsOffsets>() == 32);
+
 /// A drop reason no kernel uses.
 pub const NO_DROP_REASON: u32 = u32::MAX;
 /// Positions of `reason` and `rx_sk` among the `skb:kfree_skb` raw tracepoint arguments
@@ -463,6 +507,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::StatsOffsets {}
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::Mode {}
     unsafe impl aya::Pod for super::PortKey {}

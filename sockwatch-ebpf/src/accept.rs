@@ -82,6 +82,9 @@ pub fn accepted(sk: u64) {
             copy16(&mut (*p).comm, &owner.comm);
             (*p).flags |= flags::OWNER_KNOWN | flags::OWNER_MATCH;
             owner.netns = (*p).netns;
+            // Its birth is its arrival in the accept queue: the event's duration is the wait.
+            owner.birth_ns = (*p).birth_ns;
+            owner.flags = owner.flags & !flags::BIRTH_KNOWN | (*p).flags & flags::BIRTH_KNOWN;
         },
         Some(_) => {
             // Its owner fails the filters: none of its events is kept from now on.

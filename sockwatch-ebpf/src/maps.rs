@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sockwatch_common::{
     ConnEvent, ErrorKey, KernelOffsets, ListenerCounts, Mode, OutboundCounts, PeerKey, PortKey,
-    ProcessCounts, ProcessKey, SockInfo, counter,
+    ProcessCounts, ProcessKey, SockInfo, StatsOffsets, counter,
 };
 
 /// Events to userspace. Userspace sets the size at load time.
@@ -143,6 +143,25 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     drop_reason_listen_overflow: sockwatch_common::NO_DROP_REASON,
     wakeup_bytes: 0,
 };
+
+/// Filled by userspace from BTF before load (see `StatsOffsets`).
+#[unsafe(no_mangle)]
+static STATS_OFFSETS: StatsOffsets = StatsOffsets {
+    bytes_received: 0,
+    bytes_acked: 0,
+    total_retrans: 0,
+    srtt_us: 0,
+    snd_una: 0,
+    write_seq: 0,
+    sk_flags: 0,
+    sock_done_bit: 0,
+};
+
+#[inline(always)]
+pub fn stats_offsets() -> StatsOffsets {
+    // Volatile so the compiler does not fold the zero initial value into the code.
+    unsafe { core::ptr::read_volatile(&STATS_OFFSETS) }
+}
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {

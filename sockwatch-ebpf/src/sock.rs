@@ -524,6 +524,11 @@ fn fill(
     put(&mut ev.new_state, new);
     put(&mut ev.errno, 0);
     zero_bytes(&mut ev._pad);
+    put(&mut ev.fin, 0);
+    put(&mut ev.bytes_received, 0);
+    put(&mut ev.bytes_acked, 0);
+    put(&mut ev.total_retrans, 0);
+    put(&mut ev.srtt_us, 0);
     match info {
         Some(info) => {
             let duration = if info.flags & flags::BIRTH_KNOWN != 0 {
@@ -593,6 +598,61 @@ pub fn sock_of_socket(socket: u64, off: &KernelOffsets) -> Option<u64> {
     let sk: u64 =
         unsafe { bpf_probe_read_kernel((socket + off.socket_sk as u64) as *const u64) }.ok()?;
     (sk != 0).then_some(sk)
+}
+
+/// What the connection carried, read from its `struct tcp_sock` (at its close): bytes each
+/// way, segments retransmitted, smoothed RTT, and what tells the SYN and FINs apart from the
+/// data in the byte counts (see `ConnEvent::fin`). Nothing where the kernel's BTF lacks a
+/// field; `flags::STATS` only once every read succeeded.
+#[inline(always)]
+pub fn read_stats(sk: u64, ev: &mut ConnEvent) {
+    let off = crate::maps::stats_offsets();
+    if off.bytes_received == 0 {
+        return;
+    }
+    // One value at a time, straight into the event: the state program's stack is nearly full.
+    let Some(v) = field::<u64>(sk, off.bytes_received) else {
+        return;
+    };
+    put(&mut ev.bytes_received, v);
+    let Some(v) = field::<u64>(sk, off.bytes_acked) else {
+        return;
+    };
+    put(&mut ev.bytes_acked, v);
+    let Some(v) = field::<u32>(sk, off.total_retrans) else {
+        return;
+    };
+    put(&mut ev.total_retrans, v);
+    let Some(v) = field::<u32>(sk, off.srtt_us) else {
+        return;
+    };
+    put(&mut ev.srtt_us, v);
+    let Some(sk_flags) = field::<u64>(sk, off.sk_flags) else {
+        return;
+    };
+    let mut fin = 0;
+    if sk_flags >> (off.sock_done_bit & 63) & 1 != 0 {
+        fin |= sockwatch_common::fin::RECEIVED;
+    }
+    let (Some(una), Some(seq)) = (
+        field::<u32>(sk, off.snd_una),
+        field::<u32>(sk, off.write_seq),
+    ) else {
+        return;
+    };
+    if una == seq {
+        fin |= sockwatch_common::fin::ALL_ACKED;
+    }
+    put(&mut ev.fin, fin);
+    let flags = ev.flags | flags::STATS;
+    put(&mut ev.flags, flags);
+}
+
+/// The field at `offset` of the socket `sk`, read fault-safely.
+#[inline(always)]
+fn field<T>(sk: u64, offset: u32) -> Option<T> {
+    // SAFETY: a fault-safe read.
+    unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) }.ok()
 }
 
 /// `sk->sk_err`: the error that ended a connecting socket (0 if the application closed it).

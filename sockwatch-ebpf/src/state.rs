@@ -32,7 +32,7 @@ use crate::{
     maps::{SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
         copy_info, current_owner, emit, emit_connect_established, emit_patched, forget, is_tcp,
-        netns_of, remember, sock_error, sock_info,
+        netns_of, read_stats, remember, sock_error, sock_info,
     },
 };
 
@@ -326,7 +326,8 @@ fn handle_step(sk: u64, old: u8, new: u8) {
                     ev.errno = errno;
                 });
             }
-            emit(sk, kind::CLOSE, old, new, info, 0);
+            // What it carried: read once, at its close.
+            emit_patched(sk, kind::CLOSE, old, new, info, 0, |ev| read_stats(sk, ev));
         }
         _ => {}
     }

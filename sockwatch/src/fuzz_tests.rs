@@ -95,7 +95,14 @@ fn conn_event() -> impl Strategy<Value = ConnEvent> {
             mostly(1..=12),
             mostly(1..=12),
             any::<u8>(),
-            any::<[u8; 5]>(),
+            any::<[u8; 4]>(),
+        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u8>(),
         ),
     )
         .prop_map(
@@ -103,6 +110,7 @@ fn conn_event() -> impl Strategy<Value = ConnEvent> {
                 (ts_ns, duration_ns, cgroup_id, pid, netns, comm),
                 (local_addr, peer_addr, local_port, peer_port, errno),
                 (kind, family, old_state, new_state, flags, _pad),
+                (bytes_received, bytes_acked, total_retrans, srtt_us, fin),
             )| ConnEvent {
                 ts_ns,
                 duration_ns,
@@ -120,7 +128,12 @@ fn conn_event() -> impl Strategy<Value = ConnEvent> {
                 old_state,
                 new_state,
                 flags,
+                fin,
                 _pad,
+                bytes_received,
+                bytes_acked,
+                total_retrans,
+                srtt_us,
             },
         )
 }

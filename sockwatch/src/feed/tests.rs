@@ -29,6 +29,9 @@ fn event(kind: EventKind, ts: u64, client_port: u16, direction: Direction) -> Ev
         duration_ns: kind.ends_life().then_some(ts / 2),
         from_state: TcpState::new(1).unwrap(),
         tracked: true,
+        handshake_ns: None,
+        queue_wait_ns: None,
+        stats: None,
         errno: kind
             .is_failure()
             .then_some(if kind == EventKind::AcceptFailed {

@@ -8,6 +8,7 @@ use std::path::Path;
 use btf_rs::{Btf, Type};
 use sockwatch_common::{
     KFREE_SKB_REASON_ARG, KFREE_SKB_SK_ARG, KernelOffsets, NO_DROP_REASON, SOCK_COMMON_READ,
+    StatsOffsets,
 };
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -78,6 +79,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     };
     let (syscall_arg0, syscall_arg1) = syscall_args(btf)?;
     let (regs_arg0, regs_arg1, regs_ret) = function_registers(btf)?;
+
     Ok(KernelOffsets {
         skc_daddr: sc("skc_daddr")?,
         skc_rcv_saddr: sc("skc_rcv_saddr")?,
@@ -159,6 +161,42 @@ fn function_registers(btf: &Btf) -> Result<(u32, u32, u32), BtfError> {
         (0, 0, 0)
     };
     Ok(regs)
+}
+
+/// `struct tcp_sock` fields read at close: bytes received, bytes acked, total retransmits, the
+/// smoothed RTT, and (to take the SYN and FINs out of the byte counts) snd_una and write_seq.
+pub const TCP_STATS_FIELDS: [&str; 6] = [
+    "bytes_received",
+    "bytes_acked",
+    "total_retrans",
+    "srtt_us",
+    "snd_una",
+    "write_seq",
+];
+
+/// The offsets of the fields read at close; all 0 (nothing read) if the kernel lacks any.
+pub fn stats_offsets(btf: &Btf) -> StatsOffsets {
+    let tcp = |field: &str| field_offset(btf, "tcp_sock", &[field]);
+    let found = (|| -> Result<StatsOffsets, BtfError> {
+        let bit = enum_value(btf, "sock_flags", "SOCK_DONE")?;
+        if bit >= 64 {
+            return Err(BtfError::Missing {
+                what: "a SOCK_DONE bit inside sk_flags".into(),
+            });
+        }
+        Ok(StatsOffsets {
+            bytes_received: tcp(TCP_STATS_FIELDS[0])?,
+            bytes_acked: tcp(TCP_STATS_FIELDS[1])?,
+            total_retrans: tcp(TCP_STATS_FIELDS[2])?,
+            srtt_us: tcp(TCP_STATS_FIELDS[3])?,
+            snd_una: tcp(TCP_STATS_FIELDS[4])?,
+            write_seq: tcp(TCP_STATS_FIELDS[5])?,
+            // `sk_flags` is a macro for this one.
+            sk_flags: field_offset(btf, "sock", &["__sk_common", "skc_flags"])?,
+            sock_done_bit: bit,
+        })
+    })();
+    found.unwrap_or_default()
 }
 
 /// A kernel function as its BTF describes it.
@@ -416,6 +454,19 @@ mod tests {
         };
         assert!(off.inet_sport >= sock_size, "inet_sport inside struct sock");
         assert!(off.sk_protocol < sock_size);
+    }
+
+    #[test]
+    fn this_kernel_has_the_fields_read_at_close() {
+        let Some(btf) = vmlinux() else {
+            eprintln!("skipped: {VMLINUX_BTF} not readable");
+            return;
+        };
+        let s = stats_offsets(&btf);
+        assert_ne!(s, StatsOffsets::default());
+        // SOCK_DONE follows SOCK_DEAD in `enum sock_flags`.
+        assert_eq!(s.sock_done_bit, 1);
+        assert!(s.snd_una != 0 && s.write_seq != 0 && s.sk_flags != 0);
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -86,6 +86,7 @@ pub mod name {
     pub const SOCK_DIAG: &str = "sock_diag";
     pub const CGROUP_FILTER: &str = "cgroup_filter";
     pub const HOOKS: &str = "hooks";
+    pub const CONNECTION_STATS: &str = "connection_stats";
 }
 
 const CURRENT_VIA: &str = "task storage, saved syscall registers, compare-and-swap";
@@ -118,6 +119,8 @@ pub struct Probes {
     pub fentry: Result<(), &'static str>,
     /// kprobes and kretprobes can be placed on them; or why not.
     pub kprobe: Result<(), &'static str>,
+    /// `struct tcp_sock` has the fields read at close (bytes, retransmits, RTT).
+    pub tcp_stats: bool,
 }
 
 impl Probes {
@@ -139,6 +142,7 @@ impl Probes {
             run_time_alloc: true,
             fentry: Ok(()),
             kprobe: Ok(()),
+            tcp_stats: true,
         }
     }
 
@@ -157,6 +161,7 @@ impl Probes {
         Ok(Self {
             fentry: leak(hooks.fentry),
             kprobe: leak(hooks.kprobe),
+            tcp_stats: btf::stats_offsets(btf).bytes_received != 0,
             ring_buffer: is_map_supported(MapType::RingBuf).unwrap_or(false),
             task_storage: is_map_supported(MapType::TaskStorage).unwrap_or(false),
             task_pt_regs: helper(BpfHelper::BPF_FUNC_task_pt_regs),
@@ -337,6 +342,18 @@ impl Probes {
             }),
             note: (!self.overflow_reason).then(|| {
                 "no TCP_LISTEN_OVERFLOW drop reason (kernels after 6.12 have it): no overflow events; overflows come from the namespace's TcpExt ListenOverflows".to_string()
+            }),
+        });
+        list.push(Capability {
+            name: name::CONNECTION_STATS,
+            what: "bytes, retransmits and RTT of each connection at its close",
+            available: self.tcp_stats,
+            via: Some("struct tcp_sock"),
+            note: (!self.tcp_stats).then(|| {
+                format!(
+                    "struct tcp_sock lacks one of {} in this kernel's BTF: close events carry no bytes, retransmits or RTT",
+                    crate::kernel::btf::TCP_STATS_FIELDS.join(", ")
+                )
             }),
         });
         list.push(Capability {

@@ -2,7 +2,9 @@
 //! could send is either decoded or rejected with a reason, never transmuted.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sockwatch_common::{AF_INET, AF_INET6, COMM_LEN, CONN_EVENT_SIZE, ConnEvent, flags, kind};
+use sockwatch_common::{
+    AF_INET, AF_INET6, COMM_LEN, CONN_EVENT_SIZE, ConnEvent, fin, flags, kind, tcp_state,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -165,6 +167,81 @@ pub struct Event {
     /// The socket is in the kernel's socket map (its birth was seen): the in-kernel counters
     /// count this event, when sockwatch counts there.
     pub tracked: bool,
+    /// On an active `established`: from connect() to ESTABLISHED, SYN retransmissions
+    /// included, when the connect was seen.
+    pub handshake_ns: Option<u64>,
+    /// On `accept`: from the connection reaching ESTABLISHED (in the listener's accept queue)
+    /// to accept() returning it, when that was seen.
+    pub queue_wait_ns: Option<u64>,
+    /// On `close`: what the connection carried, where the kernel's BTF has the fields.
+    pub stats: Option<ConnStats>,
+}
+
+/// The keys of an event's connection-health values, in record order (JSON Lines, CSV).
+pub const HEALTH_KEYS: [&str; 6] = [
+    "handshake_ns",
+    "queue_wait_ns",
+    "bytes_received",
+    "bytes_sent",
+    "segs_retrans",
+    "srtt_us",
+];
+
+impl Event {
+    /// The values of [`HEALTH_KEYS`]: each known on one kind of event only.
+    pub fn health(&self) -> [Option<u64>; 6] {
+        let s = self.stats;
+        [
+            self.handshake_ns,
+            self.queue_wait_ns,
+            s.map(|s| s.bytes_received),
+            s.map(|s| s.bytes_sent),
+            s.map(|s| u64::from(s.segs_retrans)),
+            s.map(|s| u64::from(s.srtt_us)),
+        ]
+    }
+}
+
+/// What a connection carried, read from its socket at close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Data bytes received.
+    pub bytes_received: u64,
+    /// Data bytes sent that the peer acknowledged.
+    pub bytes_sent: u64,
+    /// Segments retransmitted (the kernel's `total_retrans`, SYNs included).
+    pub segs_retrans: u32,
+    /// Smoothed round-trip time, microseconds.
+    pub srtt_us: u32,
+}
+
+impl ConnStats {
+    /// The kernel counts sequence space: its `bytes_received` counts the peer's FIN, and its
+    /// `bytes_acked` our FIN once acknowledged and, on a connecting socket, our SYN (an
+    /// accepted socket starts past its SYN). Taken out here, so that the two ends of a
+    /// connection report the same data bytes. `from` is the state the socket left for CLOSE:
+    /// a FIN was sent in these (and only these) states.
+    fn from_raw(raw: &ConnEvent, from: TcpState) -> Self {
+        let fin_sent = matches!(
+            from.0,
+            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK
+        );
+        let fin_acked = fin_sent && raw.fin & fin::ALL_ACKED != 0;
+        // (A connection open before sockwatch started has no direction: it is taken as
+        // accepted, see docs/limits.md.)
+        let syn_acked = raw.flags & flags::ACTIVE != 0 && raw.bytes_acked > 0;
+        Self {
+            bytes_received: raw
+                .bytes_received
+                .saturating_sub(u64::from(raw.fin & fin::RECEIVED != 0)),
+            bytes_sent: raw
+                .bytes_acked
+                .saturating_sub(u64::from(syn_acked) + u64::from(fin_acked)),
+            segs_retrans: raw.total_retrans,
+            // The kernel keeps it times 8.
+            srtt_us: raw.srtt_us >> 3,
+        }
+    }
 }
 
 /// The error's symbolic name, e.g. `EMFILE`.
@@ -267,8 +344,16 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
     } else {
         None
     };
-    let duration_ns =
-        (kind.ends_life() && raw.flags & flags::BIRTH_KNOWN != 0).then_some(raw.duration_ns);
+    let birth_known = raw.flags & flags::BIRTH_KNOWN != 0;
+    let duration_ns = (kind.ends_life() && birth_known).then_some(raw.duration_ns);
+    // The socket's birth is its connect (active) or its arrival in the accept queue (passive),
+    // so the time since then is the handshake at ESTABLISHED and the queue wait at accept.
+    let handshake_ns =
+        (kind == EventKind::Established && direction == Some(Direction::Active) && birth_known)
+            .then_some(raw.duration_ns);
+    let queue_wait_ns = (kind == EventKind::Accept && birth_known).then_some(raw.duration_ns);
+    let stats = (kind == EventKind::Close && raw.flags & flags::STATS != 0)
+        .then(|| ConnStats::from_raw(raw, from_state));
     Ok(Event {
         ts_ns: raw.ts_ns,
         kind,
@@ -285,7 +370,10 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
         duration_ns,
         from_state,
         errno: kind.is_failure().then_some(raw.errno),
-        tracked: raw.flags & flags::BIRTH_KNOWN != 0,
+        tracked: birth_known,
+        handshake_ns,
+        queue_wait_ns,
+        stats,
     })
 }
 
@@ -341,7 +429,12 @@ mod tests {
             new_state: tcp_state::CLOSE,
             flags: flags::OWNER_KNOWN | flags::BIRTH_KNOWN | flags::ACTIVE,
             errno: 0,
-            _pad: [0; 5],
+            fin: 0,
+            _pad: [0; 4],
+            bytes_received: 0,
+            bytes_acked: 0,
+            total_retrans: 0,
+            srtt_us: 0,
         }
     }
 
@@ -426,13 +519,92 @@ mod tests {
     }
 
     #[test]
+    fn health_values_come_from_the_kind_that_knows_them() {
+        // close: what the connection carried, only with STATS; srtt as the kernel keeps it (x8).
+        // The kernel counts sequence space: the peer's FIN in bytes_received, our SYN and
+        // (acknowledged) FIN in bytes_acked. This one left FIN_WAIT2: its FIN was acknowledged.
+        let mut raw = raw_v4();
+        raw.bytes_received = 1_001;
+        raw.bytes_acked = 2_000_002;
+        raw.total_retrans = 3;
+        raw.srtt_us = 8 * 41;
+        raw.fin = fin::RECEIVED | fin::ALL_ACKED;
+        assert_eq!(decode(&bytes(&raw)).unwrap().stats, None);
+        raw.flags |= flags::STATS;
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(
+            ev.stats,
+            Some(ConnStats {
+                bytes_received: 1_000,
+                bytes_sent: 2_000_000,
+                segs_retrans: 3,
+                srtt_us: 41
+            })
+        );
+        assert_eq!((ev.handshake_ns, ev.queue_wait_ns), (None, None));
+        assert_eq!(
+            ev.health(),
+            [None, None, Some(1_000), Some(2_000_000), Some(3), Some(41)]
+        );
+        // Reset while established: no FIN either way, only the SYN comes off.
+        raw.old_state = tcp_state::ESTABLISHED;
+        raw.fin = fin::ALL_ACKED;
+        let s = decode(&bytes(&raw)).unwrap().stats.unwrap();
+        assert_eq!((s.bytes_received, s.bytes_sent), (1_001, 2_000_001));
+        // An accepted socket's count starts past its SYN.
+        raw.flags = raw.flags & !flags::ACTIVE | flags::PASSIVE;
+        let s = decode(&bytes(&raw)).unwrap().stats.unwrap();
+        assert_eq!(s.bytes_sent, 2_000_002);
+        raw.flags = raw.flags & !flags::PASSIVE | flags::ACTIVE;
+        // A connect that never got an answer: nothing acknowledged, nothing to take off.
+        raw.old_state = tcp_state::SYN_SENT;
+        raw.bytes_acked = 0;
+        raw.bytes_received = 0;
+        raw.fin = 0;
+        let s = decode(&bytes(&raw)).unwrap().stats.unwrap();
+        assert_eq!((s.bytes_received, s.bytes_sent), (0, 0));
+
+        // An active established: the time since the connect is the handshake.
+        let mut raw = raw_v4();
+        raw.kind = kind::ESTABLISHED;
+        raw.old_state = tcp_state::SYN_SENT;
+        raw.new_state = tcp_state::ESTABLISHED;
+        raw.flags |= flags::STATS;
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.handshake_ns, Some(5_000));
+        assert_eq!(
+            (ev.queue_wait_ns, ev.stats, ev.duration_ns),
+            (None, None, None)
+        );
+        // Not if the connect was not seen, nor for a passive one.
+        raw.flags &= !flags::BIRTH_KNOWN;
+        assert_eq!(decode(&bytes(&raw)).unwrap().handshake_ns, None);
+        raw.flags |= flags::BIRTH_KNOWN;
+        raw.flags = raw.flags & !flags::ACTIVE | flags::PASSIVE;
+        assert_eq!(decode(&bytes(&raw)).unwrap().handshake_ns, None);
+
+        // accept: the time since the connection was queued is the queue wait.
+        let mut raw = raw_v4();
+        raw.kind = kind::ACCEPT;
+        raw.old_state = tcp_state::ESTABLISHED;
+        raw.new_state = tcp_state::ESTABLISHED;
+        raw.flags = flags::OWNER_KNOWN | flags::BIRTH_KNOWN | flags::PASSIVE;
+        let ev = decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.queue_wait_ns, Some(5_000));
+        assert_eq!(ev.handshake_ns, None);
+        raw.flags &= !flags::BIRTH_KNOWN;
+        assert_eq!(decode(&bytes(&raw)).unwrap().queue_wait_ns, None);
+    }
+
+    #[test]
     fn malformed_records_are_rejected() {
         let good = bytes(&raw_v4());
-        assert_eq!(decode(&good[..95]), Err(DecodeError::Size(95)));
+        let n = CONN_EVENT_SIZE;
+        assert_eq!(decode(&good[..n - 1]), Err(DecodeError::Size(n - 1)));
         assert_eq!(decode(&[]), Err(DecodeError::Size(0)));
         let mut long = good.clone();
         long.push(0);
-        assert_eq!(decode(&long), Err(DecodeError::Size(97)));
+        assert_eq!(decode(&long), Err(DecodeError::Size(n + 1)));
 
         let mut raw = raw_v4();
         raw.kind = 0;

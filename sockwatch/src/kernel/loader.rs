@@ -230,6 +230,8 @@ pub fn require_root() -> Result<(), LoadError> {
 #[derive(Debug, Clone)]
 pub struct KernelSupport {
     pub offsets: sockwatch_common::KernelOffsets,
+    /// Offsets of the fields read at close (all 0: none read).
+    pub stats_offsets: sockwatch_common::StatsOffsets,
     pub capabilities: Capabilities,
 }
 
@@ -260,6 +262,7 @@ pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
     }
     Ok(KernelSupport {
         offsets,
+        stats_offsets: btf::stats_offsets(&btf),
         capabilities,
     })
 }
@@ -332,6 +335,7 @@ impl Tracer {
         let mut loader = EbpfLoader::new();
         loader
             .override_global("OFFSETS", &offsets, true)
+            .override_global("STATS_OFFSETS", &kernel.stats_offsets, true)
             .override_global("FILTER", &filter, true)
             .override_global("MODE", &opts.mode, true)
             .map_max_entries("EVENTS", opts.ring_bytes)

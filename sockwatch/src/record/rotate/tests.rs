@@ -298,6 +298,9 @@ fn event(kind: EventKind, ts: u64, port: u16) -> Event {
         duration_ns: kind.ends_life().then_some(1_000),
         from_state: TcpState::new(1).unwrap(),
         tracked: true,
+        handshake_ns: None,
+        queue_wait_ns: None,
+        stats: None,
         errno: None,
     }
 }

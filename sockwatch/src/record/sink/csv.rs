@@ -14,9 +14,10 @@ use crate::{
     record::sink::Sink,
 };
 
-/// The columns, in order: the keys of the JSON Lines event records. The workload's come last,
-/// after those of the first CSV files, whose readers find their columns where they were.
-pub const COLUMNS: [&str; 22] = [
+/// The columns, in order: the keys of the JSON Lines event records. Later additions come
+/// last (the workload's, then the connection health's), so that readers of earlier files find
+/// their columns where they were.
+pub const COLUMNS: [&str; 28] = [
     "time",
     "event",
     "family",
@@ -39,6 +40,12 @@ pub const COLUMNS: [&str; 22] = [
     "pod_uid",
     "pod_namespace",
     "pod",
+    "handshake_ns",
+    "queue_wait_ns",
+    "bytes_received",
+    "bytes_sent",
+    "segs_retrans",
+    "srtt_us",
 ];
 
 /// Writes the header row.
@@ -140,6 +147,12 @@ impl<W: Write> Sink for CsvSink<W> {
                 push_text(r, v.as_bytes());
             }
         }
+        for value in ev.health() {
+            r.push(b',');
+            if let Some(v) = value {
+                write!(r, "{v}")?;
+            }
+        }
         r.push(b'\n');
         self.out.write_all(r)
     }
@@ -189,6 +202,9 @@ mod tests {
             duration_ns: Some(2_000),
             from_state: TcpState::new(9).unwrap(),
             tracked: true,
+            handshake_ns: None,
+            queue_wait_ns: None,
+            stats: None,
             errno: None,
         }
     }
@@ -209,14 +225,19 @@ mod tests {
         aborted.errno = Some(0);
         let mut unknown_life = event(EventKind::Close);
         unknown_life.duration_ns = None;
-        vec![
-            event(EventKind::Close),
-            odd,
-            failed,
-            aborted,
-            unknown_life,
-            event(EventKind::Accept),
-        ]
+        let mut close = event(EventKind::Close);
+        close.stats = Some(crate::kernel::decode::ConnStats {
+            bytes_received: 100,
+            bytes_sent: 2_000_000,
+            segs_retrans: 3,
+            srtt_us: 41,
+        });
+        let mut accept = event(EventKind::Accept);
+        accept.queue_wait_ns = Some(300_000_000);
+        let mut active = event(EventKind::Established);
+        active.direction = Some(Direction::Active);
+        active.handshake_ns = Some(1_020_000_000);
+        vec![close, odd, failed, aborted, unknown_life, accept, active]
     }
 
     /// The workload of each of [`events`]: a pod's, a unit with a comma, none.
@@ -241,6 +262,7 @@ mod tests {
             None,
             Some(odd),
             Some(Workload::default()),
+            None,
             None,
             None,
         ]
@@ -269,16 +291,25 @@ mod tests {
         assert!(text.starts_with(
             "time,event,family,local_addr,local_port,peer_addr,peer_port,pid,comm,cgroup_id,\
              netns,direction,duration_ns,from_state,errno,reason,cgroup,unit,container_id,pod_uid,\
-             pod_namespace,pod\n"
+             pod_namespace,pod,handshake_ns,queue_wait_ns,bytes_received,bytes_sent,segs_retrans,\
+             srtt_us\n"
         ));
         assert!(text.contains(
             "\n1970-01-01T00:00:01.000000005Z,close,ipv4,127.0.0.1,8080,127.0.0.2,50000,7,server,\
              99,4026531840,passive,2000,LAST_ACK,,,/kubepods.slice/kubepods-pod1.slice/\
              cri-containerd-ab.scope,cri-containerd-ab.scope,abababababababababababababababab\
-             abababababababababababababababab,1,shop,web-0\n"
+             abababababababababababababababab,1,shop,web-0,,,100,2000000,3,41\n"
         ));
-        // Without a workload, or with nothing known of it: the workload cells are empty.
-        assert!(text.ends_with(",passive,,,,,,,,,,\n"), "{text}");
+        // Without a workload, or with nothing known of it: the workload cells are empty; the
+        // health cells hold what the event knows.
+        assert!(
+            text.contains(",accept,") && text.contains(",passive,,,,,,,,,,,,300000000,,,,\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(",active,,,,,,,,,,,1020000000,,,,,\n"),
+            "{text}"
+        );
         let mut reader = ::csv::Reader::from_reader(out.as_slice());
         let header: Vec<String> = reader
             .headers()

@@ -165,6 +165,16 @@ pub fn write_event(
         out.extend_from_slice(decode::connect_failure_reason(ev.errno.unwrap_or(0)).as_bytes());
         out.push(b'"');
     }
+    // Connection health: present only where known (handshake on an active established, queue
+    // wait on accept, what it carried on close).
+    for (key, value) in decode::HEALTH_KEYS.iter().zip(ev.health()) {
+        if let Some(v) = value {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(num.format(v).as_bytes());
+        }
+    }
     out.extend_from_slice(b"}\n");
     Ok(())
 }

@@ -100,6 +100,18 @@ struct EventRecord<'a> {
     /// connect_failed only: refused, timeout, unreachable, aborted, no_local_address, error.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handshake_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_wait_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segs_retrans: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    srtt_us: Option<u32>,
 }
 
 /// The line serde writes for `ev` (see [`EventRecord`]).
@@ -139,6 +151,12 @@ pub(crate) fn serde_event_line(
         errno: ev.errno.filter(|&e| e != 0).map(decode::errno_name),
         reason: (ev.kind == EventKind::ConnectFailed)
             .then(|| decode::connect_failure_reason(ev.errno.unwrap_or(0))),
+        handshake_ns: ev.handshake_ns,
+        queue_wait_ns: ev.queue_wait_ns,
+        bytes_received: ev.stats.map(|s| s.bytes_received),
+        bytes_sent: ev.stats.map(|s| s.bytes_sent),
+        segs_retrans: ev.stats.map(|s| s.segs_retrans),
+        srtt_us: ev.stats.map(|s| s.srtt_us),
     };
     let mut line = serde_json::to_vec(&record).expect("an event serialises");
     line.push(b'\n');
@@ -322,6 +340,9 @@ mod tests {
             duration_ns: Some(2_000),
             from_state: TcpState::new(9).unwrap(),
             tracked: true,
+            handshake_ns: None,
+            queue_wait_ns: None,
+            stats: None,
             errno: None,
         }
     }

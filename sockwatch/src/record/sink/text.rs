@@ -90,6 +90,19 @@ impl<W: Write> Sink for TextSink<W> {
                 None => l.extend_from_slice(b" duration=?"),
             }
         }
+        if let Some(ns) = ev.handshake_ns {
+            write!(l, " handshake={:.3}ms", ns as f64 / 1e6)?;
+        }
+        if let Some(ns) = ev.queue_wait_ns {
+            write!(l, " queue_wait={:.3}ms", ns as f64 / 1e6)?;
+        }
+        if let Some(s) = ev.stats {
+            write!(
+                l,
+                " rx={} tx={} retrans={} srtt={}us",
+                s.bytes_received, s.bytes_sent, s.segs_retrans, s.srtt_us
+            )?;
+        }
         if let Some(name) = workload.and_then(Resolver::short_name) {
             write!(l, " workload={name}")?;
         }
@@ -142,6 +155,9 @@ mod tests {
             duration_ns: Some(1_500_000),
             from_state: TcpState::new(5).unwrap(),
             tracked: true,
+            handshake_ns: None,
+            queue_wait_ns: None,
+            stats: None,
             errno: None,
         })
         .unwrap();
@@ -181,6 +197,9 @@ mod tests {
             duration_ns: None,
             from_state: TcpState::new(1).unwrap(),
             tracked: true,
+            handshake_ns: None,
+            queue_wait_ns: None,
+            stats: None,
             errno: None,
         })
         .unwrap();
@@ -214,6 +233,9 @@ mod tests {
             duration_ns: None,
             from_state: TcpState::new(7).unwrap(),
             tracked: true,
+            handshake_ns: None,
+            queue_wait_ns: None,
+            stats: None,
             errno: None,
         };
         let pod = Workload {
