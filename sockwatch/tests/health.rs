@@ -1,0 +1,228 @@
+//! Root tests of connection health per connection: the handshake time on a client's
+//! `established`, the accept-queue wait on `accept`, and what a connection carried on `close`
+//! (bytes each way, retransmitted segments, RTT), in fresh network namespaces.
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use common::{assert_nothing_lost, root_or_skip, trace_in_new_netns};
+use serde_json::Value;
+
+const ARGS: &[&str] = &["--max-sockets", "65536"];
+
+fn port_of(e: &Value, key: &str) -> u16 {
+    e[key].as_u64().unwrap_or(0) as u16
+}
+
+/// The one event of `kind` from local port `local` to peer port `peer`.
+fn one<'a>(events: &'a [Value], kind: &str, local: u16, peer: u16) -> &'a Value {
+    let found: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event"] == kind
+                && port_of(e, "local_port") == local
+                && port_of(e, "peer_port") == peer
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{kind} {local}->{peer}: {events:?}");
+    found[0]
+}
+
+#[test]
+fn queue_wait_is_the_time_a_connection_waited_for_accept() {
+    if !root_or_skip("queue_wait_is_the_time_a_connection_waited_for_accept") {
+        return;
+    }
+    const N: usize = 3;
+    const SLEEP: Duration = Duration::from_millis(300);
+    let (t, (port, clients)) = trace_in_new_netns(ARGS, || {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        // On loopback connect() returns once the connection is established, and queued.
+        let clients: Vec<TcpStream> = (0..N)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        // A slow server: it sleeps before each accept().
+        for _ in 0..N {
+            std::thread::sleep(SLEEP);
+            drop(l.accept().expect("accept"));
+        }
+        let ports: Vec<u16> = clients
+            .iter()
+            .map(|c| c.local_addr().expect("addr").port())
+            .collect();
+        (port, ports)
+    });
+    for (i, client) in clients.iter().enumerate() {
+        let accept = one(&t.events, "accept", port, *client);
+        let wait = accept["queue_wait_ns"].as_u64().expect("queue_wait_ns");
+        // The i-th waited for i + 1 sleeps.
+        let at_least = SLEEP.as_nanos() as u64 * (i as u64 + 1);
+        assert!(wait >= at_least, "{accept}");
+        assert!(wait < at_least + 5_000_000_000, "{accept}");
+        // Only on accept.
+        let passive = one(&t.events, "established", port, *client);
+        assert!(passive.get("queue_wait_ns").is_none(), "{passive}");
+        assert!(passive.get("handshake_ns").is_none(), "{passive}");
+    }
+    assert_nothing_lost(&t.lost);
+}
+
+#[test]
+fn bytes_each_way_are_exact_on_both_ends() {
+    if !root_or_skip("bytes_each_way_are_exact_on_both_ends") {
+        return;
+    }
+    // Either end closing first: each takes a different path to CLOSE (TIME_WAIT, LAST_ACK,
+    // or FIN_WAIT2 before the peer's FIN), which count the SYN and FINs differently.
+    for client_closes_first in [true, false] {
+        bytes_exact(client_closes_first);
+    }
+}
+
+fn bytes_exact(client_closes_first: bool) {
+    const UP: usize = 100_000;
+    const DOWN: usize = 54_321;
+    let (t, (port, client)) = trace_in_new_netns(ARGS, || {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut got = vec![0u8; UP];
+            s.read_exact(&mut got).expect("read the request");
+            s.write_all(&vec![7u8; DOWN]).expect("write the answer");
+            if client_closes_first {
+                // Wait for the client's FIN: everything sent was read (and acknowledged).
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).expect("read to the end");
+                assert!(rest.is_empty());
+            }
+        });
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let client = c.local_addr().expect("addr").port();
+        c.write_all(&vec![1u8; UP]).expect("write the request");
+        let mut got = vec![0u8; DOWN];
+        c.read_exact(&mut got).expect("read the answer");
+        if client_closes_first {
+            c.shutdown(Shutdown::Write).expect("shutdown");
+            server.join().expect("server");
+        } else {
+            server.join().expect("server");
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest).expect("read to the server's FIN");
+            assert!(rest.is_empty());
+        }
+        drop(c);
+        (port, client)
+    });
+    let client_close = one(&t.events, "close", client, port);
+    let server_close = one(&t.events, "close", port, client);
+    let first = if client_closes_first {
+        "client"
+    } else {
+        "server"
+    };
+    for (close, sent, received) in [(client_close, UP, DOWN), (server_close, DOWN, UP)] {
+        assert_eq!(
+            close["bytes_sent"].as_u64(),
+            Some(sent as u64),
+            "{first} first: {close}"
+        );
+        assert_eq!(
+            close["bytes_received"].as_u64(),
+            Some(received as u64),
+            "{first} first: {close}"
+        );
+        assert_eq!(close["segs_retrans"].as_u64(), Some(0), "{close}");
+        // Loopback: well under a second.
+        assert!(
+            close["srtt_us"].as_u64().expect("srtt_us") < 1_000_000,
+            "{close}"
+        );
+    }
+    // Not on other events.
+    assert!(
+        one(&t.events, "connect", client, port)
+            .get("bytes_sent")
+            .is_none()
+    );
+    assert_nothing_lost(&t.lost);
+}
+
+/// A listener with backlog 1 and two connections queued: a third client's SYN is dropped, and
+/// retried a second later, once the server has made room. That client's handshake takes at
+/// least a second and its close counts the retransmitted SYN; a plain loopback connect's
+/// handshake takes far less than 10 ms.
+#[test]
+fn a_dropped_syn_shows_in_the_handshake_time_and_the_retransmits() {
+    if !root_or_skip("a_dropped_syn_shows_in_the_handshake_time_and_the_retransmits") {
+        return;
+    }
+    let (t, (port, plain, slow)) = trace_in_new_netns(ARGS, || {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        // SAFETY: listen() again on our own bound socket only changes its backlog.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 1) }, 0);
+        let port = l.local_addr().expect("addr").port();
+        // The queue holds backlog + 1 = 2.
+        let first = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let second = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let overflows = listen_overflows();
+        let slow = std::thread::spawn(move || {
+            let c = TcpStream::connect(("127.0.0.1", port)).expect("connect after a retry");
+            c.local_addr().expect("addr").port()
+        });
+        // Its first SYN is dropped (counted in ListenOverflows); then make room for the retry.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while listen_overflows() == overflows {
+            assert!(Instant::now() < deadline, "the SYN was never dropped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(l.accept().expect("accept"));
+        drop(l.accept().expect("accept"));
+        let slow = slow.join().expect("slow client");
+        drop(l.accept().expect("accept"));
+        let plain = first.local_addr().expect("addr").port();
+        drop((first, second));
+        (port, plain, slow)
+    });
+    let handshake = |client: u16| -> u64 {
+        let e = one(&t.events, "established", client, port);
+        assert_eq!(e["direction"], "active");
+        e["handshake_ns"].as_u64().expect("handshake_ns")
+    };
+    let slow_ns = handshake(slow);
+    assert!(slow_ns >= 1_000_000_000, "{slow_ns}");
+    assert!(handshake(plain) < 10_000_000, "{}", handshake(plain));
+    let close = one(&t.events, "close", slow, port);
+    assert!(
+        close["segs_retrans"].as_u64().expect("segs_retrans") >= 1,
+        "{close}"
+    );
+    assert_nothing_lost(&t.lost);
+}
+
+/// TcpExt ListenOverflows of the calling thread's network namespace.
+fn listen_overflows() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("netstat");
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "ListenOverflows")
+            .expect("ListenOverflows");
+        return values
+            .split_whitespace()
+            .nth(at)
+            .and_then(|v| v.parse().ok())
+            .expect("a count");
+    }
+    panic!("no TcpExt in netstat");
+}
