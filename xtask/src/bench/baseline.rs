@@ -1,8 +1,8 @@
-//! `--baseline REV`: sockwatch built at another git revision, for a `top` row of that build in
-//! every round. The revision is checked out in a worktree of its own under target/bench/ (`git
-//! worktree add --detach`; reused when it is already at that commit) and built there in release
-//! mode with a target directory of its own, so neither the working tree nor target/release is
-//! touched.
+//! `--baseline REV`: sockwatch built at another git revision, for `trace` and `top` rows of that
+//! build in every round. The revision is checked out in a worktree of its own under
+//! target/bench/ (`git worktree add --detach`; reused when it is already at that commit) and
+//! built there in release mode with a target directory of its own, so neither the working tree
+//! nor target/release is touched.
 use std::{
     path::{Path, PathBuf},
     process::Command,

@@ -15,8 +15,8 @@
 //! - `bpftrace`, when it is on PATH: a one-line peer on the same tracepoint, printing to a file;
 //! - `top-ring`, with `--top-ring-size SIZE`: `top` with `--ring-size SIZE` (its counts are
 //!   made in the kernel, so even the smallest ring should leave them exact);
-//! - `top-baseline`, with `--baseline REV`: `top` of sockwatch built at git revision REV (see
-//!   `baseline`).
+//! - `trace-baseline` and `top-baseline`, with `--baseline REV`: `trace` and `top` (the same
+//!   options) of sockwatch built at git revision REV (see `baseline`).
 //!
 //! The tracers run in the host namespace (they see every namespace) and are started, waited for
 //! (`--ready-file`, or bpftrace's "Attaching" line), stopped with SIGTERM and reaped with
@@ -126,9 +126,10 @@ pub struct BenchArgs {
     #[arg(long, requires = "concurrency")]
     concurrency_trace: bool,
 
-    /// Also run, in every round, `top` of sockwatch built at git revision REV (e.g. the commit
-    /// before a change): checked out with `git worktree add` in target/bench/baseline-COMMIT and
-    /// built there with a target directory of its own.
+    /// Also run, in every round, `trace` and `top` of sockwatch built at git revision REV (e.g.
+    /// the commit before a change), with the same options as the `trace` and `top` rows:
+    /// checked out with `git worktree add` in target/bench/baseline-COMMIT and built there with
+    /// a target directory of its own.
     #[arg(long, value_name = "REV")]
     baseline: Option<String>,
 
@@ -160,8 +161,10 @@ enum Mode {
     Bpftrace,
     /// `top --ring-size` (--top-ring-size).
     TopRing,
+    /// `trace` of the --baseline build.
+    TraceBaseline,
     /// `top` of the --baseline build.
-    Baseline,
+    TopBaseline,
 }
 
 impl Mode {
@@ -173,8 +176,14 @@ impl Mode {
             Mode::Hooks => "hooks",
             Mode::Bpftrace => "bpftrace",
             Mode::TopRing => "top-ring",
-            Mode::Baseline => "top-baseline",
+            Mode::TraceBaseline => "trace-baseline",
+            Mode::TopBaseline => "top-baseline",
         }
+    }
+
+    /// `sockwatch trace` (every event to a file), of either build.
+    fn traces(self) -> bool {
+        matches!(self, Mode::Trace | Mode::TraceBaseline)
     }
 }
 
@@ -247,7 +256,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         modes.push(Mode::TopRing);
     }
     if baseline.is_some() {
-        modes.push(Mode::Baseline);
+        modes.extend([Mode::TraceBaseline, Mode::TopBaseline]);
     }
     match &bpftrace {
         Some(p) => {
@@ -469,7 +478,7 @@ struct Bench<'a> {
     sockwatch: PathBuf,
     /// sockwatch built with `--features hooks-only` (the `hooks` row), when there is one.
     hooks_only: Option<PathBuf>,
-    /// sockwatch built at --baseline (the `top-baseline` row).
+    /// sockwatch built at --baseline (the `trace-baseline` and `top-baseline` rows).
     baseline: Option<baseline::Baseline>,
     churn: PathBuf,
     dir: PathBuf,
@@ -480,11 +489,16 @@ impl Bench<'_> {
     fn round(&self, mode: Mode, round: u32, bpftrace: Option<&Path>) -> anyhow::Result<Round> {
         Ok(match mode {
             Mode::Untraced => Round::untraced(round, self.run_churn(None)?),
-            Mode::Trace | Mode::Top | Mode::Hooks | Mode::TopRing | Mode::Baseline => {
+            Mode::Trace
+            | Mode::Top
+            | Mode::Hooks
+            | Mode::TopRing
+            | Mode::TraceBaseline
+            | Mode::TopBaseline => {
                 let file = self.trace_file();
                 let _ = fs::remove_file(&file);
                 let holder = NetnsHolder::spawn()?;
-                let mut t = self.start_sockwatch(mode, mode != Mode::Trace, &[])?;
+                let mut t = self.start_sockwatch(mode, !mode.traces(), &[])?;
                 let churn = self.run_churn(Some(&holder.path()))?;
                 // The churn is done when its sockets are closed, not fully gone: a last FIN
                 // may still be retransmitted (RTO 200 ms+) and the close come after; give
@@ -494,7 +508,7 @@ impl Bench<'_> {
                 drop(holder);
                 let _ = fs::remove_file(self.ready_file());
                 let mut exact = None;
-                let (seen, incomplete, expired_closes, lost) = if mode == Mode::Trace {
+                let (seen, incomplete, expired_closes, lost) = if mode.traces() {
                     progress(format!(
                         "counting the churn's connections in {}",
                         file.display()

@@ -122,7 +122,7 @@ impl ModeSummary {
 #[derive(Debug, Serialize)]
 pub(super) struct Results {
     pub(super) settings: Settings,
-    /// --baseline: the build of the `top-baseline` row.
+    /// --baseline: the build of the `trace-baseline` and `top-baseline` rows.
     pub(super) baseline: Option<Baseline>,
     pub(super) modes: Vec<ModeSummary>,
     pub(super) concurrency: Option<Concurrency>,
@@ -322,8 +322,8 @@ pub(super) fn render(res: &Results) -> String {
     }
     out.push_str(&table(&rows));
     out.push_str(
-        "\nSEEN: trace = the churn's connections with connect, accept and both closes in the file \
-         (a close the kernel never reported counts when sockwatch wrote it as `expired`: see lost); \
+        "\nSEEN: trace (and trace-baseline) = the churn's connections with connect, accept and both \
+         closes in the file (a close the kernel never reported counts when sockwatch wrote it as `expired`: see lost); \
          top = accepted on the churn's port in the summary (hooks: 0, it sees nothing); bpftrace = \
          server-side closes on the port.\n\
          hooks: `top` built with --features hooks-only, every program attached but returning at once: \
@@ -336,7 +336,8 @@ pub(super) fn render(res: &Results) -> String {
     );
     if let Some(b) = &res.baseline {
         out.push_str(&format!(
-            "top-baseline: `top` built at {} ({}: {})\n",
+            "trace-baseline, top-baseline: `trace` and `top` (the same options) built at {} \
+             ({}: {})\n",
             b.rev, b.commit, b.subject
         ));
     }

@@ -46,7 +46,7 @@ impl Bench<'_> {
     /// same for every build compared), none with `defaults`.
     fn sockwatch_args(&self, mode: Mode, defaults: bool) -> Vec<String> {
         let mut v: Vec<String> = match mode {
-            Mode::Trace => vec![
+            Mode::Trace | Mode::TraceBaseline => vec![
                 "trace".into(),
                 "--output".into(),
                 self.trace_file().display().to_string(),
@@ -84,7 +84,7 @@ impl Bench<'_> {
                 "sockwatch {} (built with --features hooks-only: every program returns at once)",
                 self.sockwatch_args(mode, false).join(" ")
             ),
-            Mode::Baseline => format!(
+            Mode::TraceBaseline | Mode::TopBaseline => format!(
                 "sockwatch {} (built at {})",
                 self.sockwatch_args(mode, false).join(" "),
                 self.baseline.as_ref().map_or("?", |b| b.commit.as_str())
@@ -167,8 +167,10 @@ impl Bench<'_> {
         let bin = match (mode, &self.hooks_only, &self.baseline) {
             (Mode::Hooks, Some(b), _) => b,
             (Mode::Hooks, None, _) => bail!("the hooks row needs the hooks-only build"),
-            (Mode::Baseline, _, Some(b)) => &b.binary,
-            (Mode::Baseline, _, None) => bail!("the top-baseline row needs --baseline"),
+            (Mode::TraceBaseline | Mode::TopBaseline, _, Some(b)) => &b.binary,
+            (Mode::TraceBaseline | Mode::TopBaseline, _, None) => {
+                bail!("the {} row needs --baseline", mode.name())
+            }
             _ => &self.sockwatch,
         };
         let mut cmd = Command::new(bin);
