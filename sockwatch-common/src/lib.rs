@@ -259,6 +259,48 @@ pub const fn lifetime_bucket_floor(i: usize) -> u64 {
     (SUB as u64 + mantissa) << shift
 }
 
+/// Buckets of the latency histograms (accept-queue wait, handshake; see [`latency_bucket`]).
+pub const LATENCY_BUCKETS: usize = (32 - LIFETIME_SUB_BITS as usize + 1) << LIFETIME_SUB_BITS;
+
+/// The bucket of a latency in nanoseconds: [`lifetime_bucket`] of it in microseconds (so
+/// within 1/16, exact below 16 us), the last bucket holding everything from about 71 minutes.
+/// Smaller than the lifetime histogram: each remote port keeps one.
+#[inline(always)]
+pub const fn latency_bucket(ns: u64) -> usize {
+    let b = lifetime_bucket(ns / 1000);
+    if b < LATENCY_BUCKETS {
+        b
+    } else {
+        LATENCY_BUCKETS - 1
+    }
+}
+
+/// The smallest latency in nanoseconds that falls in bucket `i` of [`latency_bucket`].
+pub const fn latency_bucket_floor(i: usize) -> u64 {
+    lifetime_bucket_floor(i) * 1000
+}
+
+/// Data bytes (received, sent and acknowledged) of a `close` event with `flags::STATS`.
+/// The kernel counts sequence space: `bytes_received` counts the peer's FIN, `bytes_acked`
+/// our FIN once acknowledged and, on a connecting socket, our SYN (an accepted one starts past
+/// its SYN). A FIN was sent exactly when the socket left one of FIN_WAIT1, FIN_WAIT2, CLOSING
+/// or LAST_ACK for CLOSE. The kernel's counters and userspace both use this.
+#[inline(always)]
+pub const fn data_bytes(ev: &ConnEvent) -> (u64, u64) {
+    let fin_received = ev.fin & fin::RECEIVED != 0;
+    let fin_sent = matches!(
+        ev.old_state,
+        tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK
+    );
+    let fin_acked = fin_sent && ev.fin & fin::ALL_ACKED != 0;
+    let syn_acked = ev.flags & flags::ACTIVE != 0 && ev.bytes_acked > 0;
+    (
+        ev.bytes_received.saturating_sub(fin_received as u64),
+        ev.bytes_acked
+            .saturating_sub(syn_acked as u64 + fin_acked as u64),
+    )
+}
+
 /// In-kernel counts of a listening port, updated as its events pass (`Mode::count`). Keyed by
 /// `PortKey { side: LISTENER, port: local port }`.
 #[repr(C)]
@@ -279,9 +321,20 @@ pub struct ListenerCounts {
     pub peers: u64,
     /// Passive `close` events with a known lifetime, by [`lifetime_bucket`].
     pub lifetimes: [u64; LIFETIME_BUCKETS],
+    /// Of passive `close` events with `flags::STATS`: data bytes received and sent (see
+    /// [`data_bytes`]), segments retransmitted.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retrans: u64,
+    /// Sum of their accept-queue waits, nanoseconds.
+    pub queue_wait_sum_ns: u64,
+    /// `accept` events of tracked sockets, by accept-queue wait ([`latency_bucket`]).
+    pub queue_waits: [u64; LATENCY_BUCKETS],
 }
 
-const _: () = assert!(core::mem::size_of::<ListenerCounts>() == 6 * 8 + LIFETIME_BUCKETS * 8);
+const _: () = assert!(
+    core::mem::size_of::<ListenerCounts>() == 10 * 8 + (LIFETIME_BUCKETS + LATENCY_BUCKETS) * 8
+);
 
 /// In-kernel counts of a remote port. Keyed by `PortKey { side: OUTBOUND, port: peer port }`.
 #[repr(C)]
@@ -295,9 +348,18 @@ pub struct OutboundCounts {
     pub open: i64,
     /// Distinct peer addresses of `connect` events.
     pub peers: u64,
+    /// Of active `close` events with `flags::STATS`: data bytes received and sent, segments
+    /// retransmitted.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retrans: u64,
+    /// Sum of their handshake times, nanoseconds.
+    pub handshake_sum_ns: u64,
+    /// Active `established` events of tracked sockets, by handshake time ([`latency_bucket`]).
+    pub handshakes: [u64; LATENCY_BUCKETS],
 }
 
-const _: () = assert!(core::mem::size_of::<OutboundCounts>() == 32);
+const _: () = assert!(core::mem::size_of::<OutboundCounts>() == 8 * 8 + LATENCY_BUCKETS * 8);
 
 /// Key of the per-error counters: `accept_failed` (side LISTENER) and `connect_failed` (side
 /// OUTBOUND) events by port and errno.

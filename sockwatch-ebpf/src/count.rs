@@ -10,8 +10,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::HashMap};
 use sockwatch_common::{
-    ConnEvent, ErrorKey, LIFETIME_BUCKETS, ListenerCounts, PeerKey, PortKey, ProcessKey, SockInfo,
-    counter, flags, kind, lifetime_bucket, side,
+    ConnEvent, ErrorKey, LATENCY_BUCKETS, LIFETIME_BUCKETS, ListenerCounts, PeerKey, PortKey,
+    ProcessKey, SockInfo, counter, data_bytes, flags, kind, latency_bucket, lifetime_bucket, side,
 };
 
 use crate::{
@@ -66,6 +66,11 @@ fn count_event(ev: &ConnEvent) -> i32 {
                     if new_peer(&listener, ev) {
                         add(&raw mut (*c).peers, 1);
                     }
+                    if tracked {
+                        // Its duration is its wait in the accept queue.
+                        latency((&raw mut (*c).queue_waits).cast(), ev.duration_ns);
+                        add(&raw mut (*c).queue_wait_sum_ns, ev.duration_ns);
+                    }
                 }
             }
         }
@@ -102,6 +107,9 @@ fn count_event(ev: &ConnEvent) -> i32 {
                     unsafe {
                         add(&raw mut (*c).established, 1);
                         add((&raw mut (*c).open).cast(), 1);
+                        // Its duration is the handshake.
+                        latency((&raw mut (*c).handshakes).cast(), ev.duration_ns);
+                        add(&raw mut (*c).handshake_sum_ns, ev.duration_ns);
                     }
                 }
                 if let Some(p) = process(&outbound, ev) {
@@ -112,6 +120,8 @@ fn count_event(ev: &ConnEvent) -> i32 {
         kind::CLOSE if tracked => {
             // Counted in `open` at its establishment.
             let was_open = fl & flags::ESTABLISHED != 0;
+            let stats = fl & flags::STATS != 0;
+            let (bytes_in, bytes_out) = data_bytes(ev);
             if passive {
                 if let Some((c, _)) = entry(&LISTENERS, &listener) {
                     unsafe {
@@ -120,11 +130,23 @@ fn count_event(ev: &ConnEvent) -> i32 {
                         if was_open {
                             add((&raw mut (*c).open).cast(), MINUS_ONE);
                         }
+                        if stats {
+                            add(&raw mut (*c).bytes_in, bytes_in);
+                            add(&raw mut (*c).bytes_out, bytes_out);
+                            add(&raw mut (*c).retrans, u64::from(ev.total_retrans));
+                        }
                     }
                 }
             } else if was_open {
                 if let Some((c, _)) = entry(&OUTBOUND, &outbound) {
-                    unsafe { add((&raw mut (*c).open).cast(), MINUS_ONE) };
+                    unsafe {
+                        add((&raw mut (*c).open).cast(), MINUS_ONE);
+                        if stats {
+                            add(&raw mut (*c).bytes_in, bytes_in);
+                            add(&raw mut (*c).bytes_out, bytes_out);
+                            add(&raw mut (*c).retrans, u64::from(ev.total_retrans));
+                        }
+                    }
                 }
                 if let Some(p) = process(&outbound, ev) {
                     unsafe { add((&raw mut (*p).open).cast(), MINUS_ONE) };
@@ -157,6 +179,20 @@ unsafe fn lifetime(c: *mut ListenerCounts, ns: u64) {
     let b = core::hint::black_box(lifetime_bucket(ns));
     if b < LIFETIME_BUCKETS {
         unsafe { add((&raw mut (*c).lifetimes).cast::<u64>().add(b), 1) };
+    }
+}
+
+/// `buckets[latency_bucket(ns)] += 1`, `buckets` the `[u64; LATENCY_BUCKETS]` of a live map
+/// value.
+///
+/// # Safety
+/// `buckets` must point to such an array.
+#[inline(always)]
+unsafe fn latency(buckets: *mut u64, ns: u64) {
+    // Opaque, as in `lifetime`.
+    let b = core::hint::black_box(latency_bucket(ns));
+    if b < LATENCY_BUCKETS {
+        unsafe { add(buckets.add(b), 1) };
     }
 }
 

@@ -1,8 +1,8 @@
 //! Counting in the kernel: the summary adds the in-kernel counters to what the events of
 //! untracked sockets tell, and checks against the kernel's socket table correct open counts.
 use sockwatch_common::{
-    ErrorKey, LIFETIME_BUCKETS, ListenerCounts, OutboundCounts, PortKey as KernelPort,
-    ProcessCounts, ProcessKey, lifetime_bucket, side,
+    ErrorKey, LATENCY_BUCKETS, LIFETIME_BUCKETS, ListenerCounts, OutboundCounts,
+    PortKey as KernelPort, ProcessCounts, ProcessKey, latency_bucket, lifetime_bucket, side,
 };
 
 use super::{
@@ -29,11 +29,46 @@ fn listener(accepted: u64, open: i64, lifetimes_ns: &[u64]) -> Box<ListenerCount
         overflows: 0,
         peers: 2,
         lifetimes: [0; LIFETIME_BUCKETS],
+        bytes_in: 1_000,
+        bytes_out: 20_000,
+        retrans: 2,
+        queue_wait_sum_ns: 0,
+        queue_waits: [0; LATENCY_BUCKETS],
     });
     for &ns in lifetimes_ns {
         l.lifetimes[lifetime_bucket(ns)] += 1;
     }
+    // Every accepted connection waited 300 ms.
+    for _ in 0..accepted {
+        l.queue_waits[latency_bucket(300_000_000)] += 1;
+        l.queue_wait_sum_ns += 300_000_000;
+    }
     l
+}
+
+/// Outbound counts of `established` connections, handshakes of 1 ms but the last (1.5 s).
+fn outbound(connects: u64, established: u64, open: i64) -> OutboundCounts {
+    let mut o = OutboundCounts {
+        connects,
+        established,
+        open,
+        peers: 1,
+        bytes_in: 500,
+        bytes_out: 50,
+        retrans: 1,
+        handshake_sum_ns: 0,
+        handshakes: [0; LATENCY_BUCKETS],
+    };
+    for i in 0..established {
+        let ns = if i + 1 == established {
+            1_500_000_000
+        } else {
+            1_000_000
+        };
+        o.handshakes[latency_bucket(ns)] += 1;
+        o.handshake_sum_ns += ns;
+    }
+    o
 }
 
 /// Port 80 listens; the kernel counted 5 accepted (2 still open, 3 closed after 1, 2 and 3 ms),
@@ -44,15 +79,7 @@ fn counts() -> KernelCounts {
             port(side::LISTENER, 80),
             listener(5, 2, &[1_000_000, 2_000_000, 3_000_000]),
         )],
-        outbound: vec![(
-            port(side::OUTBOUND, 5432),
-            OutboundCounts {
-                connects: 4,
-                established: 3,
-                open: 1,
-                peers: 1,
-            },
-        )],
+        outbound: vec![(port(side::OUTBOUND, 5432), outbound(4, 3, 1))],
         errors: vec![
             (
                 ErrorKey {
@@ -134,7 +161,22 @@ fn the_summary_is_the_kernels_counts() {
     // The kernel's buckets: within 1/16 of the true median, 2 ms.
     let p50 = l.lifetime_p50_ns.unwrap() as f64;
     assert!((p50 - 2e6).abs() / 2e6 < 1.0 / 16.0, "{p50}");
+    // Connection health, the kernel's: 300 ms waits, what the closed ones carried.
+    let wait = l.queue_wait_p50_ns.unwrap() as f64;
+    assert!(wait <= 3e8 && (3e8 - wait) / 3e8 < 1.0 / 16.0, "{wait}");
+    assert_eq!(l.queue_wait_p99_ns, l.queue_wait_p50_ns);
+    assert_eq!((l.bytes_in, l.bytes_out, l.retransmits), (1_000, 20_000, 2));
+    assert_eq!(l.queue_waits.total(), 5);
+    assert_eq!(l.queue_waits.sum(), 5 * 300_000_000);
     let o = &s.outbound[0];
+    let hs = o.handshake_p50_ns.unwrap() as f64;
+    assert!(hs <= 1e6 && (1e6 - hs) / 1e6 < 1.0 / 16.0, "{hs}");
+    assert!(
+        o.handshake_p99_ns.unwrap() >= 1_400_000_000,
+        "{:?}",
+        o.handshake_p99_ns
+    );
+    assert_eq!((o.bytes_in, o.bytes_out, o.retransmits), (500, 50, 1));
     assert_eq!(
         (o.peer_port, o.connects, o.established, o.open_now),
         (5432, 4, 3, 1)

@@ -27,6 +27,28 @@ pub struct Obs<'a> {
     /// The kernel tracked the socket, so its in-kernel counters hold this event (live only;
     /// see [`super::Aggregator::count_in_kernel`]).
     pub tracked: bool,
+    /// On an active `established`: the handshake time.
+    pub handshake_ns: Option<u64>,
+    /// On `accept`: the wait in the accept queue.
+    pub queue_wait_ns: Option<u64>,
+    /// On `close`: data bytes received and sent, segments retransmitted.
+    pub carried: Option<Carried>,
+}
+
+/// What a connection carried (see `kernel::decode::ConnStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retrans: u64,
+}
+
+impl Carried {
+    pub fn add(&mut self, more: Carried) {
+        self.bytes_in += more.bytes_in;
+        self.bytes_out += more.bytes_out;
+        self.retrans += more.retrans;
+    }
 }
 
 /// A socket that existed when sockwatch started.

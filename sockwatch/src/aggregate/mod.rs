@@ -5,7 +5,7 @@
 pub mod capabilities;
 mod counted;
 pub mod expiry;
-mod hist;
+pub(crate) mod hist;
 mod input;
 mod live;
 mod summary;
@@ -13,7 +13,7 @@ mod summary;
 pub use counted::Side as CountSide;
 pub use counted::{HeldOpen, OpenByPort};
 pub use expiry::Expiry;
-pub use input::{Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample};
+pub use input::{Carried, Conn, Existing, Expired, FdSample, NetstatSample, Obs, QueueSample};
 pub use summary::{
     ListenerSummary, LossSummary, NamespaceSummary, OpenCorrections, OutboundProcess,
     OutboundSummary, ProcessSummary, Summary, SummaryOutput, WorkloadSummary,
@@ -30,7 +30,7 @@ use crate::{
     kernel::loss::{Loss, Quiet},
 };
 use counted::Counted;
-use hist::Histogram;
+use hist::{Histogram, Latencies};
 use live::{ConnKey, Live, Side};
 
 /// A process is warned about at this share of its descriptor limit.
@@ -60,6 +60,8 @@ struct Listener {
     queue: Option<(u32, u32)>,
     peers: HashSet<IpAddr>,
     lifetimes: Histogram,
+    queue_waits: Latencies,
+    carried: Carried,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +82,8 @@ struct Outbound {
     open_now: u64,
     peers: HashSet<IpAddr>,
     processes: BTreeMap<Option<u32>, ProcessOut>,
+    handshakes: Latencies,
+    carried: Carried,
 }
 
 #[derive(Debug, Default)]
@@ -277,6 +281,9 @@ impl Aggregator {
                 let l = self.listener(o.netns, o.local_port);
                 l.accepted += 1;
                 l.peers.insert(o.peer_addr);
+                if let Some(w) = o.queue_wait_ns {
+                    l.queue_waits.record(w);
+                }
                 if l.pid.is_none() {
                     l.pid = o.pid;
                     l.comm = o.comm.map(str::to_string);
@@ -297,6 +304,9 @@ impl Aggregator {
                 _ => {
                     let out = self.outbound.entry(active_port(&key)).or_default();
                     out.established += 1;
+                    if let Some(h) = o.handshake_ns {
+                        out.handshakes.record(h);
+                    }
                     if self.live.insert(&key, Side::Active(o.pid)) {
                         out.open_now += 1;
                         out.processes.entry(o.pid).or_default().open_now += 1;
@@ -434,8 +444,14 @@ impl Aggregator {
                 if let Some(d) = o.duration_ns {
                     l.lifetimes.record(d);
                 }
+                l.carried.add(o.carried.unwrap_or_default());
             }
-            Some(Side::Active(_) | Side::Tracked) => {}
+            // What it carried goes to the remote port, as the kernel counts it.
+            Some(Side::Active(_)) => {
+                let out = self.outbound.entry(active_port(&key)).or_default();
+                out.carried.add(o.carried.unwrap_or_default());
+            }
+            Some(Side::Tracked) => {}
             // Never seen established (failed, or older than sockwatch without a snapshot):
             // a passive one still counts as closed on its port.
             None => {
@@ -445,6 +461,7 @@ impl Aggregator {
                     if let Some(d) = o.duration_ns {
                         l.lifetimes.record(d);
                     }
+                    l.carried.add(o.carried.unwrap_or_default());
                 }
             }
         }

@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use sockwatch_common::{ListenerCounts, OutboundCounts};
 
-use super::{Aggregator, CountSide, FD_WARN_PERCENT, LEAK_RISES, counted};
+use super::{
+    Aggregator, Carried, CountSide, FD_WARN_PERCENT, LEAK_RISES, counted, hist::Latencies,
+};
 use crate::{
     host::workload::{Resolver, Workload},
     kernel::decode::Family,
@@ -37,11 +39,20 @@ impl Aggregator {
                 let accepted = l.accepted + count(|c| c.accepted);
                 let mut accept_failures = l.accept_failures.clone();
                 let mut lifetimes = std::borrow::Cow::Borrowed(&l.lifetimes);
+                let mut queue_waits = std::borrow::Cow::Borrowed(&l.queue_waits);
+                let mut carried = l.carried;
                 let mut established_now = l.established_now;
                 if let Some(c) = counted {
                     merge(&mut accept_failures, c.accept_failures.get(k));
                     if let Some(kernel) = kernel {
                         lifetimes.to_mut().add_buckets(&kernel.lifetimes);
+                        queue_waits.to_mut().add_buckets(&kernel.queue_waits);
+                        queue_waits.to_mut().add_sum(kernel.queue_wait_sum_ns);
+                        carried.add(Carried {
+                            bytes_in: kernel.bytes_in,
+                            bytes_out: kernel.bytes_out,
+                            retrans: kernel.retrans,
+                        });
                     }
                     established_now = counted::open_count(&[
                         l.established_now as i64,
@@ -69,6 +80,12 @@ impl Aggregator {
                     distinct_peers: (l.peers.len() as u64).max(count(|c| c.peers)),
                     lifetime_p50_ns: lifetimes.quantile(0.5),
                     lifetime_p99_ns: lifetimes.quantile(0.99),
+                    queue_wait_p50_ns: queue_waits.quantile(0.5),
+                    queue_wait_p99_ns: queue_waits.quantile(0.99),
+                    bytes_in: carried.bytes_in,
+                    bytes_out: carried.bytes_out,
+                    retransmits: carried.retrans,
+                    queue_waits: queue_waits.into_owned(),
                 }
             })
             .collect();
@@ -89,6 +106,17 @@ impl Aggregator {
                 let procs = counted.and_then(|c| c.processes.get(k));
                 let mut failed = o.failed.clone();
                 let mut open_now = o.open_now;
+                let mut handshakes = std::borrow::Cow::Borrowed(&o.handshakes);
+                let mut carried = o.carried;
+                if let Some(kernel) = kernel {
+                    handshakes.to_mut().add_buckets(&kernel.handshakes);
+                    handshakes.to_mut().add_sum(kernel.handshake_sum_ns);
+                    carried.add(Carried {
+                        bytes_in: kernel.bytes_in,
+                        bytes_out: kernel.bytes_out,
+                        retrans: kernel.retrans,
+                    });
+                }
                 if let Some(c) = counted {
                     merge(&mut failed, c.connect_failures.get(k));
                     open_now = counted::open_count(&[
@@ -106,6 +134,12 @@ impl Aggregator {
                     established: o.established + count(|c| c.established),
                     failed,
                     open_now,
+                    handshake_p50_ns: handshakes.quantile(0.5),
+                    handshake_p99_ns: handshakes.quantile(0.99),
+                    bytes_in: carried.bytes_in,
+                    bytes_out: carried.bytes_out,
+                    retransmits: carried.retrans,
+                    handshakes: handshakes.into_owned(),
                     processes: o
                         .processes
                         .iter()
@@ -270,6 +304,16 @@ pub struct ListenerSummary {
     pub distinct_peers: u64,
     pub lifetime_p50_ns: Option<u64>,
     pub lifetime_p99_ns: Option<u64>,
+    /// Accept-queue wait of accepted connections (from their arrival in the queue to accept()).
+    pub queue_wait_p50_ns: Option<u64>,
+    pub queue_wait_p99_ns: Option<u64>,
+    /// Of closed connections: data bytes received and sent, segments retransmitted.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retransmits: u64,
+    /// The waits themselves, for the metrics' histogram.
+    #[serde(skip)]
+    pub queue_waits: Latencies,
 }
 
 /// The owner's workload in a summary row: the events' keys (null where unknown) and
@@ -312,7 +356,17 @@ pub struct OutboundSummary {
     pub established: u64,
     pub failed: BTreeMap<String, u64>,
     pub open_now: u64,
+    /// Handshake time of established connections (connect() to ESTABLISHED).
+    pub handshake_p50_ns: Option<u64>,
+    pub handshake_p99_ns: Option<u64>,
+    /// Of closed connections: data bytes received and sent, segments retransmitted.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retransmits: u64,
     pub processes: Vec<OutboundProcess>,
+    /// The handshake times themselves, for the metrics' histogram.
+    #[serde(skip)]
+    pub handshakes: Latencies,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -26,6 +26,9 @@ pub(super) fn obs(kind: EventKind, t: i64, local: (&str, u16), peer: (&str, u16)
         errno: None,
         reason: None,
         tracked: false,
+        handshake_ns: None,
+        queue_wait_ns: None,
+        carried: None,
     }
 }
 
@@ -50,6 +53,78 @@ fn listener(s: &Summary, port: u16) -> &ListenerSummary {
         .iter()
         .find(|l| l.port == port)
         .expect("listener")
+}
+
+/// Connection health from events: queue waits on accept, handshakes on active established,
+/// what closed connections carried, on the port's side.
+#[test]
+fn connection_health_from_events() {
+    let mut a = Aggregator::new();
+    a.event(&obs(EventKind::Listen, 0, ("10.0.0.1", 80), ("0.0.0.0", 0)));
+    for (i, wait_ms) in [100u64, 300, 300, 900].into_iter().enumerate() {
+        let client = 40000 + i as u16;
+        a.event(&passive(EventKind::Established, S, client));
+        a.event(&Obs {
+            queue_wait_ns: Some(wait_ms * 1_000_000),
+            ..passive(EventKind::Accept, 2 * S, client)
+        });
+        a.event(&Obs {
+            carried: Some(Carried {
+                bytes_in: 100,
+                bytes_out: 1000,
+                retrans: 1,
+            }),
+            duration_ns: Some(S as u64),
+            ..passive(EventKind::Close, 3 * S, client)
+        });
+    }
+    for (i, hs_ms) in [1u64, 1, 1_200].into_iter().enumerate() {
+        let port = 50000 + i as u16;
+        a.event(&active(EventKind::Connect, S, port, 7));
+        a.event(&Obs {
+            handshake_ns: Some(hs_ms * 1_000_000),
+            ..active(EventKind::Established, S, port, 7)
+        });
+        a.event(&Obs {
+            carried: Some(Carried {
+                bytes_in: 5,
+                bytes_out: 7,
+                retrans: 0,
+            }),
+            ..active(EventKind::Close, 2 * S, port, 7)
+        });
+    }
+    let s = a.summary();
+    let l = listener(&s, 80);
+    let within = |got: Option<u64>, want: f64| {
+        let got = got.unwrap() as f64;
+        got <= want && (want - got) / want < 1.0 / 16.0
+    };
+    assert!(
+        within(l.queue_wait_p50_ns, 300e6),
+        "{:?}",
+        l.queue_wait_p50_ns
+    );
+    assert!(
+        within(l.queue_wait_p99_ns, 900e6),
+        "{:?}",
+        l.queue_wait_p99_ns
+    );
+    assert_eq!((l.bytes_in, l.bytes_out, l.retransmits), (400, 4000, 4));
+    let o = &s.outbound[0];
+    assert!(within(o.handshake_p50_ns, 1e6), "{:?}", o.handshake_p50_ns);
+    assert!(
+        within(o.handshake_p99_ns, 1.2e9),
+        "{:?}",
+        o.handshake_p99_ns
+    );
+    assert_eq!((o.bytes_in, o.bytes_out, o.retransmits), (15, 21, 0));
+    // Nothing where nothing was measured.
+    let mut b = Aggregator::new();
+    b.event(&obs(EventKind::Listen, 0, ("10.0.0.1", 80), ("0.0.0.0", 0)));
+    let s = b.summary();
+    assert_eq!(listener(&s, 80).queue_wait_p50_ns, None);
+    assert_eq!(listener(&s, 80).bytes_in, 0);
 }
 
 #[test]

@@ -40,6 +40,22 @@ pub fn duration(ns: Option<u64>) -> String {
     }
 }
 
+/// Bytes as a short human size (K, M, G: powers of 1024).
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["", "K", "M", "G"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
 /// One line naming what the kernel did not let the run see (the capabilities not available,
 /// each with its note): `{whose}: listen_overflow_events (no TCP_LISTEN_OVERFLOW ...); ...`,
 /// newline included. `None` when everything was available or nothing is known.
@@ -80,8 +96,13 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
         "PEERS",
         "P50",
         "P99",
-        // Last: scripts that count columns find the others where they were.
+        // After the first columns: scripts that count columns find them where they were.
         "WORKLOAD",
+        "QWAIT_P50",
+        "QWAIT_P99",
+        "IN",
+        "OUT",
+        "RETRANS",
     ]);
     for l in s.listeners.iter().take(max_rows) {
         listeners.add_row(vec![
@@ -104,6 +125,11 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
             duration(l.lifetime_p50_ns),
             duration(l.lifetime_p99_ns),
             workload(&l.owner, l.comm.as_deref()),
+            duration(l.queue_wait_p50_ns),
+            duration(l.queue_wait_p99_ns),
+            size(l.bytes_in),
+            size(l.bytes_out),
+            l.retransmits.to_string(),
         ]);
     }
     let _ = writeln!(out, "LISTENING PORTS\n{listeners}");
@@ -117,6 +143,11 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
         "OPEN",
         "PROCESSES",
         "WORKLOAD",
+        "HS_P50",
+        "HS_P99",
+        "IN",
+        "OUT",
+        "RETRANS",
     ]);
     for o in s.outbound.iter().take(max_rows) {
         let procs = o
@@ -150,6 +181,11 @@ pub fn render(s: &Summary, max_rows: usize) -> String {
             o.open_now.to_string(),
             procs,
             names.join(" "),
+            duration(o.handshake_p50_ns),
+            duration(o.handshake_p99_ns),
+            size(o.bytes_in),
+            size(o.bytes_out),
+            o.retransmits.to_string(),
         ]);
     }
     let _ = writeln!(out, "\nOUTBOUND (by remote port)\n{outbound}");
@@ -195,6 +231,10 @@ mod tests {
         assert_eq!(duration(Some(1_500)), "2us");
         assert_eq!(duration(Some(2_500_000)), "2.5ms");
         assert_eq!(duration(Some(3_000_000_000)), "3.0s");
+        assert_eq!(size(0), "0");
+        assert_eq!(size(1023), "1023");
+        assert_eq!(size(100_000), "97.7K");
+        assert_eq!(size(3 << 30), "3.0G");
     }
 
     #[test]
@@ -235,6 +275,9 @@ mod tests {
             errno: None,
             reason: None,
             tracked: true,
+            handshake_ns: None,
+            queue_wait_ns: None,
+            carried: None,
         };
         a.event(&listen(8080, "nginx"));
         a.name_workload(
@@ -247,16 +290,24 @@ mod tests {
         );
         a.event(&listen(9090, "agent"));
         let text = render(&a.summary(), 10);
-        let header = text.lines().nth(1).unwrap();
-        assert!(header.trim_end().ends_with("WORKLOAD"), "{header}");
-        let row = |port: &str| {
+        let header: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        // WORKLOAD after the first columns, then the connection health's.
+        let at = header.iter().position(|h| *h == "WORKLOAD").unwrap();
+        assert_eq!(
+            header[at..],
+            ["WORKLOAD", "QWAIT_P50", "QWAIT_P99", "IN", "OUT", "RETRANS"]
+        );
+        let cell = |port: &str| {
             text.lines()
                 .find(|l| l.split_whitespace().nth(1) == Some(port))
                 .unwrap()
+                .split_whitespace()
+                .nth(at)
+                .unwrap()
                 .to_string()
         };
-        assert!(row("8080").trim_end().ends_with(" shop/web-0"), "{text}");
-        assert!(row("9090").trim_end().ends_with(" agent"), "{text}");
+        assert_eq!(cell("8080"), "shop/web-0", "{text}");
+        assert_eq!(cell("9090"), "agent", "{text}");
     }
 
     #[test]

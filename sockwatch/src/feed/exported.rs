@@ -41,6 +41,11 @@ struct Line<'a> {
     netns: Option<u32>,
     direction: Option<Cow<'a, str>>,
     duration_ns: Option<u64>,
+    handshake_ns: Option<u64>,
+    queue_wait_ns: Option<u64>,
+    bytes_received: Option<u64>,
+    bytes_sent: Option<u64>,
+    segs_retrans: Option<u64>,
     #[serde(borrow)]
     errno: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -297,6 +302,17 @@ pub fn exported_line(agg: &mut Aggregator, filter: &Filter, text: &str) -> Resul
                 reason: line.reason.as_deref(),
                 // A recording is aggregated from its events alone.
                 tracked: false,
+                handshake_ns: line.handshake_ns,
+                queue_wait_ns: line.queue_wait_ns,
+                // All three are written together (recordings from before have none).
+                carried: match (line.bytes_received, line.bytes_sent) {
+                    (Some(bytes_in), Some(bytes_out)) => Some(crate::aggregate::Carried {
+                        bytes_in,
+                        bytes_out,
+                        retrans: line.segs_retrans.unwrap_or(0),
+                    }),
+                    _ => None,
+                },
             };
             // As the live run named it (see `feed::live_event_in`).
             let workload = line.cgroup.map(|cgroup| Workload {

@@ -112,6 +112,13 @@ pub fn live_event_in(
         reason: (ev.kind == EventKind::ConnectFailed)
             .then(|| decode::connect_failure_reason(ev.errno.unwrap_or(0))),
         tracked: ev.tracked,
+        handshake_ns: ev.handshake_ns,
+        queue_wait_ns: ev.queue_wait_ns,
+        carried: ev.stats.map(|s| crate::aggregate::Carried {
+            bytes_in: s.bytes_received,
+            bytes_out: s.bytes_sent,
+            retrans: u64::from(s.segs_retrans),
+        }),
     };
     if !filter.keeps(&obs) {
         return false;

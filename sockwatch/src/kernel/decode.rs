@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sockwatch_common::{
-    AF_INET, AF_INET6, COMM_LEN, CONN_EVENT_SIZE, ConnEvent, fin, flags, kind, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, CONN_EVENT_SIZE, ConnEvent, data_bytes, flags, kind,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,27 +216,15 @@ pub struct ConnStats {
 }
 
 impl ConnStats {
-    /// The kernel counts sequence space: its `bytes_received` counts the peer's FIN, and its
-    /// `bytes_acked` our FIN once acknowledged and, on a connecting socket, our SYN (an
-    /// accepted socket starts past its SYN). Taken out here, so that the two ends of a
-    /// connection report the same data bytes. `from` is the state the socket left for CLOSE:
-    /// a FIN was sent in these (and only these) states.
-    fn from_raw(raw: &ConnEvent, from: TcpState) -> Self {
-        let fin_sent = matches!(
-            from.0,
-            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK
-        );
-        let fin_acked = fin_sent && raw.fin & fin::ALL_ACKED != 0;
-        // (A connection open before sockwatch started has no direction: it is taken as
-        // accepted, see docs/limits.md.)
-        let syn_acked = raw.flags & flags::ACTIVE != 0 && raw.bytes_acked > 0;
+    /// The kernel counts sequence space; [`data_bytes`] takes the SYN and FINs out, as the
+    /// in-kernel counters do, so that the two ends of a connection report the same data bytes.
+    /// (A connection open before sockwatch started has no direction: it is taken as accepted,
+    /// see docs/limits.md.)
+    fn from_raw(raw: &ConnEvent) -> Self {
+        let (bytes_received, bytes_sent) = data_bytes(raw);
         Self {
-            bytes_received: raw
-                .bytes_received
-                .saturating_sub(u64::from(raw.fin & fin::RECEIVED != 0)),
-            bytes_sent: raw
-                .bytes_acked
-                .saturating_sub(u64::from(syn_acked) + u64::from(fin_acked)),
+            bytes_received,
+            bytes_sent,
             segs_retrans: raw.total_retrans,
             // The kernel keeps it times 8.
             srtt_us: raw.srtt_us >> 3,
@@ -353,7 +341,7 @@ pub fn from_raw(raw: &ConnEvent) -> Result<Event, DecodeError> {
             .then_some(raw.duration_ns);
     let queue_wait_ns = (kind == EventKind::Accept && birth_known).then_some(raw.duration_ns);
     let stats = (kind == EventKind::Close && raw.flags & flags::STATS != 0)
-        .then(|| ConnStats::from_raw(raw, from_state));
+        .then(|| ConnStats::from_raw(raw));
     Ok(Event {
         ts_ns: raw.ts_ns,
         kind,
@@ -403,7 +391,7 @@ fn addresses(raw: &ConnEvent) -> Result<(Family, IpAddr, IpAddr), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sockwatch_common::tcp_state;
+    use sockwatch_common::{fin, tcp_state};
 
     fn raw_v4() -> ConnEvent {
         let mut comm = [0u8; COMM_LEN];

@@ -19,6 +19,45 @@ pub const MAX_SERIES: usize = 100;
 /// The label value of the entry that sums the unlisted ones.
 pub const OTHER: &str = "other";
 
+/// Upper bounds of the latency histograms (accept-queue wait, handshake), in seconds: the
+/// OpenMetrics `le` labels, then `+Inf`.
+pub const LATENCY_BOUNDS_S: [f64; 13] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram with the fixed bounds [`LATENCY_BOUNDS_S`], from the summary's
+/// finer one: a value is counted under the first bound above its fine bucket's lower end
+/// (so within 1/16 of the bound).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyRow {
+    /// Values below each bound (cumulative).
+    pub below: [u64; LATENCY_BOUNDS_S.len()],
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+impl LatencyRow {
+    fn of(h: &crate::aggregate::hist::Buckets) -> Self {
+        let mut below = [0; LATENCY_BOUNDS_S.len()];
+        for (b, bound) in below.iter_mut().zip(LATENCY_BOUNDS_S) {
+            *b = h.count_below((bound * 1e9) as u64);
+        }
+        Self {
+            below,
+            count: h.total(),
+            sum_ns: h.sum(),
+        }
+    }
+
+    fn add(&mut self, more: &Self) {
+        for (mine, theirs) in self.below.iter_mut().zip(more.below) {
+            *mine = mine.saturating_add(theirs);
+        }
+        self.count = self.count.saturating_add(more.count);
+        self.sum_ns = self.sum_ns.saturating_add(more.sum_ns);
+    }
+}
+
 /// One listening port (or the sum of the unlisted ones).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListenerRow {
@@ -36,6 +75,10 @@ pub struct ListenerRow {
     pub overflows: u64,
     /// (depth, backlog) at the last sample; none for `other` (a sum of queues means nothing).
     pub queue: Option<(u32, u32)>,
+    pub queue_wait: LatencyRow,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retransmits: u64,
 }
 
 /// One remote port of outbound connections (or the sum of the unlisted ones).
@@ -47,6 +90,10 @@ pub struct OutboundRow {
     pub established: u64,
     pub failures: BTreeMap<String, u64>,
     pub open: u64,
+    pub handshake: LatencyRow,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retransmits: u64,
 }
 
 /// One network namespace's TcpExt listen counters (or the sum of the unlisted ones).
@@ -199,6 +246,10 @@ impl Selector {
                 row.established = row.established.saturating_add(l.established_now);
                 row.overflows = row.overflows.saturating_add(l.overflows);
                 add_all(&mut row.accept_failures, &l.accept_failures);
+                row.queue_wait.add(&LatencyRow::of(&l.queue_waits));
+                row.bytes_in = row.bytes_in.saturating_add(l.bytes_in);
+                row.bytes_out = row.bytes_out.saturating_add(l.bytes_out);
+                row.retransmits = row.retransmits.saturating_add(l.retransmits);
             }
         }
         if snap.unlisted.listeners > 0 {
@@ -238,6 +289,10 @@ impl Selector {
                 row.established = row.established.saturating_add(o.established);
                 row.open = row.open.saturating_add(o.open_now);
                 add_all(&mut row.failures, &o.failed);
+                row.handshake.add(&LatencyRow::of(&o.handshakes));
+                row.bytes_in = row.bytes_in.saturating_add(o.bytes_in);
+                row.bytes_out = row.bytes_out.saturating_add(o.bytes_out);
+                row.retransmits = row.retransmits.saturating_add(o.retransmits);
             }
         }
         if snap.unlisted.outbound > 0 {
@@ -308,6 +363,12 @@ mod tests {
             distinct_peers: 1,
             lifetime_p50_ns: None,
             lifetime_p99_ns: None,
+            queue_wait_p50_ns: None,
+            queue_wait_p99_ns: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            retransmits: 0,
+            queue_waits: Default::default(),
         }
     }
 
@@ -417,7 +478,13 @@ mod tests {
             established: connects,
             failed: BTreeMap::from([("refused".to_string(), 1)]),
             open_now: 0,
+            handshake_p50_ns: None,
+            handshake_p99_ns: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            retransmits: 0,
             processes: vec![],
+            handshakes: Default::default(),
         };
         let ns = |netns, overflows| NamespaceSummary {
             netns,

@@ -7,12 +7,12 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 
-use crate::metrics::{MAX_SERIES, Snapshot};
+use crate::metrics::{LATENCY_BOUNDS_S, LatencyRow, MAX_SERIES, Snapshot};
 
 /// The Content-Type of [`Exposition::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -92,6 +92,33 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// One histogram family (seconds, with the bounds of [`LATENCY_BOUNDS_S`]).
+fn histograms<'a, L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, &'a LatencyRow)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (labels, h) in samples {
+        // The encoder wants each bucket's own count; it writes them cumulated.
+        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_S.len() + 1);
+        let mut before = 0;
+        for (bound, below) in LATENCY_BOUNDS_S.iter().zip(h.below) {
+            buckets.push((*bound, below.saturating_sub(before)));
+            before = below;
+        }
+        buckets.push((f64::INFINITY, h.count.saturating_sub(before)));
+        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+            h.sum_ns as f64 / 1e9,
+            h.count,
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// One metric family: its HELP and TYPE, then one sample per label set.
@@ -183,6 +210,34 @@ fn encode_snapshot(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
             .filter_map(|l| l.queue.map(|(_, b)| (listener(l), u64::from(b)))),
     )?;
 
+    histograms(
+        enc,
+        "sockwatch_listener_queue_wait",
+        "How long accepted connections waited in the accept queue (arrival to accept()).",
+        ls.iter().map(|l| (listener(l), &l.queue_wait)),
+    )?;
+    family(
+        enc,
+        "sockwatch_listener_received_bytes",
+        "Data bytes received on the port's closed connections.",
+        Counter,
+        ls.iter().map(|l| (listener(l), l.bytes_in)),
+    )?;
+    family(
+        enc,
+        "sockwatch_listener_sent_bytes",
+        "Data bytes sent (and acknowledged) on the port's closed connections.",
+        Counter,
+        ls.iter().map(|l| (listener(l), l.bytes_out)),
+    )?;
+    family(
+        enc,
+        "sockwatch_listener_retransmits",
+        "Segments retransmitted on the port's closed connections.",
+        Counter,
+        ls.iter().map(|l| (listener(l), l.retransmits)),
+    )?;
+
     let outbound = |o: &'_ crate::metrics::OutboundRow| {
         [
             ("netns", o.netns.clone()),
@@ -223,6 +278,34 @@ fn encode_snapshot(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         "Outbound connections open now.",
         Gauge,
         os.iter().map(|o| (outbound(o), o.open)),
+    )?;
+
+    histograms(
+        enc,
+        "sockwatch_outbound_handshake",
+        "Handshake time of outbound connections (connect() to ESTABLISHED, SYN retries included).",
+        os.iter().map(|o| (outbound(o), &o.handshake)),
+    )?;
+    family(
+        enc,
+        "sockwatch_outbound_received_bytes",
+        "Data bytes received on closed outbound connections, by remote port.",
+        Counter,
+        os.iter().map(|o| (outbound(o), o.bytes_in)),
+    )?;
+    family(
+        enc,
+        "sockwatch_outbound_sent_bytes",
+        "Data bytes sent (and acknowledged) on closed outbound connections, by remote port.",
+        Counter,
+        os.iter().map(|o| (outbound(o), o.bytes_out)),
+    )?;
+    family(
+        enc,
+        "sockwatch_outbound_retransmits",
+        "Segments retransmitted on closed outbound connections, by remote port.",
+        Counter,
+        os.iter().map(|o| (outbound(o), o.retransmits)),
     )?;
 
     let ns = &s.namespaces;
@@ -315,6 +398,14 @@ mod tests {
                 accept_failures: BTreeMap::from([("EMFILE".into(), 3)]),
                 overflows: 1,
                 queue: Some((5, 128)),
+                queue_wait: LatencyRow {
+                    below: [0, 0, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3],
+                    count: 4,
+                    sum_ns: 31_500_000_000,
+                },
+                bytes_in: 1000,
+                bytes_out: 2000,
+                retransmits: 3,
             }],
             outbound: vec![OutboundRow {
                 netns: "4026531840".into(),
@@ -323,6 +414,7 @@ mod tests {
                 established: 3,
                 failures: BTreeMap::from([("refused".into(), 1)]),
                 open: 2,
+                ..Default::default()
             }],
             namespaces: vec![NamespaceRow {
                 netns: "4026531840".into(),
@@ -366,6 +458,34 @@ sockwatch_listener_queue_depth{{{l}}} 5
 # HELP sockwatch_listener_backlog The listener's backlog (the queue holds backlog+1 connections when full).
 # TYPE sockwatch_listener_backlog gauge
 sockwatch_listener_backlog{{{l}}} 128
+# HELP sockwatch_listener_queue_wait_seconds How long accepted connections waited in the accept queue (arrival to accept()).
+# TYPE sockwatch_listener_queue_wait_seconds histogram
+# UNIT sockwatch_listener_queue_wait_seconds seconds
+sockwatch_listener_queue_wait_seconds_sum{{{l}}} 31.5
+sockwatch_listener_queue_wait_seconds_count{{{l}}} 4
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.0001\",{l}}} 0
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.0005\",{l}}} 0
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.001\",{l}}} 1
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.005\",{l}}} 2
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.01\",{l}}} 2
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.05\",{l}}} 2
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.1\",{l}}} 2
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.25\",{l}}} 2
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"0.5\",{l}}} 3
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"1.0\",{l}}} 3
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"2.5\",{l}}} 3
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"5.0\",{l}}} 3
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"10.0\",{l}}} 3
+sockwatch_listener_queue_wait_seconds_bucket{{le=\"+Inf\",{l}}} 4
+# HELP sockwatch_listener_received_bytes Data bytes received on the port's closed connections.
+# TYPE sockwatch_listener_received_bytes counter
+sockwatch_listener_received_bytes_total{{{l}}} 1000
+# HELP sockwatch_listener_sent_bytes Data bytes sent (and acknowledged) on the port's closed connections.
+# TYPE sockwatch_listener_sent_bytes counter
+sockwatch_listener_sent_bytes_total{{{l}}} 2000
+# HELP sockwatch_listener_retransmits Segments retransmitted on the port's closed connections.
+# TYPE sockwatch_listener_retransmits counter
+sockwatch_listener_retransmits_total{{{l}}} 3
 # HELP sockwatch_outbound_connects Outbound connection attempts, by remote port.
 # TYPE sockwatch_outbound_connects counter
 sockwatch_outbound_connects_total{{{o}}} 4
@@ -378,6 +498,34 @@ sockwatch_outbound_failures_total{{{o},reason=\"refused\"}} 1
 # HELP sockwatch_outbound_open Outbound connections open now.
 # TYPE sockwatch_outbound_open gauge
 sockwatch_outbound_open{{{o}}} 2
+# HELP sockwatch_outbound_handshake_seconds Handshake time of outbound connections (connect() to ESTABLISHED, SYN retries included).
+# TYPE sockwatch_outbound_handshake_seconds histogram
+# UNIT sockwatch_outbound_handshake_seconds seconds
+sockwatch_outbound_handshake_seconds_sum{{{o}}} 0.0
+sockwatch_outbound_handshake_seconds_count{{{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.0001\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.0005\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.001\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.005\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.01\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.05\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.1\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.25\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"0.5\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"1.0\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"2.5\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"5.0\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"10.0\",{o}}} 0
+sockwatch_outbound_handshake_seconds_bucket{{le=\"+Inf\",{o}}} 0
+# HELP sockwatch_outbound_received_bytes Data bytes received on closed outbound connections, by remote port.
+# TYPE sockwatch_outbound_received_bytes counter
+sockwatch_outbound_received_bytes_total{{{o}}} 0
+# HELP sockwatch_outbound_sent_bytes Data bytes sent (and acknowledged) on closed outbound connections, by remote port.
+# TYPE sockwatch_outbound_sent_bytes counter
+sockwatch_outbound_sent_bytes_total{{{o}}} 0
+# HELP sockwatch_outbound_retransmits Segments retransmitted on closed outbound connections, by remote port.
+# TYPE sockwatch_outbound_retransmits counter
+sockwatch_outbound_retransmits_total{{{o}}} 0
 # HELP sockwatch_netns_listen_overflows The namespace's TcpExt ListenOverflows since sockwatch started.
 # TYPE sockwatch_netns_listen_overflows counter
 sockwatch_netns_listen_overflows_total{{netns=\"4026531840\"}} 7
