@@ -377,11 +377,10 @@ pub struct KernelArgs {
     pub max_sockets: Option<u32>,
 
     /// Size of the kernel-to-user ring buffer: a power of two from 4K to 1G, with an optional
-    /// K, M or G suffix. A larger ring absorbs longer bursts.
-    // 32M: a churn of 100k connections/s on 2 CPUs starves the reader of CPU for the whole
-    // burst; 16M overflowed there, 32M did not (docs/performance.md#what-the-figures-say).
-    #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = parse_ring_size)]
-    pub ring_size: u32,
+    /// K, M or G suffix. A larger ring absorbs longer bursts. [default: 64M when every event
+    /// goes through it (`trace`, `top --output`), else 32M]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
 
     /// Read the kernel's type information (BTF) from PATH: a BTF file of this very kernel, for
     /// kernels without /sys/kernel/btf/vmlinux (e.g. from the distribution's debug package).
@@ -426,13 +425,22 @@ impl Hooks {
     }
 }
 
+/// `--ring-size` when every event goes through the ring. A churn of 100k connections/s on 2
+/// CPUs starves the reader of CPU for the whole burst: with 96-byte events 16M overflowed there
+/// and 32M did not (docs/performance.md#what-the-figures-say); events are 120 bytes since they
+/// carry what a connection carried.
+pub const RING_SIZE_ALL_EVENTS: u32 = 64 << 20;
+/// `--ring-size` when the kernel counts and the ring carries little (`top`, `check`).
+pub const RING_SIZE_COUNTING: u32 = 32 << 20;
+
 impl KernelArgs {
-    pub fn load_options(&self) -> LoadOptions {
+    /// The options given, with `ring` as the ring size unless `--ring-size` says otherwise.
+    pub fn load_options(&self, ring: u32) -> LoadOptions {
         LoadOptions {
             max_sockets: self
                 .max_sockets
                 .unwrap_or_else(crate::host::limits::default_max_sockets),
-            ring_bytes: self.ring_size,
+            ring_bytes: self.ring_size.unwrap_or(ring),
             states: false,
             btf: self.btf.clone(),
             tracefs: self.tracefs.clone(),
@@ -607,7 +615,19 @@ mod tests {
         };
         assert_eq!(t.format, Format::Text);
         assert_eq!(t.run.kernel.max_sockets, None);
-        assert_eq!(t.run.kernel.ring_size, 32 << 20);
+        assert_eq!(t.run.kernel.ring_size, None);
+        assert_eq!(
+            t.run.kernel.load_options(RING_SIZE_ALL_EVENTS).ring_bytes,
+            64 << 20
+        );
+        let cli = Cli::try_parse_from(["sockwatch", "trace", "--ring-size", "8M"]).unwrap();
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("trace")
+        };
+        assert_eq!(
+            t.run.kernel.load_options(RING_SIZE_ALL_EVENTS).ring_bytes,
+            8 << 20
+        );
         assert_eq!(t.run.interval, 1.0);
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--port", "0"]).is_err());
         assert!(Cli::try_parse_from(["sockwatch", "trace", "--port", "65536"]).is_err());

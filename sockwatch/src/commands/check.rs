@@ -12,7 +12,7 @@ use crate::{
 };
 
 pub fn run(args: CheckArgs) -> anyhow::Result<()> {
-    let load = args.kernel.load_options();
+    let load = args.kernel.load_options(crate::cli::RING_SIZE_COUNTING);
     // Fails on a missing core (BTF, the ring buffer) with the minimum kernel named.
     let kernel = loader::inspect(&load)?;
     let object = if kernel.capabilities.programs.compat {

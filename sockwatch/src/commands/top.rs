@@ -43,7 +43,11 @@ pub async fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     let mut metrics = server::start(args.run.metrics).await?;
     let load = LoadOptions {
         mode: counting_mode(args.output.is_some()),
-        ..args.run.kernel.load_options()
+        ..args.run.kernel.load_options(if args.output.is_some() {
+            crate::cli::RING_SIZE_ALL_EVENTS
+        } else {
+            crate::cli::RING_SIZE_COUNTING
+        })
     };
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;

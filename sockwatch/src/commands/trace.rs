@@ -18,7 +18,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<Outcome> {
     let mut metrics = server::start(args.run.metrics).await?;
     let load = LoadOptions {
         states: args.states,
-        ..args.run.kernel.load_options()
+        ..args
+            .run
+            .kernel
+            .load_options(crate::cli::RING_SIZE_ALL_EVENTS)
     };
     // Before the output: its header says what this kernel lets the run see.
     let kernel = loader::inspect(&load)?;
