@@ -226,3 +226,93 @@ fn listen_overflows() -> u64 {
     }
     panic!("no TcpExt in netstat");
 }
+
+/// Per port: `top`'s live summary (counted in the kernel) gives the accept-queue wait the
+/// connections' own events give, in the same buckets, and what they carried, on both sides;
+/// and `report` over the recording gives the same summary.
+#[test]
+fn the_summary_and_report_agree_on_connection_health() {
+    if !root_or_skip("the_summary_and_report_agree_on_connection_health") {
+        return;
+    }
+    const N: usize = 3;
+    const UP: usize = 10_000;
+    const DOWN: usize = 30_000;
+    const SLEEP: Duration = Duration::from_millis(300);
+    let dir = common::TempDir::new("health");
+    let copy = dir.path().join("copy.jsonl");
+    let (t, stdout, port) = common::run_in_new_netns(common::TOP_JSON, libc::SIGTERM, |_| {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        for _ in 0..N {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.write_all(&vec![1u8; UP]).expect("write");
+            // A slow server: it sleeps before accept().
+            std::thread::sleep(SLEEP);
+            let (mut s, _) = l.accept().expect("accept");
+            let mut got = vec![0u8; UP];
+            s.read_exact(&mut got).expect("read");
+            s.write_all(&vec![2u8; DOWN]).expect("write");
+            let mut got = vec![0u8; DOWN];
+            c.read_exact(&mut got).expect("read");
+            c.shutdown(Shutdown::Write).expect("shutdown");
+            s.read_to_end(&mut Vec::new()).expect("read to the end");
+            drop(s);
+            c.read_to_end(&mut Vec::new()).expect("read to the end");
+        }
+        port
+    });
+    let live: Value = serde_json::from_str(&stdout).expect("live summary JSON");
+    let l = live["listeners"]
+        .as_array()
+        .and_then(|ls| {
+            ls.iter().find(|l| {
+                l["netns"].as_u64() == Some(t.netns) && l["port"].as_u64() == Some(u64::from(port))
+            })
+        })
+        .unwrap_or_else(|| panic!("no listener: {live}"));
+    // The median of the waits the accept events carry, in the kernel's buckets.
+    let mut waits: Vec<u64> = t
+        .events
+        .iter()
+        .filter(|e| e["event"] == "accept" && port_of(e, "local_port") == port)
+        .map(|e| e["queue_wait_ns"].as_u64().expect("queue_wait_ns"))
+        .collect();
+    waits.sort();
+    assert_eq!(waits.len(), N, "{:?}", t.events);
+    assert!(waits[0] >= SLEEP.as_nanos() as u64, "{waits:?}");
+    let bucketed =
+        |ns: u64| sockwatch_common::latency_bucket_floor(sockwatch_common::latency_bucket(ns));
+    assert_eq!(
+        l["queue_wait_p50_ns"].as_u64(),
+        Some(bucketed(waits[N / 2])),
+        "{l}"
+    );
+    assert_eq!(
+        l["queue_wait_p99_ns"].as_u64(),
+        Some(bucketed(waits[N - 1])),
+        "{l}"
+    );
+    assert_eq!(l["bytes_in"].as_u64(), Some((N * UP) as u64), "{l}");
+    assert_eq!(l["bytes_out"].as_u64(), Some((N * DOWN) as u64), "{l}");
+    assert_eq!(l["retransmits"].as_u64(), Some(0), "{l}");
+    let o = live["outbound"]
+        .as_array()
+        .and_then(|os| {
+            os.iter().find(|o| {
+                o["netns"].as_u64() == Some(t.netns)
+                    && o["peer_port"].as_u64() == Some(u64::from(port))
+            })
+        })
+        .unwrap_or_else(|| panic!("no outbound: {live}"));
+    assert_eq!(o["bytes_in"].as_u64(), Some((N * DOWN) as u64), "{o}");
+    assert_eq!(o["bytes_out"].as_u64(), Some((N * UP) as u64), "{o}");
+    assert!(
+        o["handshake_p99_ns"].as_u64().expect("handshake") < 10_000_000,
+        "{o}"
+    );
+    assert_nothing_lost(&t.lost);
+
+    std::fs::write(&copy, &t.raw).expect("write copy");
+    assert_eq!(common::report_json(&copy), common::recordable(&live));
+}

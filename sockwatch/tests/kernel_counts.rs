@@ -6,12 +6,10 @@ mod common;
 use std::{net::TcpListener, time::Instant};
 
 use common::{
-    counts::{COUNTS_ONLY, Listener, Run, churn, in_new_netns, of, port, wait_for},
+    counts::{COUNTS_ONLY, Listener, Outbound, Run, churn, in_new_netns, of, port, wait_for},
     root_or_skip,
 };
-use sockwatch_common::{
-    LIFETIME_BUCKETS, Mode, OutboundCounts, flags, kind, lifetime_bucket, side,
-};
+use sockwatch_common::{LIFETIME_BUCKETS, Mode, flags, kind, lifetime_bucket, side};
 
 /// The smallest ring the kernel allows: one page, about 40 events.
 const TINY_RING: u32 = 4096;
@@ -82,15 +80,7 @@ fn churn_counted(compat: bool, n: u64) {
     });
     let (_, counters) = run.stop();
     assert_eq!(counts.listener, Some(Listener::closed_after(n)));
-    assert_eq!(
-        counts.outbound,
-        Some(OutboundCounts {
-            connects: n,
-            established: n,
-            open: 0,
-            peers: 1,
-        })
-    );
+    assert_eq!(counts.outbound, Some(Outbound::closed_after(n, n)));
     assert_eq!(counts.processes.len(), 1, "{:?}", counts.processes);
     assert_eq!(counts.processes[0].1.connects, n);
     assert_eq!(counters.ringbuf_full, 0, "{counters:?}");

@@ -131,7 +131,7 @@ impl Drop for Run {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub listener: Option<Listener>,
-    pub outbound: Option<OutboundCounts>,
+    pub outbound: Option<Outbound>,
     pub errors: Vec<(ErrorKey, u64)>,
     pub processes: Vec<(ProcessKey, ProcessCounts)>,
 }
@@ -147,6 +147,11 @@ pub struct Listener {
     pub overflows: u64,
     pub peers: u64,
     pub lifetimes: u64,
+    /// Total of the accept-queue wait histogram.
+    pub queue_waits: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retrans: u64,
 }
 
 impl Listener {
@@ -159,10 +164,14 @@ impl Listener {
             overflows: c.overflows,
             peers: c.peers,
             lifetimes: c.lifetimes.iter().sum(),
+            queue_waits: c.queue_waits.iter().sum(),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            retrans: c.retrans,
         }
     }
 
-    /// After `n` connections from one address, accepted and closed.
+    /// After `n` connections from one address, accepted and closed, that carried no data.
     pub fn closed_after(n: u64) -> Self {
         Self {
             accepted: n,
@@ -172,6 +181,51 @@ impl Listener {
             overflows: 0,
             peers: 1,
             lifetimes: n,
+            queue_waits: n,
+            bytes_in: 0,
+            bytes_out: 0,
+            retrans: 0,
+        }
+    }
+}
+
+/// A remote port's counts with the handshake histogram's total instead of its buckets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outbound {
+    pub connects: u64,
+    pub established: u64,
+    pub open: i64,
+    pub peers: u64,
+    pub handshakes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retrans: u64,
+}
+
+impl Outbound {
+    pub fn of(c: &OutboundCounts) -> Self {
+        Self {
+            connects: c.connects,
+            established: c.established,
+            open: c.open,
+            peers: c.peers,
+            handshakes: c.handshakes.iter().sum(),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            retrans: c.retrans,
+        }
+    }
+
+    /// `connects` from one address, `established` of them established and closed, that
+    /// carried no data.
+    pub fn closed_after(connects: u64, established: u64) -> Self {
+        Self {
+            connects,
+            established,
+            open: 0,
+            peers: 1,
+            handshakes: established,
+            ..Self::default()
         }
     }
 }
@@ -198,7 +252,7 @@ pub fn of(all: &KernelCounts, listener: PortKey, outbound: PortKey) -> Counts {
             .outbound
             .iter()
             .find(|(k, _)| *k == outbound)
-            .map(|(_, v)| *v),
+            .map(|(_, v)| Outbound::of(v)),
         errors: all
             .errors
             .iter()
@@ -320,15 +374,7 @@ pub fn exact_counts(compat: bool, n: usize, m: usize, k: usize) {
         };
         let c = of(&wait_for(&run, done), lkey, okey);
         assert_eq!(c.listener, Some(Listener::closed_after(n as u64)));
-        assert_eq!(
-            c.outbound,
-            Some(OutboundCounts {
-                connects: n as u64,
-                established: n as u64,
-                open: 0,
-                peers: 1,
-            })
-        );
+        assert_eq!(c.outbound, Some(Outbound::closed_after(n as u64, n as u64)));
         assert_eq!(
             c.errors,
             [(
@@ -368,13 +414,8 @@ pub fn exact_counts(compat: bool, n: usize, m: usize, k: usize) {
         let all = run.counts();
         let refused_port = all.outbound.iter().find(|(key, _)| *key == ckey);
         assert_eq!(
-            refused_port.map(|(_, v)| *v),
-            Some(OutboundCounts {
-                connects: m as u64,
-                established: 0,
-                open: 0,
-                peers: 1,
-            })
+            refused_port.map(|(_, v)| Outbound::of(v)),
+            Some(Outbound::closed_after(m as u64, 0))
         );
 
         // Held open: counted in `open` while they are, on both sides and for the process.
