@@ -44,6 +44,14 @@ pub struct Carried {
 }
 
 impl Carried {
+    pub fn new(bytes_in: u64, bytes_out: u64, retrans: u64) -> Self {
+        Self {
+            bytes_in,
+            bytes_out,
+            retrans,
+        }
+    }
+
     pub fn add(&mut self, more: Carried) {
         self.bytes_in += more.bytes_in;
         self.bytes_out += more.bytes_out;

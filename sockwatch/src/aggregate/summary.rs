@@ -48,11 +48,11 @@ impl Aggregator {
                         lifetimes.to_mut().add_buckets(&kernel.lifetimes);
                         queue_waits.to_mut().add_buckets(&kernel.queue_waits);
                         queue_waits.to_mut().add_sum(kernel.queue_wait_sum_ns);
-                        carried.add(Carried {
-                            bytes_in: kernel.bytes_in,
-                            bytes_out: kernel.bytes_out,
-                            retrans: kernel.retrans,
-                        });
+                        carried.add(Carried::new(
+                            kernel.bytes_in,
+                            kernel.bytes_out,
+                            kernel.retrans,
+                        ));
                     }
                     established_now = counted::open_count(&[
                         l.established_now as i64,
@@ -111,11 +111,11 @@ impl Aggregator {
                 if let Some(kernel) = kernel {
                     handshakes.to_mut().add_buckets(&kernel.handshakes);
                     handshakes.to_mut().add_sum(kernel.handshake_sum_ns);
-                    carried.add(Carried {
-                        bytes_in: kernel.bytes_in,
-                        bytes_out: kernel.bytes_out,
-                        retrans: kernel.retrans,
-                    });
+                    carried.add(Carried::new(
+                        kernel.bytes_in,
+                        kernel.bytes_out,
+                        kernel.retrans,
+                    ));
                 }
                 if let Some(c) = counted {
                     merge(&mut failed, c.connect_failures.get(k));
