@@ -1,6 +1,6 @@
 //! `--concurrency-trace`: `sockwatch trace --output FILE --format jsonl` (its default options
 //! but the ring) on the same ramp as `--concurrency`: what it loses with the default ring
-//! (32M), then with the ring doubled until it loses nothing (at most 1G), and its reader's
+//! (64M), then with the ring doubled until it loses nothing (at most 1G), and its reader's
 //! ceiling: the records it wrote over the CPU seconds of its reader, the main thread (which
 //! reads the ring, formats and writes), from ready until the file stopped growing.
 use std::{
@@ -22,7 +22,7 @@ use super::{
     tracer::NetnsHolder,
 };
 
-const DEFAULT_RING_MIB: u64 = 32;
+const DEFAULT_RING_MIB: u64 = 64;
 const MAX_RING_MIB: u64 = 1024;
 /// The events are all written when the file has grown by less than QUIET_BYTES in QUIET (it
 /// never stops: a host sample every second; sockwatch flushes every 0.5 s).
