@@ -307,8 +307,9 @@ fn the_summary_and_report_agree_on_connection_health() {
         .unwrap_or_else(|| panic!("no outbound: {live}"));
     assert_eq!(o["bytes_in"].as_u64(), Some((N * DOWN) as u64), "{o}");
     assert_eq!(o["bytes_out"].as_u64(), Some((N * UP) as u64), "{o}");
+    // (The dropped-SYN test holds a plain handshake to 10 ms; here, well under a SYN retry.)
     assert!(
-        o["handshake_p99_ns"].as_u64().expect("handshake") < 10_000_000,
+        o["handshake_p99_ns"].as_u64().expect("handshake") < 500_000_000,
         "{o}"
     );
     assert_nothing_lost(&t.lost);

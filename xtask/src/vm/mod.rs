@@ -43,8 +43,9 @@ use self::{
 };
 
 /// The core test set: the integration test binaries run on every kernel by default
-/// (sockwatch/tests/kernels.rs: what differs between kernels).
-const CORE_TESTS: &[&str] = &["kernels"];
+/// (sockwatch/tests/kernels.rs: what differs between kernels; health.rs: what the programs
+/// read from `struct tcp_sock` at close, whose fields and flags each kernel lays out itself).
+const CORE_TESTS: &[&str] = &["kernels", "health"];
 
 /// `--hook-cost`: the one measurement run instead of the tests (an ignored test, so that the
 /// matrix and `cargo test` skip it), and the libtest arguments that pick it out.
