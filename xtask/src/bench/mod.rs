@@ -28,11 +28,15 @@
 //! `--concurrency-trace` runs `sockwatch trace` on the same ramp, doubling its ring until it
 //! loses nothing (see `tracehold`). Results: a table on stdout and `target/bench/results.json`;
 //! progress on stderr.
+//! For the rounds `kernel.bpf_stats_enabled` is set to 1, and every sockwatch run reads the
+//! kernel time of the BPF programs it loaded, just before it is stopped (see `bpf_stats`); the
+//! old value is put back after the rounds, also on errors and on SIGINT, SIGTERM or SIGHUP.
 //! `--soak SECONDS` instead runs a steady churn at `--soak-rate` under `sockwatch top` for that
 //! long, sampling sockwatch's RSS (`target/bench/soak.json`).
 //! Every process started here is stopped by its pid, also on errors (and dies with xtask through
 //! PR_SET_PDEATHSIG if xtask is killed).
 mod baseline;
+mod bpf_stats;
 mod check_cost;
 mod concurrency;
 mod count;
@@ -44,6 +48,7 @@ mod tracehold;
 mod tracer;
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -229,13 +234,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         &["-p", "sockwatch", "-p", "sockwatch-churn"],
         "sockwatch and sockwatch-churn",
     )?;
-    let bench = Bench {
+    let mut bench = Bench {
         sockwatch: root.join("target/release/sockwatch"),
         hooks_only,
         baseline: baseline.clone(),
         churn: root.join("target/release/sockwatch-churn"),
         dir: dir.clone(),
         args,
+        kernel_time: false,
     };
     if let Some(seconds) = args.soak {
         let result = bench.soak(seconds, args.soak_rate)?;
@@ -285,6 +291,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         ));
     }
 
+    // The kernel keeps the programs' run times only while asked to: for the rounds, the only
+    // runs that read them. Put back when this is dropped (also on errors and signals).
+    let stats_on = if side_by_side {
+        match bpf_stats::StatsOn::enable() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                progress(format!(
+                    "warning: no kernel time per connection in this run: {e:#}"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    bench.kernel_time = stats_on.is_some();
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); modes.len()];
     for r in 1..=args.rounds {
         for (i, &mode) in modes.iter().enumerate() {
@@ -318,6 +340,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             rounds[i].push(result);
         }
     }
+    drop(stats_on);
     let untraced = rounds.first().cloned().unwrap_or_default();
     let summaries: Vec<ModeSummary> = modes
         .iter()
@@ -361,6 +384,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 .to_string(),
             mem_total_mib: procfs::meminfo().map_or(0, |(total, _)| total / 1024),
             top_ring_size: args.top_ring_size.clone(),
+            kernel_time: bench.kernel_time,
         },
         baseline,
         modes: summaries,
@@ -483,6 +507,8 @@ struct Bench<'a> {
     churn: PathBuf,
     dir: PathBuf,
     args: &'a BenchArgs,
+    /// Whether kernel.bpf_stats_enabled is on: the rounds read their tracer's kernel time.
+    kernel_time: bool,
 }
 
 impl Bench<'_> {
@@ -498,12 +524,23 @@ impl Bench<'_> {
                 let file = self.trace_file();
                 let _ = fs::remove_file(&file);
                 let holder = NetnsHolder::spawn()?;
+                let programs_before = self.programs_before();
                 let mut t = self.start_sockwatch(mode, !mode.traces(), &[])?;
                 let churn = self.run_churn(Some(&holder.path()))?;
                 // The churn is done when its sockets are closed, not fully gone: a last FIN
                 // may still be retransmitted (RTO 200 ms+) and the close come after; give
                 // those closes time to happen before counting.
                 thread::sleep(CLOSE_GRACE);
+                let kernel = programs_before.and_then(|before| {
+                    bpf_stats::read(&before, t.pid, churn.connections)
+                        .map_err(|e| {
+                            progress(format!(
+                                "warning: {}: no kernel time for this run: {e:#}",
+                                mode.name()
+                            ));
+                        })
+                        .ok()
+                });
                 let usage = t.stop()?;
                 drop(holder);
                 let _ = fs::remove_file(self.ready_file());
@@ -574,6 +611,7 @@ impl Bench<'_> {
                     expired_closes,
                     lost,
                     exact,
+                    kernel,
                 }
             }
             Mode::Bpftrace => {
@@ -595,8 +633,23 @@ impl Bench<'_> {
                     expired_closes: None,
                     lost: None,
                     exact: None,
+                    kernel: None,
                 }
             }
         })
+    }
+
+    /// The BPF programs loaded before a tracer starts, when the rounds read kernel time.
+    fn programs_before(&self) -> Option<BTreeSet<u32>> {
+        if !self.kernel_time {
+            return None;
+        }
+        bpf_stats::program_ids()
+            .map_err(|e| {
+                progress(format!(
+                    "warning: cannot list the BPF programs, no kernel time for this run: {e}"
+                ))
+            })
+            .ok()
     }
 }

@@ -3,7 +3,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Mode, baseline::Baseline, concurrency::Concurrency, run::Churn, tracehold::TraceHold};
+use super::{
+    Mode,
+    baseline::Baseline,
+    bpf_stats::{KernelTime, ProgramMedians, program_medians},
+    concurrency::Concurrency,
+    run::Churn,
+    tracehold::TraceHold,
+};
 
 /// One mode's run in one round.
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +34,9 @@ pub(super) struct Round {
     pub(super) lost: Option<BTreeMap<String, u64>>,
     /// top: its counts on the churn's port against what the churn made.
     pub(super) exact: Option<Exact>,
+    /// sockwatch: its BPF programs' kernel time (kernel.bpf_stats_enabled), read just before
+    /// it was stopped.
+    pub(super) kernel: Option<KernelTime>,
 }
 
 /// A `top` round's counts on the churn's listener, and whether they are exact.
@@ -74,6 +84,7 @@ impl Round {
             expired_closes: None,
             lost: None,
             exact: None,
+            kernel: None,
         }
     }
 
@@ -102,6 +113,11 @@ pub(super) struct ModeSummary {
     lost_max: Option<BTreeMap<String, u64>>,
     /// top: rounds whose counts were exact (see `Exact`), of those with a summary.
     exact_rounds: Option<u32>,
+    /// sockwatch: the kernel time of its BPF programs per connection made (all programs
+    /// summed), median over rounds.
+    kernel_ns_per_conn_median: Option<f64>,
+    /// The same per program (by name), with its runs per connection and time per run.
+    kernel_programs_median: Option<BTreeMap<String, ProgramMedians>>,
     rounds: Vec<Round>,
 }
 
@@ -146,6 +162,8 @@ pub(super) struct Settings {
     pub(super) mem_total_mib: u64,
     /// --top-ring-size: the ring of the `top-ring` row.
     pub(super) top_ring_size: Option<String>,
+    /// Whether kernel.bpf_stats_enabled was on for the rounds (so that they have kernel time).
+    pub(super) kernel_time: bool,
 }
 
 pub(super) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
@@ -224,6 +242,13 @@ pub(super) fn summarize(
                 .filter(|r| r.exact.as_ref().is_some_and(|e| e.exact))
                 .count() as u32
         }),
+        kernel_ns_per_conn_median: median_of(&rounds, |r| {
+            r.kernel.as_ref().and_then(|k| k.ns_per_connection)
+        }),
+        kernel_programs_median: rounds
+            .iter()
+            .any(|r| r.kernel.is_some())
+            .then(|| program_medians(rounds.iter().filter_map(|r| r.kernel.as_ref()))),
         rounds,
     }
 }
@@ -264,6 +289,16 @@ pub(super) fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "-".into(), f)
 }
 
+/// `name=NS` per program, the costliest first.
+fn per_program(programs: &BTreeMap<String, ProgramMedians>) -> String {
+    let mut v: Vec<(&String, &ProgramMedians)> = programs.iter().collect();
+    v.sort_by(|a, b| b.1.ns_per_connection.total_cmp(&a.1.ns_per_connection));
+    v.iter()
+        .map(|(name, p)| format!("{name}={:.0}", p.ns_per_connection))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub(super) fn render(res: &Results) -> String {
     let s = &res.settings;
     let mut out = format!(
@@ -287,6 +322,7 @@ pub(super) fn render(res: &Results) -> String {
             "MADE",
             "SEEN",
             "CPU S/100K",
+            "KERNEL NS/CONN",
             "START-UP CPU S",
             "PEAK RSS MIB",
             "LOST",
@@ -304,6 +340,7 @@ pub(super) fn render(res: &Results) -> String {
             num(m.connections_made_median),
             opt(m.seen_median, num),
             opt(m.cpu_s_per_100k_median, |c| format!("{c:.3}")),
+            opt(m.kernel_ns_per_conn_median, |k| format!("{k:.0}")),
             opt(m.startup_cpu_s_median, |c| format!("{c:.2}")),
             opt(m.peak_rss_mib_median, |r| format!("{r:.1}")),
             m.lost_median
@@ -330,6 +367,12 @@ pub(super) fn render(res: &Results) -> String {
          what the hooks cost before any work is done, the floor under trace and top.\n\
          VS UNTRACED: the median over rounds of the mode's rate over the same round's untraced rate.\n\
          CPU S/100K: the tracer's user+system CPU over its whole life (start-up included) per 100k connections.\n\
+         KERNEL NS/CONN: the run time of the BPF programs sockwatch loaded, as the kernel accounts it \
+         (kernel.bpf_stats_enabled, on for the rounds: every program run then also pays for its \
+         timing, in every row alike), summed over its programs from its start to just before it \
+         was stopped, per connection made; median. It is spent by whatever hits the hooks (the \
+         churn's threads, softirqs), not in the tracer's CPU above; per program below and in \
+         results.json.\n\
          EXACT: top rounds whose listener row had accepted = connections made = closed + closes found gone \
          from the kernel's socket table (open_corrections.released, or lost.expired before it), and \
          established_now = 0; FOUND: those closes (the kernel never ran a program for them), median.\n",
@@ -355,6 +398,15 @@ pub(super) fn render(res: &Results) -> String {
             m.mode,
             each.join(" ")
         ));
+    }
+    for m in &res.modes {
+        if let Some(programs) = m.kernel_programs_median.as_ref().filter(|p| !p.is_empty()) {
+            out.push_str(&format!(
+                "{} kernel ns per connection, per program (median): {}\n",
+                m.mode,
+                per_program(programs)
+            ));
+        }
     }
     for m in &res.modes {
         if let (Some(med), Some(max)) = (&m.lost_median, &m.lost_max) {
@@ -388,6 +440,7 @@ pub(super) fn render(res: &Results) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::bpf_stats::{Program, kernel_time};
 
     #[test]
     fn exact_counts_take_the_closes_found_gone() {
@@ -436,5 +489,142 @@ mod tests {
             &untraced,
         );
         assert_eq!(none.ratio_to_untraced, None);
+    }
+
+    fn program(id: u32, name: &str, run_time_ns: u64) -> Program {
+        Program {
+            id,
+            name: name.into(),
+            kind: "raw_tracepoint",
+            run_time_ns,
+            run_cnt: 100,
+        }
+    }
+
+    /// A round of 100 connections whose tracer's programs took `a` and `b` ns in all.
+    fn traced(r: u32, a: u64, b: u64) -> Round {
+        Round {
+            kernel: Some(kernel_time(
+                vec![
+                    program(r * 10, "state", a),
+                    program(r * 10 + 1, "accept", b),
+                ],
+                100,
+                0,
+            )),
+            ..round(r, 90.0)
+        }
+    }
+
+    fn results(modes: Vec<ModeSummary>, baseline: Option<Baseline>) -> Results {
+        Results {
+            settings: Settings {
+                rounds: 3,
+                connections: 100,
+                clients: 2,
+                servers: 2,
+                in_flight: 64,
+                close: "server-first".into(),
+                sources: 4,
+                port: 7913,
+                max_sockets: 1_048_576,
+                cpus: 2,
+                kernel: "6.18.0".into(),
+                mem_total_mib: 4096,
+                top_ring_size: None,
+                kernel_time: true,
+            },
+            baseline,
+            modes,
+            concurrency: None,
+            trace_hold: None,
+        }
+    }
+
+    #[test]
+    fn kernel_time_is_the_median_over_rounds() {
+        let untraced = [round(1, 100.0), round(2, 100.0), round(3, 100.0)];
+        // A round whose kernel time could not be read is left out of the medians.
+        let rounds = vec![
+            traced(1, 20_000, 1_000),
+            traced(2, 30_000, 3_000),
+            round(3, 90.0),
+        ];
+        let s = summarize(Mode::Top, "sockwatch top".into(), rounds, &untraced);
+        // (21_000 + 33_000) / 2 / 100 connections.
+        assert_eq!(s.kernel_ns_per_conn_median, Some(270.0));
+        let p = s.kernel_programs_median.as_ref().unwrap();
+        assert_eq!(p["state"].ns_per_connection, 250.0);
+        assert_eq!(p["accept"].ns_per_connection, 20.0);
+        assert_eq!(p["state"].runs_per_connection, 1.0);
+        let none = summarize(
+            Mode::Top,
+            "sockwatch top".into(),
+            vec![round(1, 90.0)],
+            &untraced,
+        );
+        assert_eq!(none.kernel_ns_per_conn_median, None);
+        assert!(none.kernel_programs_median.is_none());
+    }
+
+    #[test]
+    fn render_shows_kernel_time_and_the_baseline_rows() {
+        let untraced = vec![round(1, 100.0)];
+        let modes = vec![
+            summarize(Mode::Untraced, "-".into(), untraced.clone(), &untraced),
+            summarize(
+                Mode::Trace,
+                "sockwatch trace".into(),
+                vec![traced(1, 40_000, 2_000)],
+                &untraced,
+            ),
+            summarize(
+                Mode::TraceBaseline,
+                "sockwatch trace".into(),
+                vec![traced(1, 50_000, 2_000)],
+                &untraced,
+            ),
+            summarize(
+                Mode::TopBaseline,
+                "sockwatch top".into(),
+                vec![traced(1, 30_000, 1_000)],
+                &untraced,
+            ),
+        ];
+        let baseline = Baseline {
+            rev: "HEAD~1".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            subject: "The change before".into(),
+            worktree: "target/bench/baseline-0123456789ab".into(),
+            binary: "target/bench/baseline-0123456789ab-target/release/sockwatch".into(),
+        };
+        let out = render(&results(modes, Some(baseline)));
+        let lines: Vec<&str> = out.lines().collect();
+        let header = lines.iter().find(|l| l.starts_with("MODE")).unwrap();
+        let col = header.find("KERNEL NS/CONN").unwrap();
+        let cell = |mode: &str| {
+            let l = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("{mode} ")))
+                .unwrap();
+            l[col..].split_whitespace().next().unwrap().to_string()
+        };
+        assert_eq!(cell("untraced"), "-");
+        assert_eq!(cell("trace"), "420");
+        assert_eq!(cell("trace-baseline"), "520");
+        assert_eq!(cell("top-baseline"), "310");
+        assert!(out.contains("\ntrace-baseline vs untraced, per round: 0.90\n"));
+        assert!(out.contains("\ntop-baseline vs untraced, per round: 0.90\n"));
+        assert!(out.contains(
+            "trace-baseline, top-baseline: `trace` and `top` (the same options) built at HEAD~1 \
+             (0123456789abcdef0123456789abcdef01234567: The change before)"
+        ));
+        assert!(out.contains("\nKERNEL NS/CONN: "));
+        // The costliest program first.
+        assert!(out.contains(
+            "\ntrace-baseline kernel ns per connection, per program (median): state=500 \
+             accept=20\n"
+        ));
+        assert!(!out.contains("untraced kernel ns"));
     }
 }
