@@ -5,7 +5,7 @@
 //! a fallback or is named as missing, once, with what the user loses and which kernel adds it.
 //! The same list goes into the JSON Lines header and the summary (so that `report` can say what
 //! a recording could not see) and is what `sockwatch check` prints.
-use std::{os::fd::FromRawFd as _, os::fd::OwnedFd, path::Path};
+use std::path::Path;
 
 use aya::{
     maps::MapType,
@@ -19,6 +19,7 @@ use sockwatch_common::{KernelOffsets, NO_DROP_REASON};
 use crate::{
     kernel::btf,
     kernel::hooks::{HookKind, HookProbes},
+    kernel::raw_bpf,
     kernel::tp_format,
 };
 
@@ -566,22 +567,9 @@ fn sock_diag_works() -> bool {
 /// Whether the verifier knows BPF compare-and-swap (Linux 5.12): loads a socket filter that
 /// swaps a stack slot.
 fn cmpxchg_supported() -> bool {
-    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
-    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> bpf_insn {
-        // SAFETY: a plain C struct for which all-zero is valid.
-        let mut i: bpf_insn = unsafe { std::mem::zeroed() };
-        i.code = code;
-        i.set_dst_reg(dst);
-        i.set_src_reg(src);
-        i.off = off;
-        i.imm = imm;
-        i
-    }
-    const MOV_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
-    const STORE_DW: u8 = 0x7b; // BPF_STX | BPF_MEM | BPF_DW
-    const ATOMIC_DW: u8 = 0xdb; // BPF_STX | BPF_ATOMIC | BPF_DW
+    use aya_obj::generated::bpf_prog_type;
+    use raw_bpf::{ATOMIC_DW, EXIT, MOV_IMM, STORE_DW, insn};
     const CMPXCHG: i32 = 0xf1; // BPF_CMPXCHG (BPF_FETCH | 0xf0)
-    const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
     let prog = [
         insn(MOV_IMM, 0, 0, 0, 0),
         insn(STORE_DW, 10, 0, -8, 0),
@@ -590,32 +578,7 @@ fn cmpxchg_supported() -> bool {
         insn(MOV_IMM, 0, 0, 0, 0),
         insn(EXIT, 0, 0, 0, 0),
     ];
-    let license = c"GPL";
-    // SAFETY: all-zero is a valid bpf_attr.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the prog-load members of the union.
-    unsafe {
-        let u = &mut attr.__bindgen_anon_3;
-        u.prog_type = bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER as u32;
-        u.insn_cnt = prog.len() as u32;
-        u.insns = prog.as_ptr() as u64;
-        u.license = license.as_ptr() as u64;
-    }
-    // SAFETY: attr, the instructions and the license outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_PROG_LOAD as libc::c_long,
-            &mut attr as *mut bpf_attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: a new descriptor that nothing else owns; closed on drop.
-    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    true
+    raw_bpf::prog_load(bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER, None, &prog).is_ok()
 }
 
 #[cfg(test)]

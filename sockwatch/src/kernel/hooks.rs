@@ -15,7 +15,7 @@ use std::{
 use btf_rs::Btf;
 use serde::Serialize;
 
-use crate::kernel::btf;
+use crate::kernel::{btf, raw_bpf};
 
 /// How accept and connect returns are seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -189,50 +189,15 @@ fn errno_text(e: std::io::Error) -> String {
     format!("{name}: {text}")
 }
 
-/// `bpf(cmd, attr)`.
-fn bpf(cmd: aya_obj::generated::bpf_cmd, attr: &mut aya_obj::generated::bpf_attr) -> i64 {
-    // SAFETY: attr is a valid, fully initialized bpf_attr that outlives the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut aya_obj::generated::bpf_attr,
-            std::mem::size_of::<aya_obj::generated::bpf_attr>(),
-        )
-    }
-}
-
-fn owned(fd: i64) -> Result<OwnedFd, String> {
-    if fd < 0 {
-        return Err(errno_text(std::io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor the kernel just returned, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Loads `r0 = 0; exit` as an fexit program on the kernel function with BTF id `btf_id`.
 fn load_empty_fexit(btf_id: u32) -> Result<OwnedFd, String> {
-    use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
-    // SAFETY: plain C structs for which all-zero is valid.
-    let mut mov: bpf_insn = unsafe { std::mem::zeroed() };
-    mov.code = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 0
-    let mut exit: bpf_insn = unsafe { std::mem::zeroed() };
-    exit.code = 0x95; // BPF_JMP | BPF_EXIT
-    let prog = [mov, exit];
-    let license = c"GPL";
-    // SAFETY: all-zero is a valid bpf_attr.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the prog-load members of the union.
-    unsafe {
-        let u = &mut attr.__bindgen_anon_3;
-        u.prog_type = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
-        u.expected_attach_type = bpf_attach_type::BPF_TRACE_FEXIT as u32;
-        u.attach_btf_id = btf_id;
-        u.insn_cnt = prog.len() as u32;
-        u.insns = prog.as_ptr() as u64;
-        u.license = license.as_ptr() as u64;
-    }
-    owned(bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr))
+    use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
+    raw_bpf::prog_load(
+        bpf_prog_type::BPF_PROG_TYPE_TRACING,
+        Some((bpf_attach_type::BPF_TRACE_FEXIT, btf_id)),
+        &raw_bpf::return_zero(),
+    )
+    .map_err(errno_text)
 }
 
 /// Attaches a loaded tracing program to its target; the link is closed (detached) on return.
@@ -244,7 +209,9 @@ fn attach_tracing(prog: &OwnedFd) -> Result<(), String> {
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // A tracing program with no name attaches to the target it was loaded for (Linux 5.5).
     attr.raw_tracepoint.prog_fd = prog.as_raw_fd() as u32;
-    owned(bpf(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)).map(drop)
+    raw_bpf::bpf_fd(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+        .map(drop)
+        .map_err(errno_text)
 }
 
 /// perf_event_open's flag (include/uapi/linux/perf_event.h), which libc does not export.
@@ -271,7 +238,12 @@ fn perf_kprobe(pmu_type: u32, function: &str, config: u64) -> Result<(), String>
             PERF_FLAG_FD_CLOEXEC,
         )
     };
-    owned(fd).map(drop)
+    if fd < 0 {
+        return Err(errno_text(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor the kernel just returned, owned by nobody else; closed here.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
 }
 
 /// What the probes found, per kind (syscall tracepoints are probed with the capabilities).

@@ -7,6 +7,7 @@
 //! - [`hooks`]: which hooks see connect() and accept() return: fexit, kprobes or syscalls.
 //! - [`loader`]: loads, attaches and detaches the programs; reads their counters.
 //! - [`load_errors`]: why a load or an attach failed, in one line.
+//! - [`raw_bpf`]: the few bpf() calls made by hand (probe programs, program info).
 //! - [`map_sizes`]: how big the maps are, preallocated where the kernel needs it.
 //! - [`counts`]: the in-kernel per-port, per-error and per-process counts, read from their maps.
 //! - [`source`] -> [`decode`]: the ring buffer read on the event loop, bytes to events.
@@ -20,6 +21,7 @@ pub mod load_errors;
 pub mod loader;
 pub mod loss;
 pub mod map_sizes;
+pub mod raw_bpf;
 pub mod source;
 pub mod tp_format;
 pub mod tracefs;
