@@ -138,7 +138,8 @@ fn bytes_exact(client_closes_first: bool) {
             Some(received as u64),
             "{first} first: {close}"
         );
-        assert_eq!(close["segs_retrans"].as_u64(), Some(0), "{close}");
+        // Present; not always 0: a slow VM's timers can retransmit even on loopback.
+        assert!(close["segs_retrans"].as_u64().is_some(), "{close}");
         // Loopback: well under a second.
         assert!(
             close["srtt_us"].as_u64().expect("srtt_us") < 1_000_000,
@@ -350,7 +351,14 @@ fn the_summary_and_report_agree_on_connection_health() {
     );
     assert_eq!(l["bytes_in"].as_u64(), Some((N * UP) as u64), "{l}");
     assert_eq!(l["bytes_out"].as_u64(), Some((N * DOWN) as u64), "{l}");
-    assert_eq!(l["retransmits"].as_u64(), Some(0), "{l}");
+    // (Counted as the closes' own `segs_retrans`, which a slow VM can make non-zero.)
+    let closes_retrans: u64 = t
+        .events
+        .iter()
+        .filter(|e| e["event"] == "close" && port_of(e, "local_port") == port)
+        .filter_map(|e| e["segs_retrans"].as_u64())
+        .sum();
+    assert_eq!(l["retransmits"].as_u64(), Some(closes_retrans), "{l}");
     let o = live["outbound"]
         .as_array()
         .and_then(|os| {
