@@ -320,7 +320,10 @@ mod tests {
         assert_eq!(header, COLUMNS);
         // The later columns are the JSON Lines keys of the same names, in their order.
         let n = COLUMNS.len();
-        assert_eq!(COLUMNS[n - 12..n - 6], super::super::json_line::WORKLOAD_KEYS);
+        assert_eq!(
+            COLUMNS[n - 12..n - 6],
+            super::super::json_line::WORKLOAD_KEYS
+        );
         assert_eq!(COLUMNS[n - 6..], decode::HEALTH_KEYS);
         let rows: Vec<::csv::StringRecord> = reader.records().map(Result::unwrap).collect();
         let records: Vec<Value> = String::from_utf8(jsonl)
