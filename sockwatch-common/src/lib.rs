@@ -303,31 +303,35 @@ pub const fn data_bytes(ev: &ConnEvent) -> (u64, u64) {
 
 /// In-kernel counts of a listening port, updated as its events pass (`Mode::count`). Keyed by
 /// `PortKey { side: LISTENER, port: local port }`.
+///
+/// The counters one event adds to are next to each other (an accept's first, then an
+/// establishment's, which a close's follow): every CPU adds to a busy port's counts, and each
+/// cache line an event touches may have to come from another CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerCounts {
     /// `accept` events.
     pub accepted: u64,
+    /// Sum of the accept-queue waits of `accept` events of tracked sockets, nanoseconds.
+    pub queue_wait_sum_ns: u64,
+    /// Distinct peer addresses of `accept` events.
+    pub peers: u64,
+    /// `overflow` events.
+    pub overflows: u64,
     /// Passive `established` events of tracked sockets.
     pub established: u64,
-    /// Passive `close` events.
-    pub closed: u64,
     /// Tracked passive sockets established and not yet closed (`established` minus their
     /// closes); signed, as the two updates can land in either order on two CPUs.
     pub open: i64,
-    /// `overflow` events.
-    pub overflows: u64,
-    /// Distinct peer addresses of `accept` events.
-    pub peers: u64,
-    /// Passive `close` events with a known lifetime, by [`lifetime_bucket`].
-    pub lifetimes: [u64; LIFETIME_BUCKETS],
+    /// Passive `close` events.
+    pub closed: u64,
     /// Of passive `close` events with `flags::STATS`: data bytes received and sent (see
     /// [`data_bytes`]), segments retransmitted.
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub retrans: u64,
-    /// Sum of their accept-queue waits, nanoseconds.
-    pub queue_wait_sum_ns: u64,
+    /// Passive `close` events with a known lifetime, by [`lifetime_bucket`].
+    pub lifetimes: [u64; LIFETIME_BUCKETS],
     /// `accept` events of tracked sockets, by accept-queue wait ([`latency_bucket`]).
     pub queue_waits: [u64; LATENCY_BUCKETS],
 }
@@ -337,24 +341,25 @@ const _: () = assert!(
 );
 
 /// In-kernel counts of a remote port. Keyed by `PortKey { side: OUTBOUND, port: peer port }`.
+/// Ordered as `ListenerCounts`: a connect's counters, an establishment's, then a close's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutboundCounts {
     /// `connect` events.
     pub connects: u64,
-    /// Active `established` events of tracked sockets.
-    pub established: u64,
-    /// Tracked active sockets established and not yet closed.
-    pub open: i64,
     /// Distinct peer addresses of `connect` events.
     pub peers: u64,
+    /// Active `established` events of tracked sockets.
+    pub established: u64,
+    /// Sum of their handshake times, nanoseconds.
+    pub handshake_sum_ns: u64,
+    /// Tracked active sockets established and not yet closed.
+    pub open: i64,
     /// Of active `close` events with `flags::STATS`: data bytes received and sent, segments
     /// retransmitted.
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub retrans: u64,
-    /// Sum of their handshake times, nanoseconds.
-    pub handshake_sum_ns: u64,
     /// Active `established` events of tracked sockets, by handshake time ([`latency_bucket`]).
     pub handshakes: [u64; LATENCY_BUCKETS],
 }
@@ -468,26 +473,37 @@ pub struct KernelOffsets {
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
 
-/// Offsets of the fields read at a connection's close (see `ConnEvent::bytes_received`), a
-/// load-time global of their own: `KernelOffsets` is copied onto the programs' stacks, which
-/// have no room for more. All 0 when the kernel's BTF lacks one of them: no reads then.
+/// Where the fields read at a connection's close are (see `ConnEvent::bytes_received`), a
+/// load-time global of its own: `KernelOffsets` is copied onto the programs' stacks, which have
+/// no room for more. The `struct tcp_sock` fields come from one read of the part of the struct
+/// that holds them all (`window_len` bytes from `window`, at most `STATS_WINDOW`), so their
+/// offsets are relative to `window`. `window_len` 0: the kernel's BTF lacks one of the fields,
+/// or they lie too far apart; nothing is read then.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsOffsets {
-    /// `struct tcp_sock` fields.
+    /// Offset of the window in `struct tcp_sock` (that is, in `struct sock`), and its length.
+    pub window: u32,
+    pub window_len: u32,
+    /// `struct tcp_sock` fields, from the window's start.
     pub bytes_received: u32,
     pub bytes_acked: u32,
     pub total_retrans: u32,
     pub srtt_us: u32,
     pub snd_una: u32,
     pub write_seq: u32,
-    /// `struct sock`'s flags (`sk_flags`, that is `__sk_common.skc_flags`), and the bit of
+    /// `struct sock`'s flags (`sk_flags`, that is `__sk_common.skc_flags`), below
+    /// `SOCK_COMMON_READ` (it comes with the event's read of the socket's head), and the bit of
     /// `SOCK_DONE` in them.
     pub sk_flags: u32,
     pub sock_done_bit: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<StatsOffsets>() == 32);
+/// The most bytes of `struct tcp_sock` read at a close, in one read: the fields lie within 704
+/// bytes of each other in the kernels tested (5.10 to 7.2).
+pub const STATS_WINDOW: usize = 1024;
+
+const _: () = assert!(core::mem::size_of::<StatsOffsets>() == 40);
 
 /// A drop reason no kernel uses.
 pub const NO_DROP_REASON: u32 = u32::MAX;

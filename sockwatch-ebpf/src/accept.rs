@@ -56,7 +56,7 @@ pub fn accept_returned<const BY_FD: bool>(ret: i64, listener_fd: impl FnOnce() -
         tcp_state::LISTEN,
         Some(&*owner),
         0,
-        |ev| {
+        |ev, _| {
             ev.errno = errno;
             ev.duration_ns = 0;
         },

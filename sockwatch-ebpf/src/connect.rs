@@ -128,7 +128,7 @@ fn connect_failed_early(sk: u64, dest: &Destination, errno: u16, off: &KernelOff
         tcp_state::CLOSE,
         Some(&*owner),
         0,
-        |ev| {
+        |ev, _| {
             ev.errno = errno;
             ev.duration_ns = 0;
             ev.peer_port = dest.port;

@@ -10,8 +10,9 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::HashMap};
 use sockwatch_common::{
-    ConnEvent, ErrorKey, LATENCY_BUCKETS, LIFETIME_BUCKETS, ListenerCounts, PeerKey, PortKey,
-    ProcessKey, SockInfo, counter, data_bytes, flags, kind, latency_bucket, lifetime_bucket, side,
+    ConnEvent, ErrorKey, LATENCY_BUCKETS, LIFETIME_BUCKETS, ListenerCounts, OutboundCounts,
+    PeerKey, PortKey, ProcessKey, SockInfo, counter, data_bytes, flags, kind, latency_bucket,
+    lifetime_bucket, side,
 };
 
 use crate::{
@@ -45,13 +46,23 @@ pub fn to_ring(kind: u8, info: Option<&SockInfo>, extra_flags: u8) -> bool {
 pub fn count(ev: &ConnEvent) {
     if counting() {
         // The result is kept so that the call sets R0 (see `state::step`).
-        core::hint::black_box(count_event(ev));
+        core::hint::black_box(count_event(ev, 0));
     }
 }
 
-// One copy per program (a BPF-to-BPF call), not one inlined at every emit.
+/// Counts the `connect` event `ev` and the `established` of the same socket at the same moment
+/// (see `sock::emit_connect_established`), with one lookup of each counter entry for both.
+#[inline(always)]
+pub fn count_connect_established(ev: &ConnEvent) {
+    if counting() {
+        core::hint::black_box(count_event(ev, 1));
+    }
+}
+
+// One copy per program (a BPF-to-BPF call), not one inlined at every emit. `established` (0 or
+// 1, a plain integer for the call): `ev` is a connect whose established is counted with it.
 #[inline(never)]
-fn count_event(ev: &ConnEvent) -> i32 {
+fn count_event(ev: &ConnEvent, established: u64) -> i32 {
     let fl = ev.flags;
     let tracked = fl & flags::BIRTH_KNOWN != 0;
     let passive = fl & flags::PASSIVE != 0;
@@ -68,8 +79,8 @@ fn count_event(ev: &ConnEvent) -> i32 {
                     }
                     if tracked {
                         // Its duration is its wait in the accept queue.
-                        latency((&raw mut (*c).queue_waits).cast(), ev.duration_ns);
                         add(&raw mut (*c).queue_wait_sum_ns, ev.duration_ns);
+                        latency((&raw mut (*c).queue_waits).cast(), ev.duration_ns);
                     }
                 }
             }
@@ -82,16 +93,26 @@ fn count_event(ev: &ConnEvent) -> i32 {
             }
         }
         kind::CONNECT => {
+            // The established counted with it: active, so counted as below when tracked.
+            let established = established != 0 && tracked;
             if let Some((c, _)) = entry(&OUTBOUND, &outbound) {
                 unsafe {
                     add(&raw mut (*c).connects, 1);
                     if new_peer(&outbound, ev) {
                         add(&raw mut (*c).peers, 1);
                     }
+                    if established {
+                        outbound_established(c, ev);
+                    }
                 }
             }
             if let Some(p) = process(&outbound, ev) {
-                unsafe { add(&raw mut (*p).connects, 1) };
+                unsafe {
+                    add(&raw mut (*p).connects, 1);
+                    if established {
+                        add((&raw mut (*p).open).cast(), 1);
+                    }
+                }
             }
         }
         kind::ESTABLISHED if tracked => {
@@ -104,13 +125,7 @@ fn count_event(ev: &ConnEvent) -> i32 {
                 }
             } else {
                 if let Some((c, _)) = entry(&OUTBOUND, &outbound) {
-                    unsafe {
-                        add(&raw mut (*c).established, 1);
-                        add((&raw mut (*c).open).cast(), 1);
-                        // Its duration is the handshake.
-                        latency((&raw mut (*c).handshakes).cast(), ev.duration_ns);
-                        add(&raw mut (*c).handshake_sum_ns, ev.duration_ns);
-                    }
+                    unsafe { outbound_established(c, ev) };
                 }
                 if let Some(p) = process(&outbound, ev) {
                     unsafe { add((&raw mut (*p).open).cast(), 1) };
@@ -120,32 +135,32 @@ fn count_event(ev: &ConnEvent) -> i32 {
         kind::CLOSE if tracked => {
             // Counted in `open` at its establishment.
             let was_open = fl & flags::ESTABLISHED != 0;
-            let stats = fl & flags::STATS != 0;
-            let (bytes_in, bytes_out) = data_bytes(ev);
             if passive {
                 if let Some((c, _)) = entry(&LISTENERS, &listener) {
                     unsafe {
-                        add(&raw mut (*c).closed, 1);
-                        lifetime(c, ev.duration_ns);
                         if was_open {
                             add((&raw mut (*c).open).cast(), MINUS_ONE);
                         }
-                        if stats {
-                            add(&raw mut (*c).bytes_in, bytes_in);
-                            add(&raw mut (*c).bytes_out, bytes_out);
-                            add(&raw mut (*c).retrans, u64::from(ev.total_retrans));
-                        }
+                        add(&raw mut (*c).closed, 1);
+                        carried(
+                            &raw mut (*c).bytes_in,
+                            &raw mut (*c).bytes_out,
+                            &raw mut (*c).retrans,
+                            ev,
+                        );
+                        lifetime(c, ev.duration_ns);
                     }
                 }
             } else if was_open {
                 if let Some((c, _)) = entry(&OUTBOUND, &outbound) {
                     unsafe {
                         add((&raw mut (*c).open).cast(), MINUS_ONE);
-                        if stats {
-                            add(&raw mut (*c).bytes_in, bytes_in);
-                            add(&raw mut (*c).bytes_out, bytes_out);
-                            add(&raw mut (*c).retrans, u64::from(ev.total_retrans));
-                        }
+                        carried(
+                            &raw mut (*c).bytes_in,
+                            &raw mut (*c).bytes_out,
+                            &raw mut (*c).retrans,
+                            ev,
+                        );
                     }
                 }
                 if let Some(p) = process(&outbound, ev) {
@@ -165,6 +180,46 @@ fn port_key(netns: u32, port: u16, side: u8) -> PortKey {
         port,
         side,
         _pad: 0,
+    }
+}
+
+/// Adds what the closed connection of `ev` carried, if known (`flags::STATS`): data bytes
+/// received and sent, segments retransmitted, to the counters at `c_in`, `c_out`, `c_retrans`.
+/// Zeros are not added: each add is an atomic operation on a line other CPUs add to, and most
+/// connections retransmit nothing. (Computed here, after the counters' lookup, so that no value
+/// is kept across its helper calls: the program's stack is nearly full.)
+///
+/// # Safety
+/// The pointers must point into a live map value.
+#[inline(always)]
+unsafe fn carried(c_in: *mut u64, c_out: *mut u64, c_retrans: *mut u64, ev: &ConnEvent) {
+    if ev.flags & flags::STATS == 0 {
+        return;
+    }
+    let (bytes_in, bytes_out) = data_bytes(ev);
+    if bytes_in != 0 {
+        add(c_in, bytes_in);
+    }
+    if bytes_out != 0 {
+        add(c_out, bytes_out);
+    }
+    if ev.total_retrans != 0 {
+        add(c_retrans, u64::from(ev.total_retrans));
+    }
+}
+
+/// An active `established` of a tracked socket in the remote port's counts at `c`; its
+/// duration (that of the `connect` counted with it too) is the handshake.
+///
+/// # Safety
+/// `c` must point to a live map value.
+#[inline(always)]
+unsafe fn outbound_established(c: *mut OutboundCounts, ev: &ConnEvent) {
+    unsafe {
+        add(&raw mut (*c).established, 1);
+        add(&raw mut (*c).handshake_sum_ns, ev.duration_ns);
+        add((&raw mut (*c).open).cast(), 1);
+        latency((&raw mut (*c).handshakes).cast(), ev.duration_ns);
     }
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sockwatch_common::{
     ConnEvent, ErrorKey, KernelOffsets, ListenerCounts, Mode, OutboundCounts, PeerKey, PortKey,
-    ProcessCounts, ProcessKey, SockInfo, StatsOffsets, counter,
+    ProcessCounts, ProcessKey, STATS_WINDOW, SockInfo, StatsOffsets, counter,
 };
 
 /// Events to userspace. Userspace sets the size at load time.
@@ -39,6 +39,51 @@ pub struct Scratch {
     pub busy: u64,
     pub event: ConnEvent,
     pub common: crate::sock::SockCommon,
+}
+
+/// Where a closing socket's `struct tcp_sock` fields are read to (see `sock::read_stats`), two
+/// per CPU as in `SCRATCH`.
+#[map]
+pub static WINDOWS: PerCpuArray<Window> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+#[repr(C)]
+pub struct Window {
+    /// Set while a program uses `bytes`.
+    pub busy: u64,
+    pub bytes: [u8; STATS_WINDOW],
+}
+
+impl Window {
+    /// `N` bytes at `off`; zeros if out of range (never, given the start-up checks; the
+    /// verifier needs the bound).
+    #[inline(always)]
+    pub fn get<const N: usize>(&self, off: u32) -> [u8; N] {
+        let off = off as usize;
+        match self.bytes.get(off..off + N) {
+            // SAFETY: `src` holds exactly N bytes.
+            Some(src) => unsafe { src.as_ptr().cast::<[u8; N]>().read_unaligned() },
+            None => [0; N],
+        }
+    }
+}
+
+/// A per-CPU buffer taken while a program uses it: `busy` first.
+pub trait Slot {
+    fn busy(&mut self) -> &mut u64;
+}
+
+impl Slot for Scratch {
+    #[inline(always)]
+    fn busy(&mut self) -> &mut u64 {
+        &mut self.busy
+    }
+}
+
+impl Slot for Window {
+    #[inline(always)]
+    fn busy(&mut self) -> &mut u64 {
+        &mut self.busy
+    }
 }
 
 /// Per CPU: the state changes `inet_sock_set_state` has taken on and `state_nested` has not yet
@@ -146,7 +191,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
 
 /// Filled by userspace from BTF before load (see `StatsOffsets`).
 #[unsafe(no_mangle)]
-static STATS_OFFSETS: StatsOffsets = StatsOffsets {
+pub(crate) static STATS_OFFSETS: StatsOffsets = StatsOffsets {
+    window: 0,
+    window_len: 0,
     bytes_received: 0,
     bytes_acked: 0,
     total_retrans: 0,
@@ -157,11 +204,15 @@ static STATS_OFFSETS: StatsOffsets = StatsOffsets {
     sock_done_bit: 0,
 };
 
-#[inline(always)]
-pub fn stats_offsets() -> StatsOffsets {
-    // Volatile so the compiler does not fold the zero initial value into the code.
-    unsafe { core::ptr::read_volatile(&STATS_OFFSETS) }
+/// One field of `STATS_OFFSETS`, e.g. `stats_offset!(window)`: read one at a time, as needed,
+/// so that no copy of the whole takes room on the programs' stacks.
+macro_rules! stats_offset {
+    ($field:ident) => {
+        // Volatile so the compiler does not fold the zero initial value into the code.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::STATS_OFFSETS.$field) }
+    };
 }
+pub(crate) use stats_offset;
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
@@ -196,19 +247,26 @@ pub fn add(p: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
 }
 
-/// A scratch slot of this CPU that no run of ours is using, marked busy; release it with
+/// A slot of `map` on this CPU that no run of ours is using, marked busy; release it with
 /// `busy = 0`. None when both are taken (not seen: it takes a third run nested on one CPU).
 #[inline(always)]
-pub fn take_scratch() -> Option<&'static mut Scratch> {
+pub fn take<T: Slot>(map: &'static PerCpuArray<T>) -> Option<&'static mut T> {
     for i in 0..SCRATCH_SLOTS {
-        if let Some(p) = SCRATCH.get_ptr_mut(i) {
+        if let Some(p) = map.get_ptr_mut(i) {
             // SAFETY: this CPU's slot; a run that interrupts this one sees it busy.
             let s = unsafe { &mut *p };
-            if s.busy == 0 {
-                s.busy = 1;
+            let busy = s.busy();
+            if *busy == 0 {
+                *busy = 1;
                 return Some(s);
             }
         }
     }
     None
+}
+
+/// A scratch slot to build an event in (see [`take`]).
+#[inline(always)]
+pub fn take_scratch() -> Option<&'static mut Scratch> {
+    take(&SCRATCH)
 }

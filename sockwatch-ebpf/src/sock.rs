@@ -9,14 +9,14 @@ use aya_ebpf::{
     },
 };
 use sockwatch_common::{
-    AF_INET, AF_INET6, COMM_LEN, ConnEvent, KernelOffsets, SOCK_COMMON_READ, SockInfo, counter,
-    flags, kind, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, ConnEvent, KernelOffsets, SOCK_COMMON_READ, STATS_WINDOW,
+    SockInfo, counter, flags, kind, tcp_state,
 };
 
 use crate::{
-    count::{count, to_ring},
+    count::{count, count_connect_established, to_ring},
     filter::{self, Verdict},
-    maps::{EVENTS, SOCKS, bump, counting, offsets, take_scratch},
+    maps::{EVENTS, SOCKS, WINDOWS, bump, counting, offsets, stats_offset, take, take_scratch},
     store::{copy_words, copy16, put, put16, zero_bytes, zero16},
 };
 
@@ -221,10 +221,11 @@ pub fn emit(
     info: Option<&SockInfo>,
     extra_flags: u8,
 ) -> Verdict {
-    emit_patched(sk, kind, old, new, info, extra_flags, |_| {})
+    emit_patched(sk, kind, old, new, info, extra_flags, |_, _| {})
 }
 
-/// As [`emit`], letting the caller set fields the socket does not hold (errno, a destination).
+/// As [`emit`], letting the caller set fields the socket does not hold (errno, a destination,
+/// what it carried), given the head of `struct sock` read for the event.
 ///
 /// A kept event is counted (`Mode::count`), and written to the ring if its kind goes there
 /// (see `count::to_ring`). With filters set, or when the event is only counted, it is built in
@@ -239,7 +240,7 @@ pub fn emit_patched(
     new: u8,
     info: Option<&SockInfo>,
     extra_flags: u8,
-    patch: impl FnOnce(&mut ConnEvent),
+    patch: impl FnOnce(&mut ConnEvent, &SockCommon),
 ) -> Verdict {
     let off = offsets();
     if filter::any() {
@@ -274,8 +275,8 @@ pub fn emit_patched(
             info,
             extra_flags,
         ) {
-            Ok(()) => {
-                patch(ev);
+            Ok(head) => {
+                patch(ev, head);
                 let verdict = if filter::any() {
                     filter::after_read(ev)
                 } else {
@@ -307,7 +308,7 @@ pub fn emit_patched(
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     let mut common = MaybeUninit::<SockCommon>::uninit();
-    if fill(
+    let Ok(head) = fill(
         ev,
         common.as_mut_ptr(),
         sk,
@@ -318,14 +319,12 @@ pub fn emit_patched(
         now,
         info,
         extra_flags,
-    )
-    .is_err()
-    {
+    ) else {
         entry.discard(0);
         bump(counter::READ_FAILED);
         return Verdict::DropEvent;
-    }
-    patch(ev);
+    };
+    patch(ev, head);
     let verdict = if filter::any() {
         filter::after_read(ev)
     } else {
@@ -377,7 +376,7 @@ pub fn emit_connect_established(sk: u64, info: &SockInfo) -> bool {
             bump(counter::READ_FAILED);
             bump(counter::READ_FAILED);
         } else {
-            count(ev);
+            count_connect_established(ev);
             if ring_connect
                 && EVENTS
                     .output::<ConnEvent>(&*ev, wakeup_flags(&off))
@@ -386,7 +385,6 @@ pub fn emit_connect_established(sk: u64, info: &SockInfo) -> bool {
                 bump(counter::RINGBUF_FULL);
             }
             established_from_connect(ev, now);
-            count(ev);
             if ring_established
                 && EVENTS
                     .output::<ConnEvent>(&*ev, wakeup_flags(&off))
@@ -427,8 +425,7 @@ pub fn emit_connect_established(sk: u64, info: &SockInfo) -> bool {
     }
     copy_words(established, connect);
     established_from_connect(established, now);
-    count(connect);
-    count(established);
+    count_connect_established(connect);
     entry.submit(wakeup_flags(&off));
     true
 }
@@ -463,9 +460,11 @@ fn wakeup_flags(off: &KernelOffsets) -> u64 {
     flags as u64
 }
 
+/// Builds the event of `sk` in `ev`, from one read of the socket's head into `common`, which it
+/// returns.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn fill(
+fn fill<'a>(
     ev: &mut ConnEvent,
     common: *mut SockCommon,
     sk: u64,
@@ -476,7 +475,7 @@ fn fill(
     now: u64,
     info: Option<&SockInfo>,
     extra_flags: u8,
-) -> Result<(), i64> {
+) -> Result<&'a SockCommon, i64> {
     // SAFETY: `common` is scratch space of the caller's, used by nothing else meanwhile.
     let common = unsafe { SockCommon::read(common, sk)? };
     let sport: [u8; 2] =
@@ -557,7 +556,7 @@ fn fill(
             put(&mut ev.flags, extra_flags);
         }
     }
-    Ok(())
+    Ok(common)
 }
 
 /// The socket behind file descriptor `fd` of the current task:
@@ -602,57 +601,59 @@ pub fn sock_of_socket(socket: u64, off: &KernelOffsets) -> Option<u64> {
 
 /// What the connection carried, read from its `struct tcp_sock` (at its close): bytes each
 /// way, segments retransmitted, smoothed RTT, and what tells the SYN and FINs apart from the
-/// data in the byte counts (see `ConnEvent::fin`). Nothing where the kernel's BTF lacks a
-/// field; `flags::STATS` only once every read succeeded.
+/// data in the byte counts (see `ConnEvent::fin`). The fields come from one read of the part of
+/// the struct that holds them (see `StatsOffsets`), `sk_flags` from `head`, the socket's head
+/// read for the event. Nothing where the kernel's BTF lacks a field; `flags::STATS` only once
+/// the read succeeded.
 #[inline(always)]
-pub fn read_stats(sk: u64, ev: &mut ConnEvent) {
-    let off = crate::maps::stats_offsets();
-    if off.bytes_received == 0 {
+pub fn read_stats(sk: u64, ev: &mut ConnEvent, head: &SockCommon) {
+    let len = stats_offset!(window_len) as usize;
+    if len == 0 || len > STATS_WINDOW {
         return;
     }
-    // One value at a time, straight into the event: the state program's stack is nearly full.
-    let Some(v) = field::<u64>(sk, off.bytes_received) else {
+    let Some(w) = take(&WINDOWS) else {
         return;
     };
-    put(&mut ev.bytes_received, v);
-    let Some(v) = field::<u64>(sk, off.bytes_acked) else {
-        return;
+    let from = sk + u64::from(stats_offset!(window));
+    // SAFETY: a fault-safe read into this CPU's window, `len` bytes of its STATS_WINDOW.
+    let rc = unsafe {
+        generated::bpf_probe_read_kernel(
+            w.bytes.as_mut_ptr().cast(),
+            len as u32,
+            from as *const c_void,
+        )
     };
-    put(&mut ev.bytes_acked, v);
-    let Some(v) = field::<u32>(sk, off.total_retrans) else {
-        return;
-    };
-    put(&mut ev.total_retrans, v);
-    let Some(v) = field::<u32>(sk, off.srtt_us) else {
-        return;
-    };
-    put(&mut ev.srtt_us, v);
-    let Some(sk_flags) = field::<u64>(sk, off.sk_flags) else {
-        return;
-    };
-    let mut fin = 0;
-    if sk_flags >> (off.sock_done_bit & 63) & 1 != 0 {
-        fin |= sockwatch_common::fin::RECEIVED;
+    if rc == 0 {
+        put(
+            &mut ev.bytes_received,
+            u64::from_ne_bytes(w.get(stats_offset!(bytes_received))),
+        );
+        put(
+            &mut ev.bytes_acked,
+            u64::from_ne_bytes(w.get(stats_offset!(bytes_acked))),
+        );
+        put(
+            &mut ev.total_retrans,
+            u32::from_ne_bytes(w.get(stats_offset!(total_retrans))),
+        );
+        put(
+            &mut ev.srtt_us,
+            u32::from_ne_bytes(w.get(stats_offset!(srtt_us))),
+        );
+        let all_acked = w.get::<4>(stats_offset!(snd_una)) == w.get::<4>(stats_offset!(write_seq));
+        let sk_flags = u64::from_ne_bytes(head.bytes::<8>(stats_offset!(sk_flags)));
+        let mut fin = 0;
+        if sk_flags >> (stats_offset!(sock_done_bit) & 63) & 1 != 0 {
+            fin |= sockwatch_common::fin::RECEIVED;
+        }
+        if all_acked {
+            fin |= sockwatch_common::fin::ALL_ACKED;
+        }
+        put(&mut ev.fin, fin);
+        let flags = ev.flags | flags::STATS;
+        put(&mut ev.flags, flags);
     }
-    let (Some(una), Some(seq)) = (
-        field::<u32>(sk, off.snd_una),
-        field::<u32>(sk, off.write_seq),
-    ) else {
-        return;
-    };
-    if una == seq {
-        fin |= sockwatch_common::fin::ALL_ACKED;
-    }
-    put(&mut ev.fin, fin);
-    let flags = ev.flags | flags::STATS;
-    put(&mut ev.flags, flags);
-}
-
-/// The field at `offset` of the socket `sk`, read fault-safely.
-#[inline(always)]
-fn field<T>(sk: u64, offset: u32) -> Option<T> {
-    // SAFETY: a fault-safe read.
-    unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) }.ok()
+    w.busy = 0;
 }
 
 /// `sk->sk_err`: the error that ended a connecting socket (0 if the application closed it).

@@ -322,12 +322,14 @@ fn handle_step(sk: u64, old: u8, new: u8) {
                 // Never established: refused (RST), timed out, unreachable, or closed by the
                 // application while connecting (sk_err 0).
                 let errno = sock_error(sk, &off);
-                emit_patched(sk, kind::CONNECT_FAILED, old, new, info, 0, |ev| {
+                emit_patched(sk, kind::CONNECT_FAILED, old, new, info, 0, |ev, _| {
                     ev.errno = errno;
                 });
             }
             // What it carried: read once, at its close.
-            emit_patched(sk, kind::CLOSE, old, new, info, 0, |ev| read_stats(sk, ev));
+            emit_patched(sk, kind::CLOSE, old, new, info, 0, |ev, head| {
+                read_stats(sk, ev, head)
+            });
         }
         _ => {}
     }

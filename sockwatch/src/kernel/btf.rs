@@ -8,7 +8,7 @@ use std::path::Path;
 use btf_rs::{Btf, Type};
 use sockwatch_common::{
     KFREE_SKB_REASON_ARG, KFREE_SKB_SK_ARG, KernelOffsets, NO_DROP_REASON, SOCK_COMMON_READ,
-    StatsOffsets,
+    STATS_WINDOW, StatsOffsets,
 };
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -35,6 +35,12 @@ pub enum BtfError {
     OutOfWindow {
         what: String,
         offset: u32,
+        limit: usize,
+    },
+    #[error("kernel BTF: {what} span {span} bytes, more than the {limit} read at once")]
+    TooSpread {
+        what: String,
+        span: u32,
         limit: usize,
     },
 }
@@ -163,40 +169,91 @@ fn function_registers(btf: &Btf) -> Result<(u32, u32, u32), BtfError> {
     Ok(regs)
 }
 
-/// `struct tcp_sock` fields read at close: bytes received, bytes acked, total retransmits, the
-/// smoothed RTT, and (to take the SYN and FINs out of the byte counts) snd_una and write_seq.
-pub const TCP_STATS_FIELDS: [&str; 6] = [
-    "bytes_received",
-    "bytes_acked",
-    "total_retrans",
-    "srtt_us",
-    "snd_una",
-    "write_seq",
+/// `struct tcp_sock` fields read at close, with their sizes: bytes received, bytes acked, total
+/// retransmits, the smoothed RTT, and (to take the SYN and FINs out of the byte counts) snd_una
+/// and write_seq.
+pub const TCP_STATS_FIELDS: [(&str, u32); 6] = [
+    ("bytes_received", 8),
+    ("bytes_acked", 8),
+    ("total_retrans", 4),
+    ("srtt_us", 4),
+    ("snd_una", 4),
+    ("write_seq", 4),
 ];
 
-/// The offsets of the fields read at close; all 0 (nothing read) if the kernel lacks any.
-pub fn stats_offsets(btf: &Btf) -> StatsOffsets {
-    let tcp = |field: &str| field_offset(btf, "tcp_sock", &[field]);
-    let found = (|| -> Result<StatsOffsets, BtfError> {
+/// Where the fields read at close are; an error if the kernel lacks any, or they do not fit the
+/// programs' reads (the `struct tcp_sock` fields within `STATS_WINDOW` bytes, `sk_flags` in the
+/// socket's head).
+pub fn stats_offsets(btf: &Btf) -> Result<StatsOffsets, BtfError> {
+    {
         let bit = enum_value(btf, "sock_flags", "SOCK_DONE")?;
         if bit >= 64 {
             return Err(BtfError::Missing {
                 what: "a SOCK_DONE bit inside sk_flags".into(),
             });
         }
+        let mut at = [0u32; TCP_STATS_FIELDS.len()];
+        for (slot, (name, size)) in at.iter_mut().zip(TCP_STATS_FIELDS) {
+            *slot = sized_field_offset(btf, "tcp_sock", name, size)?;
+        }
+        let window = at.iter().copied().min().unwrap_or(0);
+        let end = at
+            .iter()
+            .zip(TCP_STATS_FIELDS)
+            .map(|(off, (_, size))| off + size)
+            .max()
+            .unwrap_or(0);
+        let window_len = end - window;
+        if window_len as usize > STATS_WINDOW {
+            return Err(BtfError::TooSpread {
+                what: "struct tcp_sock's fields read at close".into(),
+                span: window_len,
+                limit: STATS_WINDOW,
+            });
+        }
+        // `sk_flags` is a macro for this one.
+        let sk_flags = sized_field_offset(btf, "sock", "__sk_common.skc_flags", 8)?;
+        if sk_flags as usize + 8 > SOCK_COMMON_READ {
+            return Err(BtfError::OutOfWindow {
+                what: "struct sock field sk_flags".into(),
+                offset: sk_flags,
+                limit: SOCK_COMMON_READ,
+            });
+        }
+        let rel = |i: usize| at[i] - window;
         Ok(StatsOffsets {
-            bytes_received: tcp(TCP_STATS_FIELDS[0])?,
-            bytes_acked: tcp(TCP_STATS_FIELDS[1])?,
-            total_retrans: tcp(TCP_STATS_FIELDS[2])?,
-            srtt_us: tcp(TCP_STATS_FIELDS[3])?,
-            snd_una: tcp(TCP_STATS_FIELDS[4])?,
-            write_seq: tcp(TCP_STATS_FIELDS[5])?,
-            // `sk_flags` is a macro for this one.
-            sk_flags: field_offset(btf, "sock", &["__sk_common", "skc_flags"])?,
+            window,
+            window_len,
+            bytes_received: rel(0),
+            bytes_acked: rel(1),
+            total_retrans: rel(2),
+            srtt_us: rel(3),
+            snd_una: rel(4),
+            write_seq: rel(5),
+            sk_flags,
             sock_done_bit: bit,
         })
-    })();
-    found.unwrap_or_default()
+    }
+}
+
+/// The offset of an integer field (`path`: dot-separated members) of `struct root`, which must
+/// be `size` bytes wide: the programs read it as such.
+fn sized_field_offset(btf: &Btf, root: &str, path: &str, size: u32) -> Result<u32, BtfError> {
+    let names: Vec<&str> = path.split('.').collect();
+    let mut ty = named_struct(btf, root)?;
+    let mut bits = 0u32;
+    let what = format!("struct {root} field {path}");
+    for name in &names {
+        let (off, member_ty) = find_member(btf, &ty, name, &what)?;
+        bits += off;
+        ty = strip(btf, member_ty);
+    }
+    match ty {
+        Type::Int(i) if i.size() == size as usize => Ok(bits / 8),
+        _ => Err(BtfError::Missing {
+            what: format!("{what} as a {size}-byte integer"),
+        }),
+    }
 }
 
 /// A kernel function as its BTF describes it.
@@ -462,11 +519,25 @@ mod tests {
             eprintln!("skipped: {VMLINUX_BTF} not readable");
             return;
         };
-        let s = stats_offsets(&btf);
-        assert_ne!(s, StatsOffsets::default());
+        let s = stats_offsets(&btf).expect("stats offsets");
         // SOCK_DONE follows SOCK_DEAD in `enum sock_flags`.
         assert_eq!(s.sock_done_bit, 1);
-        assert!(s.snd_una != 0 && s.write_seq != 0 && s.sk_flags != 0);
+        // One window holds them all; each field lies inside it.
+        assert!(s.window_len > 0 && s.window_len as usize <= STATS_WINDOW);
+        for (off, (_, size)) in [
+            s.bytes_received,
+            s.bytes_acked,
+            s.total_retrans,
+            s.srtt_us,
+            s.snd_una,
+            s.write_seq,
+        ]
+        .into_iter()
+        .zip(TCP_STATS_FIELDS)
+        {
+            assert!(off + size <= s.window_len);
+        }
+        assert!(s.sk_flags != 0 && s.sk_flags as usize + 8 <= SOCK_COMMON_READ);
     }
 
     #[cfg(target_arch = "x86_64")]

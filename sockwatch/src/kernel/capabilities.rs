@@ -14,7 +14,7 @@ use aya::{
 };
 use btf_rs::Btf;
 use serde::Serialize;
-use sockwatch_common::{KernelOffsets, NO_DROP_REASON};
+use sockwatch_common::{KernelOffsets, NO_DROP_REASON, StatsOffsets};
 
 use crate::{
     kernel::btf,
@@ -120,8 +120,9 @@ pub struct Probes {
     pub fentry: Result<(), &'static str>,
     /// kprobes and kretprobes can be placed on them; or why not.
     pub kprobe: Result<(), &'static str>,
-    /// `struct tcp_sock` has the fields read at close (bytes, retransmits, RTT).
-    pub tcp_stats: bool,
+    /// `struct tcp_sock` has the fields read at close (bytes, retransmits, RTT) where the
+    /// programs read them; or why not.
+    pub tcp_stats: Result<(), &'static str>,
 }
 
 impl Probes {
@@ -143,26 +144,31 @@ impl Probes {
             run_time_alloc: true,
             fentry: Ok(()),
             kprobe: Ok(()),
-            tcp_stats: true,
+            tcp_stats: Ok(()),
         }
     }
 
-    /// Runs every probe against the running kernel (root needed for the BPF ones). Fails only
-    /// on syscall tracepoint records that differ from what the programs read.
+    /// Runs every probe against the running kernel (root needed for the BPF ones), given what
+    /// the start-up found already: the hook probes and where the fields read at close are.
+    /// Fails only on syscall tracepoint records that differ from what the programs read.
     pub fn run(
         btf: &Btf,
         offsets: &KernelOffsets,
         tracefs: &Path,
+        hooks: HookProbes,
+        stats: &Result<StatsOffsets, btf::BtfError>,
     ) -> Result<Self, tp_format::FormatError> {
         let helper = |h| is_helper_supported(ProgramType::TracePoint, h).unwrap_or(false);
         let syscall_missing = missing_syscall_tracepoint(tracefs)?;
-        let hooks = HookProbes::run(btf);
         // Kept for the rest of the run, in the capabilities' notes.
         let leak = |r: Result<(), String>| r.map_err(|why| &*Box::leak(why.into_boxed_str()));
         Ok(Self {
             fentry: leak(hooks.fentry),
             kprobe: leak(hooks.kprobe),
-            tcp_stats: btf::stats_offsets(btf).bytes_received != 0,
+            tcp_stats: leak(stats.as_ref().map(|_| ()).map_err(|e| match e {
+                btf::BtfError::Missing { what } => format!("this kernel's BTF has no {what}"),
+                other => other.to_string(),
+            })),
             ring_buffer: is_map_supported(MapType::RingBuf).unwrap_or(false),
             task_storage: is_map_supported(MapType::TaskStorage).unwrap_or(false),
             task_pt_regs: helper(BpfHelper::BPF_FUNC_task_pt_regs),
@@ -348,14 +354,12 @@ impl Probes {
         list.push(Capability {
             name: name::CONNECTION_STATS,
             what: "bytes, retransmits and RTT of each connection at its close",
-            available: self.tcp_stats,
+            available: self.tcp_stats.is_ok(),
             via: Some("struct tcp_sock"),
-            note: (!self.tcp_stats).then(|| {
-                format!(
-                    "struct tcp_sock lacks one of {} in this kernel's BTF: close events carry no bytes, retransmits or RTT",
-                    crate::kernel::btf::TCP_STATS_FIELDS.join(", ")
-                )
-            }),
+            note: self
+                .tcp_stats
+                .err()
+                .map(|why| format!("{why}: close events carry no bytes, retransmits or RTT")),
         });
         list.push(Capability {
             name: name::RECURSION_MISSES,
@@ -410,13 +414,16 @@ impl Probes {
 }
 
 impl Capabilities {
-    /// Probes the running kernel. `btf` and `offsets` are the ones the loader uses.
+    /// Probes the running kernel. `btf` and `offsets` are the ones the loader uses; `hooks`
+    /// and `stats` what it found in that BTF (see `Probes::run`).
     pub fn probe(
         btf: &Btf,
         offsets: &KernelOffsets,
         tracefs: &Path,
+        hooks: HookProbes,
+        stats: &Result<StatsOffsets, btf::BtfError>,
     ) -> Result<Self, tp_format::FormatError> {
-        Ok(Probes::run(btf, offsets, tracefs)?.capabilities(kernel_release()))
+        Ok(Probes::run(btf, offsets, tracefs, hooks, stats)?.capabilities(kernel_release()))
     }
 
     /// Runs the compat programs whatever the kernel supports (`--programs compat`).

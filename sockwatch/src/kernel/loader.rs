@@ -247,22 +247,25 @@ pub fn inspect(opts: &LoadOptions) -> Result<KernelSupport, LoadError> {
         return Err(LoadError::Probe(with_causes(&e)));
     }
     let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
-    let mut capabilities = Capabilities::probe(&btf, &offsets, tracefs)?;
+    // Each looked up once: the capabilities and the programs use the same findings.
+    let stats = btf::stats_offsets(&btf);
+    let hook_probes = hooks::HookProbes::run(&btf);
+    if let Ok(functions) = &hook_probes.functions {
+        offsets.accept_ret_arg = functions.accept_ret_arg;
+    }
+    let mut capabilities = Capabilities::probe(&btf, &offsets, tracefs, hook_probes, &stats)?;
     if opts.force_compat {
         capabilities.force_compat();
     }
     if let Some(kind) = opts.hooks {
         capabilities.force_hooks(kind).map_err(LoadError::Hooks)?;
     }
-    if let Ok(functions) = hooks::functions(&btf) {
-        offsets.accept_ret_arg = functions.accept_ret_arg;
-    }
     if !capabilities.has(crate::kernel::capabilities::name::RING_BUFFER) {
         return Err(LoadError::NoRingBuffer);
     }
     Ok(KernelSupport {
         offsets,
-        stats_offsets: btf::stats_offsets(&btf),
+        stats_offsets: stats.unwrap_or_default(),
         capabilities,
     })
 }
