@@ -6,10 +6,11 @@ use core::mem::MaybeUninit;
 use sockwatch_common::{counter, flags, kind, tcp_state};
 
 use crate::{
+    emit::{emit, emit_patched},
     errno::{EAGAIN, EBADF, ENOTSOCK, errno_of, interrupted},
     filter::{self, Verdict},
     maps::{SOCKS, bump, offsets},
-    sock::{current_owner, emit, emit_patched, forget, is_tcp, netns_of, remember, sock_of_fd},
+    sock::{current_owner, forget, is_tcp, netns_of, remember, sock_of_fd},
     store::copy16,
 };
 

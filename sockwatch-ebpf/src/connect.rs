@@ -12,10 +12,11 @@ use sockwatch_common::{
 };
 
 use crate::{
+    emit::{emit, emit_patched},
     errno::{EALREADY, EINPROGRESS, EISCONN, errno_of, interrupted},
     filter::Verdict,
     maps::{SOCKS, bump},
-    sock::{copy_info, current_owner, emit, emit_patched, forget, is_tcp, netns_of},
+    sock::{copy_info, current_owner, forget, is_tcp, netns_of},
     store::put16,
     thread,
 };

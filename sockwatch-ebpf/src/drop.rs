@@ -4,8 +4,9 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sockwatch_common::{KFREE_SKB_REASON_ARG, KFREE_SKB_SK_ARG, kind, tcp_state};
 
 use crate::{
+    emit::emit,
     maps::{SOCKS, offsets},
-    sock::{emit, is_tcp},
+    sock::is_tcp,
 };
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]

@@ -32,6 +32,8 @@ mod connect;
 mod count;
 #[cfg(target_arch = "bpf")]
 mod drop;
+#[cfg(target_arch = "bpf")]
+mod emit;
 #[cfg(all(target_arch = "bpf", feature = "compat"))]
 mod enter;
 #[cfg(target_arch = "bpf")]

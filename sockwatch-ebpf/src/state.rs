@@ -28,11 +28,12 @@ use crate::{
         claim_pending_connect, emit_claimed_connect, emit_pending_connect, mark_pending,
         pending_tag,
     },
+    emit::{emit, emit_connect_established, emit_patched},
     filter::{self, Verdict},
     maps::{SOCKS, TAKEN, TAKEN_SLOTS, Taken, bump, offsets},
     sock::{
-        copy_info, current_owner, emit, emit_connect_established, emit_patched, forget, is_tcp,
-        netns_of, read_stats, remember, sock_error, sock_info,
+        copy_info, current_owner, forget, is_tcp, netns_of, read_stats, remember, sock_error,
+        sock_info,
     },
 };
 

@@ -8,8 +8,9 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sockwatch_common::{flags, kind, tcp_state as st};
 
 use crate::{
+    emit::emit,
     maps::offsets,
-    sock::{current_owner, emit, is_tcp, lookup},
+    sock::{current_owner, is_tcp, lookup},
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
