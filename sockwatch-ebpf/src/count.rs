@@ -41,6 +41,24 @@ pub fn to_ring(kind: u8, info: Option<&SockInfo>, extra_flags: u8) -> bool {
     ev_flags & flags::BIRTH_KNOWN == 0
 }
 
+/// Whether counting an event of `kind` of the socket whose record is `info` (its flags as in
+/// [`to_ring`]) takes its duration: an accept's (the queue wait), an active established's (the
+/// handshake), a passive close's (the lifetime). The others' counts take no time.
+#[inline(always)]
+pub fn count_needs_time(kind: u8, info: Option<&SockInfo>, extra_flags: u8) -> bool {
+    let ev_flags = match info {
+        Some(i) => i.flags | extra_flags,
+        None => extra_flags,
+    };
+    let passive = ev_flags & flags::PASSIVE != 0;
+    match kind {
+        kind::ACCEPT => true,
+        kind::ESTABLISHED => !passive,
+        kind::CLOSE => passive,
+        _ => false,
+    }
+}
+
 /// Counts `ev`, which passed the filters, when counting is on.
 #[inline(always)]
 pub fn count(ev: &ConnEvent) {

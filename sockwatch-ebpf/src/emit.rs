@@ -10,7 +10,7 @@ use sockwatch_common::{
 };
 
 use crate::{
-    count::{count, count_connect_established, to_ring},
+    count::{count, count_connect_established, count_needs_time, to_ring},
     filter::{self, Verdict},
     maps::{EVENTS, bump, counting, offsets, take_scratch},
     sock::{SockCommon, netns_of},
@@ -65,7 +65,13 @@ pub fn emit_patched(
         }
     }
     let ring = to_ring(kind, info, extra_flags);
-    let now = unsafe { bpf_ktime_get_ns() };
+    // An event that is only counted, and whose count takes no duration, is seen by nobody with
+    // its time: the clock (tens of nanoseconds on a virtual machine) is not read for it.
+    let now = if ring || filter::any() || count_needs_time(kind, info, extra_flags) {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     // A scratch slot is only taken when a run interrupting this one on its CPU (a softirq) is
     // not already using both; then the event goes through the ring, discarded if not sent.
     // When counting, the event is built in scratch even when it goes to the ring, so that a
