@@ -185,73 +185,64 @@ pub const TCP_STATS_FIELDS: [(&str, u32); 6] = [
 /// programs' reads (the `struct tcp_sock` fields within `STATS_WINDOW` bytes, `sk_flags` in the
 /// socket's head).
 pub fn stats_offsets(btf: &Btf) -> Result<StatsOffsets, BtfError> {
-    {
-        let bit = enum_value(btf, "sock_flags", "SOCK_DONE")?;
-        if bit >= 64 {
-            return Err(BtfError::Missing {
-                what: "a SOCK_DONE bit inside sk_flags".into(),
-            });
-        }
-        let mut at = [0u32; TCP_STATS_FIELDS.len()];
-        for (slot, (name, size)) in at.iter_mut().zip(TCP_STATS_FIELDS) {
-            *slot = sized_field_offset(btf, "tcp_sock", name, size)?;
-        }
-        let window = at.iter().copied().min().unwrap_or(0);
-        let end = at
-            .iter()
-            .zip(TCP_STATS_FIELDS)
-            .map(|(off, (_, size))| off + size)
-            .max()
-            .unwrap_or(0);
-        let window_len = end - window;
-        if window_len as usize > STATS_WINDOW {
-            return Err(BtfError::TooSpread {
-                what: "struct tcp_sock's fields read at close".into(),
-                span: window_len,
-                limit: STATS_WINDOW,
-            });
-        }
-        // `sk_flags` is a macro for this one.
-        let sk_flags = sized_field_offset(btf, "sock", "__sk_common.skc_flags", 8)?;
-        if sk_flags as usize + 8 > SOCK_COMMON_READ {
-            return Err(BtfError::OutOfWindow {
-                what: "struct sock field sk_flags".into(),
-                offset: sk_flags,
-                limit: SOCK_COMMON_READ,
-            });
-        }
-        let rel = |i: usize| at[i] - window;
-        Ok(StatsOffsets {
-            window,
-            window_len,
-            bytes_received: rel(0),
-            bytes_acked: rel(1),
-            total_retrans: rel(2),
-            srtt_us: rel(3),
-            snd_una: rel(4),
-            write_seq: rel(5),
-            sk_flags,
-            sock_done_bit: bit,
-        })
+    let bit = enum_value(btf, "sock_flags", "SOCK_DONE")?;
+    if bit >= 64 {
+        return Err(BtfError::Missing {
+            what: "a SOCK_DONE bit inside sk_flags".into(),
+        });
     }
+    let mut at = [0u32; TCP_STATS_FIELDS.len()];
+    for (slot, (name, size)) in at.iter_mut().zip(TCP_STATS_FIELDS) {
+        *slot = sized_field_offset(btf, "tcp_sock", name, size)?;
+    }
+    let window = at.iter().copied().min().unwrap_or(0);
+    let end = at
+        .iter()
+        .zip(TCP_STATS_FIELDS)
+        .map(|(off, (_, size))| off + size)
+        .max()
+        .unwrap_or(0);
+    let window_len = end - window;
+    if window_len as usize > STATS_WINDOW {
+        return Err(BtfError::TooSpread {
+            what: "struct tcp_sock's fields read at close".into(),
+            span: window_len,
+            limit: STATS_WINDOW,
+        });
+    }
+    // `sk_flags` is a macro for this one.
+    let sk_flags = sized_field_offset(btf, "sock", "__sk_common.skc_flags", 8)?;
+    if sk_flags as usize + 8 > SOCK_COMMON_READ {
+        return Err(BtfError::OutOfWindow {
+            what: "struct sock field sk_flags".into(),
+            offset: sk_flags,
+            limit: SOCK_COMMON_READ,
+        });
+    }
+    let rel = |i: usize| at[i] - window;
+    Ok(StatsOffsets {
+        window,
+        window_len,
+        bytes_received: rel(0),
+        bytes_acked: rel(1),
+        total_retrans: rel(2),
+        srtt_us: rel(3),
+        snd_una: rel(4),
+        write_seq: rel(5),
+        sk_flags,
+        sock_done_bit: bit,
+    })
 }
 
 /// The offset of an integer field (`path`: dot-separated members) of `struct root`, which must
 /// be `size` bytes wide: the programs read it as such.
 fn sized_field_offset(btf: &Btf, root: &str, path: &str, size: u32) -> Result<u32, BtfError> {
     let names: Vec<&str> = path.split('.').collect();
-    let mut ty = named_struct(btf, root)?;
-    let mut bits = 0u32;
-    let what = format!("struct {root} field {path}");
-    for name in &names {
-        let (off, member_ty) = find_member(btf, &ty, name, &what)?;
-        bits += off;
-        ty = strip(btf, member_ty);
-    }
+    let (bits, ty) = member_at(btf, root, &names)?;
     match ty {
         Type::Int(i) if i.size() == size as usize => Ok(bits / 8),
         _ => Err(BtfError::Missing {
-            what: format!("{what} as a {size}-byte integer"),
+            what: format!("struct {root} field {path} as a {size}-byte integer"),
         }),
     }
 }
@@ -392,6 +383,11 @@ fn spell(btf: &Btf, ty: Type) -> String {
 /// inside `struct root`. Members of anonymous structs and unions are found as if they were
 /// direct members, as in C.
 pub fn field_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32, BtfError> {
+    Ok(member_at(btf, root, path)?.0 / 8)
+}
+
+/// The bit offset and type (typedefs and qualifiers stripped) of `root.path[0].path[1]...`.
+fn member_at(btf: &Btf, root: &str, path: &[&str]) -> Result<(u32, Type), BtfError> {
     let mut ty = named_struct(btf, root)?;
     let mut bits = 0u32;
     let mut what = format!("struct {root}");
@@ -401,7 +397,7 @@ pub fn field_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32, BtfErro
         bits += off;
         ty = strip(btf, member_ty);
     }
-    Ok(bits / 8)
+    Ok((bits, ty))
 }
 
 /// Whether the kernel has `struct name`.

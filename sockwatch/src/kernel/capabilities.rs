@@ -807,6 +807,23 @@ mod tests {
     }
 
     #[test]
+    fn without_the_fields_read_at_close_the_note_names_why_and_what_is_lost() {
+        let why = "kernel BTF: struct tcp_sock's fields read at close span 1100 bytes, more than the 1024 read at once";
+        let c = Probes {
+            tcp_stats: Err(why),
+            ..all()
+        }
+        .capabilities("6.12".into());
+        let stats = c.get(name::CONNECTION_STATS).unwrap();
+        assert!(!stats.available);
+        assert_eq!(
+            stats.note.as_deref(),
+            Some(format!("{why}: close events carry no bytes, retransmits or RTT").as_str())
+        );
+        assert!(c.notices().iter().any(|n| n.contains(why)));
+    }
+
+    #[test]
     fn json_forms() {
         let c = Probes {
             sock_diag: false,
