@@ -74,8 +74,15 @@ fn churn_counted(compat: bool, n: u64) {
             port(ns, lport, side::LISTENER),
             port(ns, lport, side::OUTBOUND),
         );
-        let want = Some(Listener::closed_after(n));
-        let c = wait_for(&run, |c| of(c, lkey, okey).listener == want);
+        // Both sides: the server's last close can be counted before the client's.
+        let want = (
+            Some(Listener::closed_after(n)),
+            Some(Outbound::closed_after(n, n)),
+        );
+        let c = wait_for(&run, |c| {
+            let c = of(c, lkey, okey);
+            (c.listener, c.outbound) == want
+        });
         of(&c, lkey, okey)
     });
     let (_, counters) = run.stop();
