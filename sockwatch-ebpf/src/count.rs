@@ -24,8 +24,18 @@ const EEXIST: i32 = 17;
 /// `-1` for an atomic add.
 const MINUS_ONE: u64 = u64::MAX;
 
-/// Whether an event of `kind` of the socket whose record is `info` (the event's flags are its
-/// flags and `extra_flags`, see `sock::fill`) is written to the ring buffer.
+/// The flags of an event of the socket whose record is `info`: its flags and `extra_flags` (as
+/// `emit::fill` sets them).
+#[inline(always)]
+fn event_flags(info: Option<&SockInfo>, extra_flags: u8) -> u8 {
+    match info {
+        Some(i) => i.flags | extra_flags,
+        None => extra_flags,
+    }
+}
+
+/// Whether an event of `kind` of the socket whose record is `info` is written to the ring
+/// buffer.
 #[inline(always)]
 pub fn to_ring(kind: u8, info: Option<&SockInfo>, extra_flags: u8) -> bool {
     if ring_kinds() & (1u32 << (kind & 31)) != 0 {
@@ -34,11 +44,7 @@ pub fn to_ring(kind: u8, info: Option<&SockInfo>, extra_flags: u8) -> bool {
     if kind != kind::ESTABLISHED && kind != kind::CLOSE {
         return false;
     }
-    let ev_flags = match info {
-        Some(i) => i.flags | extra_flags,
-        None => extra_flags,
-    };
-    ev_flags & flags::BIRTH_KNOWN == 0
+    event_flags(info, extra_flags) & flags::BIRTH_KNOWN == 0
 }
 
 /// Whether counting an event of `kind` of the socket whose record is `info` (its flags as in
@@ -46,11 +52,7 @@ pub fn to_ring(kind: u8, info: Option<&SockInfo>, extra_flags: u8) -> bool {
 /// handshake), a passive close's (the lifetime). The others' counts take no time.
 #[inline(always)]
 pub fn count_needs_time(kind: u8, info: Option<&SockInfo>, extra_flags: u8) -> bool {
-    let ev_flags = match info {
-        Some(i) => i.flags | extra_flags,
-        None => extra_flags,
-    };
-    let passive = ev_flags & flags::PASSIVE != 0;
+    let passive = event_flags(info, extra_flags) & flags::PASSIVE != 0;
     match kind {
         kind::ACCEPT => true,
         kind::ESTABLISHED => !passive,
