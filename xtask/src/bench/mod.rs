@@ -16,7 +16,9 @@
 //! - `top-ring`, with `--top-ring-size SIZE`: `top` with `--ring-size SIZE` (its counts are
 //!   made in the kernel, so even the smallest ring should leave them exact);
 //! - `trace-baseline` and `top-baseline`, with `--baseline REV`: `trace` and `top` (the same
-//!   options) of sockwatch built at git revision REV (see `baseline`).
+//!   options) of sockwatch built at git revision REV (see `baseline`), each run next to its
+//!   own build's row (see `run_order`) and compared with it round by round (`VsBaseline`);
+//!   `--baseline-only` leaves out the other rows but untraced.
 //!
 //! The tracers run in the host namespace (they see every namespace) and are started, waited for
 //! (`--ready-file`, or bpftrace's "Attaching" line), stopped with SIGTERM and reaped with
@@ -138,6 +140,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "REV")]
     baseline: Option<String>,
 
+    /// With --baseline: run only the untraced, trace and top rows and their baseline rows (no
+    /// hooks, top-ring or bpftrace row), so that more rounds fit in the same time.
+    #[arg(long, requires = "baseline", conflicts_with = "top_ring_size")]
+    baseline_only: bool,
+
     /// Also run, in every round, `top --ring-size SIZE` (e.g. 4K, the smallest ring), to show
     /// whether its counts stay exact with a ring that overflows.
     #[arg(long, value_name = "SIZE")]
@@ -190,6 +197,37 @@ impl Mode {
     fn traces(self) -> bool {
         matches!(self, Mode::Trace | Mode::TraceBaseline)
     }
+
+    /// The row of the --baseline build that runs the same command as this one.
+    fn baseline(self) -> Option<Mode> {
+        match self {
+            Mode::Trace => Some(Mode::TraceBaseline),
+            Mode::Top => Some(Mode::TopBaseline),
+            _ => None,
+        }
+    }
+}
+
+/// The order in which round `round` (from 1) runs `modes`, as indices into it: as listed,
+/// except that a row of the --baseline build runs next to its own build's row, after it in odd
+/// rounds and before it in even ones. A build and its baseline are then compared on runs
+/// seconds apart, and neither always runs first or closer to the untraced run.
+fn run_order(modes: &[Mode], round: u32) -> Vec<usize> {
+    let index = |m: Mode| modes.iter().position(|&x| x == m);
+    let paired = |m: Mode| modes.iter().any(|x| x.baseline() == Some(m));
+    let mut order = Vec::with_capacity(modes.len());
+    for (i, &m) in modes.iter().enumerate() {
+        if paired(m) {
+            // Runs with its build's row.
+            continue;
+        }
+        match m.baseline().and_then(index) {
+            Some(b) if round.is_multiple_of(2) => order.extend([b, i]),
+            Some(b) => order.extend([i, b]),
+            None => order.push(i),
+        }
+    }
+    order
 }
 
 const BPFTRACE_PROGRAM: &str = r#"tracepoint:sock:inet_sock_set_state { printf("%d %d %d\n", args->oldstate, args->newstate, args->sport); }"#;
@@ -216,8 +254,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let side_by_side = args.soak.is_none() && args.rounds > 0;
-    // The soak has no hooks row.
-    let hooks_only = if side_by_side {
+    // The soak has no hooks row, nor has --baseline-only.
+    let hooks_only = if side_by_side && !args.baseline_only {
         Some(build_hooks_only(&root)?)
     } else {
         None
@@ -256,8 +294,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
-    let bpftrace = find_on_path("bpftrace").filter(|_| side_by_side);
-    let mut modes = vec![Mode::Untraced, Mode::Trace, Mode::Top, Mode::Hooks];
+    let bpftrace = find_on_path("bpftrace").filter(|_| side_by_side && !args.baseline_only);
+    let mut modes = vec![Mode::Untraced, Mode::Trace, Mode::Top];
+    if !args.baseline_only {
+        modes.push(Mode::Hooks);
+    }
     if args.top_ring_size.is_some() {
         modes.push(Mode::TopRing);
     }
@@ -272,7 +313,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             ));
             modes.push(Mode::Bpftrace);
         }
-        None if side_by_side => progress("bpftrace is not on PATH: no peer row"),
+        None if side_by_side && !args.baseline_only => {
+            progress("bpftrace is not on PATH: no peer row")
+        }
         None => {}
     }
     if !side_by_side {
@@ -309,7 +352,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     bench.kernel_time = stats_on.is_some();
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); modes.len()];
     for r in 1..=args.rounds {
-        for (i, &mode) in modes.iter().enumerate() {
+        for i in run_order(&modes, r) {
+            let mode = modes[i];
             progress(format!("round {r}/{}: {} ...", args.rounds, mode.name()));
             let result = match bench.round(mode, r, bpftrace.as_deref()) {
                 Ok(result) => result,
@@ -347,6 +391,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         .zip(rounds)
         .filter(|(_, rs)| !rs.is_empty())
         .map(|(&m, rs)| summarize(m, bench.command(m), rs, &untraced))
+        .collect();
+    let row = |m: Mode| summaries.iter().find(|s| s.name() == m.name());
+    let vs_baseline = [Mode::Trace, Mode::Top]
+        .into_iter()
+        .filter_map(|m| {
+            let base = row(m.baseline()?)?;
+            Some(report::vs_baseline(row(m)?, base, &untraced))
+        })
         .collect();
 
     let rate = (args.concurrency_rate > 0).then_some(args.concurrency_rate);
@@ -388,6 +440,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         },
         baseline,
         modes: summaries,
+        vs_baseline,
         concurrency,
         trace_hold,
     };
@@ -651,5 +704,56 @@ impl Bench<'_> {
                 ))
             })
             .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_baseline_row_runs_next_to_its_build_first_in_even_rounds() {
+        use Mode::*;
+        let modes = [
+            Untraced,
+            Trace,
+            Top,
+            Hooks,
+            TraceBaseline,
+            TopBaseline,
+            Bpftrace,
+        ];
+        let names = |r| {
+            run_order(&modes, r)
+                .into_iter()
+                .map(|i| modes[i].name())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(1),
+            [
+                "untraced",
+                "trace",
+                "trace-baseline",
+                "top",
+                "top-baseline",
+                "hooks",
+                "bpftrace"
+            ]
+        );
+        assert_eq!(
+            names(2),
+            [
+                "untraced",
+                "trace-baseline",
+                "trace",
+                "top-baseline",
+                "top",
+                "hooks",
+                "bpftrace"
+            ]
+        );
+        // Without the baseline rows: as listed.
+        assert_eq!(run_order(&[Untraced, Trace, Top], 2), [0, 1, 2]);
     }
 }

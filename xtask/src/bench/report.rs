@@ -135,12 +135,60 @@ impl ModeSummary {
     }
 }
 
+/// A row against the row of the --baseline build that ran the same command, round by round.
+#[derive(Debug, Serialize)]
+pub(super) struct VsBaseline {
+    mode: &'static str,
+    baseline: &'static str,
+    /// Per round that ran both, in round order: the row's ratio to the untraced run minus the
+    /// baseline row's (both over the same untraced run, and run next to each other).
+    ratio_diff_per_round: Vec<f64>,
+    ratio_diff_median: Option<f64>,
+    /// The same for the kernel time per connection, in ns.
+    kernel_ns_diff_per_round: Vec<f64>,
+    kernel_ns_diff_median: Option<f64>,
+}
+
+/// `mode` against `base`, its --baseline row, with `untraced` the untraced row's rounds.
+pub(super) fn vs_baseline(
+    mode: &ModeSummary,
+    base: &ModeSummary,
+    untraced: &[Round],
+) -> VsBaseline {
+    let mut ratio = Vec::new();
+    let mut kernel = Vec::new();
+    for r in &mode.rounds {
+        let Some(b) = base.rounds.iter().find(|b| b.round == r.round) else {
+            continue;
+        };
+        if let Some(u) = untraced.iter().find(|u| u.round == r.round)
+            && u.churn.rate > 0.0
+        {
+            ratio.push((r.churn.rate - b.churn.rate) / u.churn.rate);
+        }
+        let ns = |x: &Round| x.kernel.as_ref().and_then(|k| k.ns_per_connection);
+        if let (Some(a), Some(b)) = (ns(r), ns(b)) {
+            kernel.push(a - b);
+        }
+    }
+    VsBaseline {
+        mode: mode.mode,
+        baseline: base.mode,
+        ratio_diff_median: (!ratio.is_empty()).then(|| median(ratio.clone())),
+        ratio_diff_per_round: ratio,
+        kernel_ns_diff_median: (!kernel.is_empty()).then(|| median(kernel.clone())),
+        kernel_ns_diff_per_round: kernel,
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub(super) struct Results {
     pub(super) settings: Settings,
     /// --baseline: the build of the `trace-baseline` and `top-baseline` rows.
     pub(super) baseline: Option<Baseline>,
     pub(super) modes: Vec<ModeSummary>,
+    /// --baseline: `trace` and `top` against their baseline rows.
+    pub(super) vs_baseline: Vec<VsBaseline>,
     pub(super) concurrency: Option<Concurrency>,
     /// --concurrency-trace.
     pub(super) trace_hold: Option<TraceHold>,
@@ -399,6 +447,34 @@ pub(super) fn render(res: &Results) -> String {
             each.join(" ")
         ));
     }
+    if !res.vs_baseline.is_empty() {
+        out.push_str(
+            "VS BASELINE: per round, a row's VS UNTRACED minus that of its baseline row, run next to \
+             it (after it in odd rounds, before it in even ones); then the same for KERNEL NS/CONN. \
+             Below 0: the row costs more than its baseline.\n",
+        );
+    }
+    for v in &res.vs_baseline {
+        let signed = |x: &f64, digits: usize| format!("{x:+.digits$}");
+        let each = |xs: &[f64], digits: usize| {
+            xs.iter()
+                .map(|x| signed(x, digits))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        out.push_str(&format!(
+            "{} vs {}: VS UNTRACED median {} (per round: {}); KERNEL NS/CONN median {} (per \
+             round: {})\n",
+            v.mode,
+            v.baseline,
+            v.ratio_diff_median
+                .map_or_else(|| "-".into(), |x| signed(&x, 3)),
+            each(&v.ratio_diff_per_round, 2),
+            v.kernel_ns_diff_median
+                .map_or_else(|| "-".into(), |x| signed(&x, 0)),
+            each(&v.kernel_ns_diff_per_round, 0),
+        ));
+    }
     for m in &res.modes {
         if let Some(programs) = m.kernel_programs_median.as_ref().filter(|p| !p.is_empty()) {
             out.push_str(&format!(
@@ -536,6 +612,7 @@ mod tests {
             },
             baseline,
             modes,
+            vs_baseline: Vec::new(),
             concurrency: None,
             trace_hold: None,
         }
@@ -626,5 +703,41 @@ mod tests {
              accept=20\n"
         ));
         assert!(!out.contains("untraced kernel ns"));
+    }
+
+    #[test]
+    fn a_row_is_compared_with_its_baseline_round_by_round() {
+        // The machine slowed down in round 2.
+        let untraced = [round(1, 100.0), round(2, 50.0), round(3, 80.0)];
+        // (round, rate, kernel ns in all over its 100 connections)
+        let row = |mode, runs: &[(u32, f64, u64)]| {
+            let rounds = runs
+                .iter()
+                .map(|&(r, rate, ns)| {
+                    let mut t = traced(r, ns, 0);
+                    t.churn.rate = rate;
+                    t
+                })
+                .collect();
+            summarize(mode, "sockwatch trace".into(), rounds, &untraced)
+        };
+        let trace = row(
+            Mode::Trace,
+            &[(1, 88.0, 40_000), (2, 40.0, 41_000), (3, 76.0, 39_000)],
+        );
+        // Round 2 of the baseline is missing: that round is left out.
+        let base = row(Mode::TraceBaseline, &[(1, 90.0, 39_000), (3, 72.0, 40_000)]);
+        let v = vs_baseline(&trace, &base, &untraced);
+        assert_eq!(v.ratio_diff_per_round, vec![-0.02, 0.05]);
+        assert_eq!(v.kernel_ns_diff_per_round, vec![10.0, -10.0]);
+        assert_eq!(v.kernel_ns_diff_median, Some(0.0));
+        let out = render(&Results {
+            vs_baseline: vec![v],
+            ..results(Vec::new(), None)
+        });
+        assert!(out.contains(
+            "\ntrace vs trace-baseline: VS UNTRACED median +0.015 (per round: -0.02 +0.05); \
+             KERNEL NS/CONN median +0 (per round: +10 -10)\n"
+        ));
     }
 }
