@@ -150,6 +150,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SIZE")]
     top_ring_size: Option<String>,
 
+    /// Run the trace rows (`trace`, and `trace-baseline` with --baseline) with `--ring-size
+    /// SIZE`: builds whose default rings differ then do the same work (a ring that fills loses
+    /// events, and a lost event costs less than one written).
+    #[arg(long, value_name = "SIZE")]
+    trace_ring_size: Option<String>,
+
     /// Instead of the side-by-side rounds: a steady churn at --soak-rate for SECONDS under
     /// `sockwatch top`, sampling its RSS every 5 s; reports whether memory stayed flat, every
     /// connection was counted and none is left open (target/bench/soak.json).
@@ -247,7 +253,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.rounds == 0 && args.concurrency.is_none() && args.soak.is_none() {
         bail!("--rounds 0 leaves nothing to run without --concurrency");
     }
-    if let Some(size) = &args.top_ring_size {
+    for size in [&args.top_ring_size, &args.trace_ring_size]
+        .into_iter()
+        .flatten()
+    {
         check_ring_size(size)?;
     }
     let root = crate::workspace_root()?;
@@ -436,6 +445,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 .to_string(),
             mem_total_mib: procfs::meminfo().map_or(0, |(total, _)| total / 1024),
             top_ring_size: args.top_ring_size.clone(),
+            trace_ring_size: args.trace_ring_size.clone(),
             kernel_time: bench.kernel_time,
         },
         baseline,

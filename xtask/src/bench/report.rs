@@ -210,6 +210,8 @@ pub(super) struct Settings {
     pub(super) mem_total_mib: u64,
     /// --top-ring-size: the ring of the `top-ring` row.
     pub(super) top_ring_size: Option<String>,
+    /// --trace-ring-size: the ring of the trace rows.
+    pub(super) trace_ring_size: Option<String>,
     /// Whether kernel.bpf_stats_enabled was on for the rounds (so that they have kernel time).
     pub(super) kernel_time: bool,
 }
@@ -435,6 +437,9 @@ pub(super) fn render(res: &Results) -> String {
     if let Some(size) = &s.top_ring_size {
         out.push_str(&format!("top-ring: `top --ring-size {size}`\n"));
     }
+    if let Some(size) = &s.trace_ring_size {
+        out.push_str(&format!("trace rows: `trace --ring-size {size}`\n"));
+    }
     for m in res.modes.iter().filter(|m| m.mode != "untraced") {
         let each: Vec<String> = m
             .ratio_per_round
@@ -608,6 +613,7 @@ mod tests {
                 kernel: "6.18.0".into(),
                 mem_total_mib: 4096,
                 top_ring_size: None,
+                trace_ring_size: None,
                 kernel_time: true,
             },
             baseline,

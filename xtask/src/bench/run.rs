@@ -61,7 +61,12 @@ impl Bench<'_> {
                 INTERVAL.to_string(),
             ],
         };
-        if let (Mode::TopRing, Some(size)) = (mode, &self.args.top_ring_size) {
+        let ring = match mode {
+            Mode::TopRing => self.args.top_ring_size.as_ref(),
+            m if m.traces() => self.args.trace_ring_size.as_ref(),
+            _ => None,
+        };
+        if let Some(size) = ring {
             v.extend(["--ring-size".into(), size.clone()]);
         }
         if !defaults {
