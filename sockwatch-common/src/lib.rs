@@ -223,10 +223,17 @@ pub struct PortKey {
     pub port: u16,
     /// `side::*`.
     pub side: u8,
-    pub _pad: u8,
+    /// Which of the port's entries: the programs spread a port's counts over entries by CPU
+    /// (the CPU number masked with the load-time `COUNT_SHARD_MASK`), so that CPUs counting
+    /// one busy port do not take turns at the same cache lines; userspace adds them up. 0 in
+    /// the peer set (`PeerKey`), whose entries must stay distinct per port.
+    pub shard: u8,
 }
 
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+
+/// The most entries a port's counts are spread over (see `PortKey::shard`): a power of two.
+pub const MAX_COUNT_SHARDS: u32 = 4;
 
 /// Buckets of the lifetime histogram (see [`lifetime_bucket`]).
 pub const LIFETIME_SUB_BITS: u32 = 4;

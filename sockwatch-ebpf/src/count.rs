@@ -8,15 +8,18 @@
 //! to the ring, so that userspace counts them.
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::HashMap};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_smp_processor_id, maps::HashMap};
 use sockwatch_common::{
-    ConnEvent, ErrorKey, LATENCY_BUCKETS, LIFETIME_BUCKETS, ListenerCounts, OutboundCounts,
-    PeerKey, PortKey, ProcessKey, SockInfo, counter, data_bytes, flags, kind, latency_bucket,
-    lifetime_bucket, side,
+    ConnEvent, ErrorKey, LATENCY_BUCKETS, LIFETIME_BUCKETS, ListenerCounts, MAX_COUNT_SHARDS,
+    OutboundCounts, PeerKey, PortKey, ProcessKey, SockInfo, counter, data_bytes, flags, kind,
+    latency_bucket, lifetime_bucket, side,
 };
 
 use crate::{
-    maps::{ERRORS, LISTENERS, OUTBOUND, PEERS, PROCESSES, ZEROS, add, bump, counting, ring_kinds},
+    maps::{
+        ERRORS, LISTENERS, OUTBOUND, PEERS, PROCESSES, ZEROS, add, bump, count_shard_mask,
+        counting, ring_kinds,
+    },
     store::{copy16, put, put16},
 };
 
@@ -86,8 +89,9 @@ fn count_event(ev: &ConnEvent, established: u64) -> i32 {
     let fl = ev.flags;
     let tracked = fl & flags::BIRTH_KNOWN != 0;
     let passive = fl & flags::PASSIVE != 0;
-    let listener = port_key(ev.netns, ev.local_port, side::LISTENER);
-    let outbound = port_key(ev.netns, ev.peer_port, side::OUTBOUND);
+    let shard = count_shard();
+    let listener = port_key(ev.netns, ev.local_port, side::LISTENER, shard);
+    let outbound = port_key(ev.netns, ev.peer_port, side::OUTBOUND, shard);
     match ev.kind {
         kind::ACCEPT => {
             if let Some((c, _)) = entry(&LISTENERS, &listener) {
@@ -194,13 +198,21 @@ fn count_event(ev: &ConnEvent, established: u64) -> i32 {
 }
 
 #[inline(always)]
-fn port_key(netns: u32, port: u16, side: u8) -> PortKey {
+fn port_key(netns: u32, port: u16, side: u8, shard: u8) -> PortKey {
     PortKey {
         netns,
         port,
         side,
-        _pad: 0,
+        shard,
     }
+}
+
+/// This CPU's entry of a port's counts (`PortKey::shard`).
+#[inline(always)]
+fn count_shard() -> u8 {
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    (cpu & count_shard_mask() & (MAX_COUNT_SHARDS - 1)) as u8
 }
 
 /// Adds what the closed connection of `ev` carried, if known (`flags::STATS`): data bytes
@@ -307,7 +319,8 @@ fn new_peer(port: &PortKey, ev: &ConnEvent) -> bool {
     // SAFETY: both fields are written before the key is read.
     let key = unsafe {
         let k = &mut *key.as_mut_ptr();
-        put(&mut k.port, *port);
+        // One entry per peer and port, whichever CPU saw it.
+        put(&mut k.port, PortKey { shard: 0, ..*port });
         let (lo, hi) = halves(&ev.peer_addr);
         put16(&mut k.addr, lo, hi);
         key.assume_init_ref()

@@ -150,6 +150,18 @@ pub fn counting() -> bool {
     unsafe { core::ptr::read_volatile(&MODE.count) != 0 }
 }
 
+/// Set by userspace before load: a port's counts are spread over `COUNT_SHARD_MASK + 1`
+/// entries, by CPU (see `PortKey::shard`); read-only to the programs.
+#[unsafe(no_mangle)]
+static COUNT_SHARD_MASK: u32 = 0;
+
+/// `COUNT_SHARD_MASK`.
+#[inline(always)]
+pub fn count_shard_mask() -> u32 {
+    // Volatile so the compiler keeps the load the verifier resolves.
+    unsafe { core::ptr::read_volatile(&COUNT_SHARD_MASK) }
+}
+
 /// `Mode::ring_kinds`.
 #[inline(always)]
 pub fn ring_kinds() -> u32 {

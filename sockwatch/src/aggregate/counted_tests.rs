@@ -16,7 +16,7 @@ fn port(side: u8, port: u16) -> KernelPort {
         netns: NS,
         port,
         side,
-        _pad: 0,
+        shard: 0,
     }
 }
 

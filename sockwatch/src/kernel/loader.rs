@@ -23,7 +23,7 @@ use crate::{
     kernel::load_errors::{attach_error, one_line, with_causes},
     kernel::loss::KernelCounters,
     kernel::map_sizes::{
-        MAX_PENDING_CONNECTS, counter_map_sizes, preallocated, socket_map_entries,
+        MAX_PENDING_CONNECTS, count_shards, counter_map_sizes, preallocated, socket_map_entries,
     },
     kernel::tp_format,
     kernel::tracefs,
@@ -334,13 +334,19 @@ impl Tracer {
         raise_memlock_limit();
         let prealloc = choice.preallocated_maps;
         let max_sockets = socket_map_entries(opts.max_sockets, prealloc);
-        let sizes = counter_map_sizes(opts.mode, prealloc);
+        // The programs run on every CPU, whatever this process's affinity. Unreadable: spread
+        // as if there were many (only the memory of the ports in use grows).
+        let cpus = aya::util::nr_cpus().unwrap_or(usize::MAX);
+        let shards = count_shards(opts.mode, prealloc, cpus);
+        let sizes = counter_map_sizes(opts.mode, prealloc, shards);
+        let shard_mask = shards - 1;
         let mut loader = EbpfLoader::new();
         loader
             .override_global("OFFSETS", &offsets, true)
             .override_global("STATS_OFFSETS", &kernel.stats_offsets, true)
             .override_global("FILTER", &filter, true)
             .override_global("MODE", &opts.mode, true)
+            .override_global("COUNT_SHARD_MASK", &shard_mask, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("SOCKS", max_sockets)
             .map_max_entries("LISTENERS", sizes.listeners)

@@ -1,12 +1,12 @@
 //! How big the maps are: the counter maps' and the socket map's entries, and, where the kernel
 //! allows tracing programs only preallocated maps (before Linux 6.1), the object's map
 //! definitions patched to be preallocated.
-use sockwatch_common::Mode;
+use sockwatch_common::{MAX_COUNT_SHARDS, Mode};
 
 /// Sizes of the in-kernel counter maps: listening ports, remote ports, (port, errno) pairs,
-/// (remote port, process) pairs and (port, peer address) pairs. Their memory follows their use
-/// (these are upper bounds), except where the kernel makes the loader preallocate them
-/// ([`PREALLOCATED_MAP_SIZES`]).
+/// (remote port, process) pairs and (port, peer address) pairs, each port's counts on one entry
+/// (see [`count_shards`]). Their memory follows their use (these are upper bounds), except where
+/// the kernel makes the loader preallocate them ([`PREALLOCATED_MAP_SIZES`]).
 pub const MAP_SIZES: MapSizes = MapSizes {
     listeners: 1 << 14,
     outbound: 1 << 14,
@@ -54,9 +54,25 @@ pub(super) fn socket_map_entries(asked: u32, prealloc: bool) -> u32 {
     }
 }
 
+/// Over how many entries the programs spread each port's counts (`PortKey::shard`): one per
+/// CPU, up to [`MAX_COUNT_SHARDS`] (CPUs beyond share them). Every CPU counting on a port's
+/// single entry makes them take turns at its cache lines, the largest part of counting's cost
+/// under churn. One where the maps are preallocated: their memory is then fixed, and spreading
+/// would cut the ports they hold. A power of two.
+pub(super) fn count_shards(mode: Mode, prealloc: bool, cpus: usize) -> u32 {
+    if mode.count == 0 || prealloc {
+        return 1;
+    }
+    u32::try_from(cpus.max(1))
+        .unwrap_or(u32::MAX)
+        .min(MAX_COUNT_SHARDS)
+        .next_power_of_two()
+}
+
 /// The counter maps' sizes: one entry each when nothing is counted (they are then never used,
-/// and a preallocated one would cost its full size).
-pub(super) fn counter_map_sizes(mode: Mode, prealloc: bool) -> MapSizes {
+/// and a preallocated one would cost its full size); with each port's counts on `shards`
+/// entries, as many ports as with one (their memory follows their use).
+pub(super) fn counter_map_sizes(mode: Mode, prealloc: bool, shards: u32) -> MapSizes {
     if mode.count == 0 {
         return MapSizes {
             listeners: 1,
@@ -67,9 +83,15 @@ pub(super) fn counter_map_sizes(mode: Mode, prealloc: bool) -> MapSizes {
         };
     }
     if prealloc {
-        PREALLOCATED_MAP_SIZES
-    } else {
-        MAP_SIZES
+        return PREALLOCATED_MAP_SIZES;
+    }
+    MapSizes {
+        listeners: MAP_SIZES.listeners * shards,
+        outbound: MAP_SIZES.outbound * shards,
+        errors: MAP_SIZES.errors * shards,
+        processes: MAP_SIZES.processes * shards,
+        // The peer set is not spread.
+        peers: MAP_SIZES.peers,
     }
 }
 
@@ -199,16 +221,38 @@ mod tests {
 
     #[test]
     fn counter_maps_take_one_entry_each_unless_counting() {
-        let one = counter_map_sizes(Mode::RING_ONLY, true);
+        let one = counter_map_sizes(Mode::RING_ONLY, true, 1);
         assert_eq!((one.listeners, one.peers), (1, 1));
         let counting = Mode {
             count: 1,
             ring_kinds: 0,
         };
-        assert_eq!(counter_map_sizes(counting, false), MAP_SIZES);
-        assert_eq!(counter_map_sizes(counting, true), PREALLOCATED_MAP_SIZES);
+        assert_eq!(counter_map_sizes(counting, false, 1), MAP_SIZES);
+        assert_eq!(counter_map_sizes(counting, true, 1), PREALLOCATED_MAP_SIZES);
+        // Spread over 4 entries a port: as many ports, as many peers.
+        let spread = counter_map_sizes(counting, false, 4);
+        assert_eq!(spread.listeners, MAP_SIZES.listeners * 4);
+        assert_eq!(spread.processes, MAP_SIZES.processes * 4);
+        assert_eq!(spread.peers, MAP_SIZES.peers);
         assert_eq!(socket_map_entries(1 << 24, false), 1 << 24);
         assert_eq!(socket_map_entries(1 << 24, true), PREALLOCATED_MAX_SOCKETS);
         assert_eq!(socket_map_entries(1 << 16, true), 1 << 16);
+    }
+
+    #[test]
+    fn counts_spread_over_one_entry_per_cpu_up_to_the_most() {
+        let counting = Mode {
+            count: 1,
+            ring_kinds: 0,
+        };
+        assert_eq!(count_shards(counting, false, 1), 1);
+        assert_eq!(count_shards(counting, false, 2), 2);
+        // A power of two: the programs mask the CPU number.
+        assert_eq!(count_shards(counting, false, 3), 4);
+        assert_eq!(count_shards(counting, false, 64), MAX_COUNT_SHARDS);
+        assert_eq!(count_shards(counting, false, 0), 1);
+        // Preallocated maps, or nothing counted: one.
+        assert_eq!(count_shards(counting, true, 64), 1);
+        assert_eq!(count_shards(Mode::RING_ONLY, false, 64), 1);
     }
 }

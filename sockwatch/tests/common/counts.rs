@@ -94,6 +94,10 @@ impl Run {
         }
     }
 
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
     pub fn counts(&self) -> KernelCounts {
         self.tracer.counts().expect("read the counter maps")
     }
@@ -235,7 +239,7 @@ pub fn port(netns: u64, port: u16, side: u8) -> PortKey {
         netns: netns as u32,
         port,
         side,
-        _pad: 0,
+        shard: 0,
     }
 }
 
