@@ -9,9 +9,7 @@ use common::{
     counts::{COUNTS_ONLY, Listener, Outbound, Run, churn, in_new_netns, of, port, wait_for},
     root_or_skip,
 };
-use sockwatch_common::{
-    LIFETIME_BUCKETS, MAX_COUNT_SHARDS, Mode, flags, kind, lifetime_bucket, side,
-};
+use sockwatch_common::{LIFETIME_BUCKETS, Mode, flags, kind, lifetime_bucket, side};
 
 /// The smallest ring the kernel allows: one page, about 40 events.
 const TINY_RING: u32 = 4096;
@@ -95,102 +93,6 @@ fn churn_counted(compat: bool, n: u64) {
     assert_eq!(counters.ringbuf_full, 0, "{counters:?}");
     assert_eq!(counters.counts_full, 0, "{counters:?}");
     assert_eq!(counters.read_failed, 0, "{counters:?}");
-}
-
-/// Connections made on each CPU in turn (up to `MAX_COUNT_SHARDS` of them) are counted on one
-/// entry per CPU, and the counts read add those up exactly.
-#[test]
-fn counts_made_on_every_cpu_add_up() {
-    if !root_or_skip("counts_made_on_every_cpu_add_up") {
-        return;
-    }
-    let cpus: Vec<usize> = allowed_cpus()
-        .into_iter()
-        .take(MAX_COUNT_SHARDS as usize)
-        .collect();
-    if cpus.len() < 2 {
-        eprintln!("counts_made_on_every_cpu_add_up: skipped, this process may run on one CPU only");
-        return;
-    }
-    const PER_CPU: u64 = 40;
-    let n = PER_CPU * cpus.len() as u64;
-    let run = Run::start(false, 1 << 16, COUNTS_ONLY);
-    let (lkey, okey, counts) = in_new_netns("sw-every-cpu", |ns| {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let lport = listener.local_addr().expect("addr").port();
-        // Client, server and their loopback packets all on one CPU at a time.
-        for &cpu in &cpus {
-            pin_to(cpu);
-            churn(&listener, PER_CPU as usize);
-        }
-        common::wait_connections_settled();
-        let (lkey, okey) = (
-            port(ns, lport, side::LISTENER),
-            port(ns, lport, side::OUTBOUND),
-        );
-        let want = (
-            Some(Listener::closed_after(n)),
-            Some(Outbound::closed_after(n, n)),
-        );
-        let c = wait_for(&run, |c| {
-            let c = of(c, lkey, okey);
-            (c.listener, c.outbound) == want
-        });
-        (lkey, okey, of(&c, lkey, okey))
-    });
-    let entries = run
-        .tracer()
-        .listener_entries()
-        .expect("read the listeners' entries");
-    let shards: Vec<u8> = entries
-        .iter()
-        .filter(|k| (k.netns, k.port, k.side) == (lkey.netns, lkey.port, lkey.side))
-        .map(|k| k.shard)
-        .collect();
-    let (_, counters) = run.stop();
-    // Peers 1 on each side: the peer set has one entry per port whichever CPU saw the peer.
-    assert_eq!(counts.listener, Some(Listener::closed_after(n)));
-    assert_eq!(counts.outbound, Some(Outbound::closed_after(n, n)));
-    assert_eq!(counts.processes.len(), 1, "{:?}", counts.processes);
-    assert_eq!(counts.processes[0].0.port, okey);
-    assert_eq!(counts.processes[0].1.connects, n);
-    assert_eq!(counts.processes[0].1.open, 0);
-    // Else the adding up was not tested.
-    assert!(
-        shards.len() >= 2,
-        "one entry per CPU expected, found shards {shards:?}"
-    );
-    assert_eq!(counters.counts_full, 0, "{counters:?}");
-}
-
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
-    assert_eq!(
-        rc,
-        0,
-        "sched_getaffinity: {}",
-        std::io::Error::last_os_error()
-    );
-    (0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect()
-}
-
-/// Moves the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: as above; 0 is the calling thread.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    assert_eq!(
-        rc,
-        0,
-        "sched_setaffinity: {}",
-        std::io::Error::last_os_error()
-    );
 }
 
 /// With every event also in the ring, the counts are what the events say, the lifetime

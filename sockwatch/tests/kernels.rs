@@ -432,3 +432,13 @@ fn kernel_counts_are_exact_with_both_builds() {
     common::counts::exact_counts(false, 20, 3, 5);
     common::counts::exact_counts(true, 20, 3, 5);
 }
+
+/// A port's counts made on each CPU in turn lie on one entry per CPU in the kernel (where the
+/// maps are not preallocated), and read as one, exact.
+#[test]
+fn kernel_counts_from_every_cpu_add_up() {
+    if !root_or_skip("kernel_counts_from_every_cpu_add_up") {
+        return;
+    }
+    common::counts::counts_from_every_cpu();
+}

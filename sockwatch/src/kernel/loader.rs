@@ -301,6 +301,8 @@ pub struct Tracer {
     final_recursion_misses: Option<u64>,
     states: bool,
     choice: ProgramChoice,
+    /// Entries per port of the counter maps (`PortKey::shard`).
+    count_shards: u32,
 }
 
 impl Tracer {
@@ -408,6 +410,7 @@ impl Tracer {
             final_recursion_misses: None,
             states: opts.states,
             choice,
+            count_shards: shards,
         })
     }
 
@@ -529,6 +532,11 @@ impl Tracer {
                 .final_recursion_misses
                 .unwrap_or_else(|| self.recursion_misses()),
         })
+    }
+
+    /// Over how many entries the programs spread each port's counts (`PortKey::shard`).
+    pub fn count_shards(&self) -> u32 {
+        self.count_shards
     }
 
     /// A map of the loaded object.

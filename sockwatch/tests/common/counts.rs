@@ -2,6 +2,7 @@
 //! loaded with a `Mode`, the ring drained on a thread, the counter maps read and compared with
 //! what a scenario did in a namespace of its own.
 use std::{
+    collections::BTreeSet,
     io::Read as _,
     net::{Shutdown, TcpListener, TcpStream},
     sync::{
@@ -23,8 +24,8 @@ use sockwatch::{
     },
 };
 use sockwatch_common::{
-    COMM_LEN, CONN_EVENT_SIZE, ConnEvent, ErrorKey, ListenerCounts, Mode, OutboundCounts, PortKey,
-    ProcessCounts, ProcessKey, kind, side,
+    COMM_LEN, CONN_EVENT_SIZE, ConnEvent, ErrorKey, ListenerCounts, MAX_COUNT_SHARDS, Mode,
+    OutboundCounts, PortKey, ProcessCounts, ProcessKey, kind, side,
 };
 
 /// Counting, with only listen events in the ring: the mode `top` runs in.
@@ -473,5 +474,96 @@ pub fn exact_counts(compat: bool, n: usize, m: usize, k: usize) {
             (kind::LISTEN_STOP, lport),
         ],
         "{events:?}"
+    );
+}
+
+/// Connections made on each CPU in turn (up to `MAX_COUNT_SHARDS` of them) are counted on one
+/// entry per CPU, and the counts read add those up exactly.
+pub fn counts_from_every_cpu() {
+    let cpus: Vec<usize> = allowed_cpus()
+        .into_iter()
+        .take(MAX_COUNT_SHARDS as usize)
+        .collect();
+    if cpus.len() < 2 {
+        eprintln!("counts from every CPU: skipped, this process may run on one CPU only");
+        return;
+    }
+    const PER_CPU: u64 = 40;
+    let n = PER_CPU * cpus.len() as u64;
+    let run = Run::start(false, 1 << 16, COUNTS_ONLY);
+    let (lkey, okey, counts) = in_new_netns("sw-every-cpu", |ns| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let lport = listener.local_addr().expect("addr").port();
+        // Client, server and their loopback packets all on one CPU at a time.
+        for &cpu in &cpus {
+            pin_to(cpu);
+            churn(&listener, PER_CPU as usize);
+        }
+        super::wait_connections_settled();
+        let (lkey, okey) = (
+            port(ns, lport, side::LISTENER),
+            port(ns, lport, side::OUTBOUND),
+        );
+        let want = (
+            Some(Listener::closed_after(n)),
+            Some(Outbound::closed_after(n, n)),
+        );
+        let c = wait_for(&run, |c| {
+            let c = of(c, lkey, okey);
+            (c.listener, c.outbound) == want
+        });
+        (lkey, okey, of(&c, lkey, okey))
+    });
+    let entries = run
+        .tracer()
+        .listener_entries()
+        .expect("read the listeners' entries");
+    let shards: BTreeSet<u8> = entries
+        .iter()
+        .filter(|k| (k.netns, k.port, k.side) == (lkey.netns, lkey.port, lkey.side))
+        .map(|k| k.shard)
+        .collect();
+    // One entry per CPU used, up to the number chosen (1 where the maps are preallocated).
+    let mask = run.tracer().count_shards() as usize - 1;
+    let want: BTreeSet<u8> = cpus.iter().map(|&c| (c & mask) as u8).collect();
+    let (_, counters) = run.stop();
+    // Peers 1 on each side: the peer set has one entry per port whichever CPU saw the peer.
+    assert_eq!(counts.listener, Some(Listener::closed_after(n)));
+    assert_eq!(counts.outbound, Some(Outbound::closed_after(n, n)));
+    assert_eq!(counts.processes.len(), 1, "{:?}", counts.processes);
+    assert_eq!(counts.processes[0].0.port, okey);
+    assert_eq!(counts.processes[0].1.connects, n);
+    assert_eq!(counts.processes[0].1.open, 0);
+    assert_eq!(shards, want, "the port's entries");
+    assert_eq!(counters.counts_full, 0, "{counters:?}");
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Moves the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: as above; 0 is the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
     );
 }
