@@ -6,7 +6,10 @@ mod common;
 use std::{net::TcpListener, time::Instant};
 
 use common::{
-    counts::{COUNTS_ONLY, Listener, Outbound, Run, churn, in_new_netns, of, port, wait_for},
+    counts::{
+        COUNTS_ONLY, Listener, Outbound, Run, churn, closed_on_both_sides, in_new_netns, port,
+        wait_for,
+    },
     root_or_skip,
 };
 use sockwatch_common::{LIFETIME_BUCKETS, Mode, flags, kind, lifetime_bucket, side};
@@ -70,20 +73,7 @@ fn churn_counted(compat: bool, n: u64) {
         let lport = listener.local_addr().expect("addr").port();
         churn(&listener, n as usize);
         common::wait_connections_settled();
-        let (lkey, okey) = (
-            port(ns, lport, side::LISTENER),
-            port(ns, lport, side::OUTBOUND),
-        );
-        // Both sides: the server's last close can be counted before the client's.
-        let want = (
-            Some(Listener::closed_after(n)),
-            Some(Outbound::closed_after(n, n)),
-        );
-        let c = wait_for(&run, |c| {
-            let c = of(c, lkey, okey);
-            (c.listener, c.outbound) == want
-        });
-        of(&c, lkey, okey)
+        closed_on_both_sides(&run, ns, lport, n).2
     });
     let (_, counters) = run.stop();
     assert_eq!(counts.listener, Some(Listener::closed_after(n)));

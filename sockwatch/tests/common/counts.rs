@@ -273,6 +273,25 @@ pub fn of(all: &KernelCounts, listener: PortKey, outbound: PortKey) -> Counts {
     }
 }
 
+/// Waits until both sides of `lport` in `ns` count `n` connections made and closed (the
+/// server's last close can be counted before the client's); the listener's and the outbound
+/// keys, and the counts as last read.
+pub fn closed_on_both_sides(run: &Run, ns: u64, lport: u16, n: u64) -> (PortKey, PortKey, Counts) {
+    let (lkey, okey) = (
+        port(ns, lport, side::LISTENER),
+        port(ns, lport, side::OUTBOUND),
+    );
+    let want = (
+        Some(Listener::closed_after(n)),
+        Some(Outbound::closed_after(n, n)),
+    );
+    let c = wait_for(run, |c| {
+        let c = of(c, lkey, okey);
+        (c.listener, c.outbound) == want
+    });
+    (lkey, okey, of(&c, lkey, okey))
+}
+
 /// Polls the counts until `done` says they are what is expected (bounded: 20 s, the programs
 /// run as the kernel's state changes happen); returns the last read either way.
 pub fn wait_for(run: &Run, done: impl Fn(&KernelCounts) -> bool) -> KernelCounts {
@@ -500,19 +519,7 @@ pub fn counts_from_every_cpu() {
             churn(&listener, PER_CPU as usize);
         }
         super::wait_connections_settled();
-        let (lkey, okey) = (
-            port(ns, lport, side::LISTENER),
-            port(ns, lport, side::OUTBOUND),
-        );
-        let want = (
-            Some(Listener::closed_after(n)),
-            Some(Outbound::closed_after(n, n)),
-        );
-        let c = wait_for(&run, |c| {
-            let c = of(c, lkey, okey);
-            (c.listener, c.outbound) == want
-        });
-        (lkey, okey, of(&c, lkey, okey))
+        closed_on_both_sides(&run, ns, lport, n)
     });
     let entries = run
         .tracer()
