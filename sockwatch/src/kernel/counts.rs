@@ -26,7 +26,8 @@ pub struct KernelCounts {
 
 impl Tracer {
     /// Every counter map's entries. Two system calls per entry (aya 0.14 reads a hash map key by
-    /// key); the maps hold one entry per port, error or process, not per connection.
+    /// key); the maps hold one entry per port, error or process (and CPU, up to
+    /// `MAX_COUNT_SHARDS`), not per connection.
     pub fn counts(&self) -> Result<KernelCounts, LoadError> {
         Ok(KernelCounts {
             listeners: self
@@ -49,7 +50,13 @@ impl Tracer {
         };
         let map: BpfHashMap<_, PortKey, ListenerCounts> =
             BpfHashMap::try_from(self.map("LISTENERS")?).map_err(map_err)?;
-        let mut keys: Vec<PortKey> = map.keys().filter_map(Result::ok).collect();
+        // Bounded as in `entries`.
+        let bound = map_max_entries(&map).saturating_mul(2).saturating_add(16);
+        let mut keys = map
+            .keys()
+            .take(bound)
+            .collect::<Result<Vec<PortKey>, _>>()
+            .map_err(map_err)?;
         keys.sort();
         keys.dedup();
         Ok(keys)
