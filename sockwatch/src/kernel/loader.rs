@@ -25,6 +25,7 @@ use crate::{
     kernel::map_sizes::{
         MAX_PENDING_CONNECTS, count_shards, counter_map_sizes, preallocated, socket_map_entries,
     },
+    kernel::programs::{Hook, NESTED_PROGRAM, programs},
     kernel::tp_format,
     kernel::tracefs,
 };
@@ -37,103 +38,6 @@ pub(crate) static OBJECT: &[u8] =
 /// compare-and-swap (the eBPF crate's `compat` feature).
 pub(crate) static OBJECT_COMPAT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch-ebpf-compat"));
-
-/// Where each program attaches. The accept/connect hooks come first, so that when the
-/// state-change hook starts, the hooks completing its events are already there.
-#[derive(Clone, Copy)]
-enum Hook {
-    Tracepoint(&'static str, &'static str),
-    Raw(&'static str),
-    /// An fexit program on a kernel function (the function is named at load).
-    Fexit(&'static str),
-    /// A kprobe or kretprobe (as the program was built) on a kernel function.
-    Kprobe(&'static str),
-}
-
-const PROGRAMS: &[(&str, &[Hook])] = &[
-    // One of three sets of accept/connect hooks (see `kernel::hooks`): fexit programs,
-    (FENTRY_PROGRAMS[0].0, &[Hook::Fexit(FENTRY_PROGRAMS[0].1)]),
-    (FENTRY_PROGRAMS[1].0, &[Hook::Fexit(FENTRY_PROGRAMS[1].1)]),
-    (FENTRY_PROGRAMS[2].0, &[Hook::Fexit(FENTRY_PROGRAMS[2].1)]),
-    // kprobes (the entry probe first: it saves what the return probes read),
-    (
-        hooks::KPROBE_ENTRY_PROGRAM,
-        &[
-            Hook::Kprobe(KPROBE_PROGRAMS[0].1),
-            Hook::Kprobe(KPROBE_PROGRAMS[1].1),
-        ],
-    ),
-    (KPROBE_PROGRAMS[0].0, &[Hook::Kprobe(KPROBE_PROGRAMS[0].1)]),
-    (KPROBE_PROGRAMS[1].0, &[Hook::Kprobe(KPROBE_PROGRAMS[1].1)]),
-    (KPROBE_PROGRAMS[2].0, &[Hook::Kprobe(KPROBE_PROGRAMS[2].1)]),
-    // or syscall tracepoints.
-    // The compat object only: saves the arguments the exits below read.
-    (
-        ENTRY_PROGRAM,
-        &[
-            Hook::Tracepoint("syscalls", "sys_enter_connect"),
-            Hook::Tracepoint("syscalls", "sys_enter_accept"),
-            Hook::Tracepoint("syscalls", "sys_enter_accept4"),
-        ],
-    ),
-    (
-        "sys_exit_connect",
-        &[Hook::Tracepoint("syscalls", "sys_exit_connect")],
-    ),
-    (
-        "sys_exit_accept",
-        &[
-            Hook::Tracepoint("syscalls", "sys_exit_accept"),
-            Hook::Tracepoint("syscalls", "sys_exit_accept4"),
-        ],
-    ),
-    ("kfree_skb", &[Hook::Raw("kfree_skb")]),
-    // `--states` only; before the lifecycle program, so that it sees a socket's owner at its
-    // last transition, before the lifecycle program forgets it.
-    (STATES_PROGRAM, &[Hook::Raw("inet_sock_set_state")]),
-    ("inet_sock_set_state", &[Hook::Raw("inet_sock_set_state")]),
-    // Handles the runs of the one above that nest on a CPU (which the kernel skips).
-    (NESTED_PROGRAM, &[Hook::Raw("inet_sock_set_state")]),
-];
-
-const NESTED_PROGRAM: &str = "state_nested";
-
-const STATES_PROGRAM: &str = "tcp_states";
-
-const ENTRY_PROGRAM: &str = "sys_enter_socket_call";
-
-const OVERFLOW_PROGRAM: &str = "kfree_skb";
-
-/// The syscall hooks (exits, and the compat object's entries).
-const SYSCALL_PROGRAMS: &[&str] = &[ENTRY_PROGRAM, "sys_exit_connect", "sys_exit_accept"];
-
-use hooks::{FENTRY_PROGRAMS, KPROBE_PROGRAMS};
-
-/// The accept/connect programs of hook kind `kind`.
-fn hook_programs(kind: HookKind) -> Vec<&'static str> {
-    match kind {
-        HookKind::Fentry => FENTRY_PROGRAMS.iter().map(|p| p.0).collect(),
-        HookKind::Kprobe => std::iter::once(hooks::KPROBE_ENTRY_PROGRAM)
-            .chain(KPROBE_PROGRAMS.iter().map(|p| p.0))
-            .collect(),
-        HookKind::Syscall => SYSCALL_PROGRAMS.to_vec(),
-    }
-}
-
-/// The programs this run loads, in attach order.
-fn programs(
-    states: bool,
-    choice: ProgramChoice,
-) -> impl Iterator<Item = &'static (&'static str, &'static [Hook])> {
-    let hook_set: Vec<&str> = choice.hooks.map(hook_programs).unwrap_or_default();
-    let every_hook: Vec<&str> = HookKind::ALL.into_iter().flat_map(hook_programs).collect();
-    PROGRAMS.iter().filter(move |(name, _)| {
-        (states || *name != STATES_PROGRAM)
-            && (choice.compat || *name != ENTRY_PROGRAM)
-            && (!every_hook.contains(name) || hook_set.contains(name))
-            && (choice.overflow_hook || *name != OVERFLOW_PROGRAM)
-    })
-}
 
 enum Link {
     Tracepoint(&'static str, TracePointLinkId),
@@ -553,13 +457,8 @@ impl Tracer {
             name: "COUNTERS",
             cause,
         };
-        let map = self.ebpf.map("COUNTERS").ok_or(LoadError::Map {
-            name: "COUNTERS",
-            cause: aya::maps::MapError::InvalidName {
-                name: "COUNTERS".into(),
-            },
-        })?;
-        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map("COUNTERS")?).map_err(map_err)?;
         Ok(arr.get(&index, 0).map_err(map_err)?.iter().sum())
     }
 
@@ -568,12 +467,8 @@ impl Tracer {
     /// hundreds of thousands of sockets, reading each costs a second system call per entry.
     pub fn live_entries(&self, counters: &KernelCounters) -> Result<(u64, u64), LoadError> {
         let name = "SOCKS";
-        let map = self.ebpf.map(name).ok_or(LoadError::Map {
-            name,
-            cause: aya::maps::MapError::InvalidName { name: name.into() },
-        })?;
-        let map: BpfHashMap<_, u64, SockInfo> =
-            BpfHashMap::try_from(map).map_err(|cause| LoadError::Map { name, cause })?;
+        let map: BpfHashMap<_, u64, SockInfo> = BpfHashMap::try_from(self.map(name)?)
+            .map_err(|cause| LoadError::Map { name, cause })?;
         if counters.pending_inserted <= counters.pending_removed {
             return Ok((map.keys().filter(Result::is_ok).count() as u64, 0));
         }

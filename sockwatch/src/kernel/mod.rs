@@ -6,6 +6,7 @@
 //! - [`capabilities`]: what this kernel supports, probed, never inferred from a version.
 //! - [`hooks`]: which hooks see connect() and accept() return: fexit, kprobes or syscalls.
 //! - [`loader`]: loads, attaches and detaches the programs; reads their counters.
+//! - [`programs`]: which programs a run loads, and where each attaches.
 //! - [`load_errors`]: why a load or an attach failed, in one line.
 //! - [`raw_bpf`]: the few bpf() calls made by hand (probe programs, program info).
 //! - [`map_sizes`]: how big the maps are, preallocated where the kernel needs it.
@@ -21,6 +22,7 @@ pub mod load_errors;
 pub mod loader;
 pub mod loss;
 pub mod map_sizes;
+pub mod programs;
 pub mod raw_bpf;
 pub mod source;
 pub mod tp_format;

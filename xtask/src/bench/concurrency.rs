@@ -32,7 +32,7 @@ use super::{
     count::{counters, listener},
     procfs::{bpf_map_memlock, file_nr, hwm_kib, meminfo, rss_kib},
     progress,
-    report::{num, opt},
+    render::{num, opt},
     run::{Churn, parse_churn},
     tracer::{NetnsHolder, Reaped, Tracer, lines_in_background, spawn_dying_with_us},
 };

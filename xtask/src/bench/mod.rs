@@ -42,15 +42,17 @@ mod bpf_stats;
 mod check_cost;
 mod concurrency;
 mod count;
+mod mode;
 mod procfs;
+mod render;
 mod report;
+mod round;
 mod run;
 mod soak;
 mod tracehold;
 mod tracer;
 
 use std::{
-    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -62,10 +64,10 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use self::{
-    count::{count_bpftrace_closes, count_connections, counters, listener},
-    report::{Exact, ModeSummary, Results, Round, Settings, is_exact, render, summarize},
+    mode::{Mode, run_order},
+    render::render,
+    report::{ModeSummary, Results, Round, Settings, summarize},
     run::find_on_path,
-    tracer::NetnsHolder,
 };
 
 /// The churn's server port (in its own namespace; also used to pick out bpftrace's lines).
@@ -167,73 +169,6 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     soak_rate: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Untraced,
-    Trace,
-    Top,
-    /// `top` from the `hooks-only` build.
-    Hooks,
-    Bpftrace,
-    /// `top --ring-size` (--top-ring-size).
-    TopRing,
-    /// `trace` of the --baseline build.
-    TraceBaseline,
-    /// `top` of the --baseline build.
-    TopBaseline,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Untraced => "untraced",
-            Mode::Trace => "trace",
-            Mode::Top => "top",
-            Mode::Hooks => "hooks",
-            Mode::Bpftrace => "bpftrace",
-            Mode::TopRing => "top-ring",
-            Mode::TraceBaseline => "trace-baseline",
-            Mode::TopBaseline => "top-baseline",
-        }
-    }
-
-    /// `sockwatch trace` (every event to a file), of either build.
-    fn traces(self) -> bool {
-        matches!(self, Mode::Trace | Mode::TraceBaseline)
-    }
-
-    /// The row of the --baseline build that runs the same command as this one.
-    fn baseline(self) -> Option<Mode> {
-        match self {
-            Mode::Trace => Some(Mode::TraceBaseline),
-            Mode::Top => Some(Mode::TopBaseline),
-            _ => None,
-        }
-    }
-}
-
-/// The order in which round `round` (from 1) runs `modes`, as indices into it: as listed,
-/// except that a row of the --baseline build runs next to its own build's row, after it in odd
-/// rounds and before it in even ones. A build and its baseline are then compared on runs
-/// seconds apart, and neither always runs first or closer to the untraced run.
-fn run_order(modes: &[Mode], round: u32) -> Vec<usize> {
-    let index = |m: Mode| modes.iter().position(|&x| x == m);
-    let paired = |m: Mode| modes.iter().any(|x| x.baseline() == Some(m));
-    let mut order = Vec::with_capacity(modes.len());
-    for (i, &m) in modes.iter().enumerate() {
-        if paired(m) {
-            // Runs with its build's row.
-            continue;
-        }
-        match m.baseline().and_then(index) {
-            Some(b) if round.is_multiple_of(2) => order.extend([b, i]),
-            Some(b) => order.extend([i, b]),
-            None => order.push(i),
-        }
-    }
-    order
 }
 
 const BPFTRACE_PROGRAM: &str = r#"tracepoint:sock:inet_sock_set_state { printf("%d %d %d\n", args->oldstate, args->newstate, args->sport); }"#;
@@ -572,198 +507,4 @@ struct Bench<'a> {
     args: &'a BenchArgs,
     /// Whether kernel.bpf_stats_enabled is on: the rounds read their tracer's kernel time.
     kernel_time: bool,
-}
-
-impl Bench<'_> {
-    fn round(&self, mode: Mode, round: u32, bpftrace: Option<&Path>) -> anyhow::Result<Round> {
-        Ok(match mode {
-            Mode::Untraced => Round::untraced(round, self.run_churn(None)?),
-            Mode::Trace
-            | Mode::Top
-            | Mode::Hooks
-            | Mode::TopRing
-            | Mode::TraceBaseline
-            | Mode::TopBaseline => {
-                let file = self.trace_file();
-                let _ = fs::remove_file(&file);
-                let holder = NetnsHolder::spawn()?;
-                let programs_before = self.programs_before();
-                let mut t = self.start_sockwatch(mode, !mode.traces(), &[])?;
-                let churn = self.run_churn(Some(&holder.path()))?;
-                // The churn is done when its sockets are closed, not fully gone: a last FIN
-                // may still be retransmitted (RTO 200 ms+) and the close come after; give
-                // those closes time to happen before counting.
-                thread::sleep(CLOSE_GRACE);
-                let kernel = programs_before.and_then(|before| {
-                    bpf_stats::read(&before, t.pid, churn.connections)
-                        .map_err(|e| {
-                            progress(format!(
-                                "warning: {}: no kernel time for this run: {e:#}",
-                                mode.name()
-                            ));
-                        })
-                        .ok()
-                });
-                let usage = t.stop()?;
-                drop(holder);
-                let _ = fs::remove_file(self.ready_file());
-                let mut exact = None;
-                let (seen, incomplete, expired_closes, lost) = if mode.traces() {
-                    progress(format!(
-                        "counting the churn's connections in {}",
-                        file.display()
-                    ));
-                    let count = count_connections(&file, churn.port, churn.netns)?;
-                    // Hundreds of megabytes: not kept.
-                    let _ = fs::remove_file(&file);
-                    (
-                        Some(count.complete),
-                        Some(count.incomplete),
-                        Some(count.expired_closes),
-                        count.lost,
-                    )
-                } else {
-                    let summary: serde_json::Value = serde_json::from_str(&t.stdout())
-                        .context("sockwatch top --format json printed no valid summary")?;
-                    let seen = listener(&summary, churn.port, churn.netns)
-                        .and_then(|l| l["accepted"].as_u64());
-                    if mode == Mode::Hooks {
-                        // Its programs do nothing, so the churn's port never shows up; and with
-                        // nothing to lose, its loss counters mean nothing (the kernel's skipped
-                        // runs of empty programs are not recovered).
-                        let seen = seen.unwrap_or(0);
-                        if seen > 0 {
-                            bail!(
-                                "the hooks-only build counted {seen} connections: the feature did \
-                                 not take effect"
-                            );
-                        }
-                        (Some(seen), None, None, None)
-                    } else {
-                        let row = listener(&summary, churn.port, churn.netns);
-                        let field = |name: &str| row.and_then(|l| l[name].as_u64());
-                        let closes_found = summary["open_corrections"]["released"]
-                            .as_u64()
-                            .unwrap_or(0)
-                            + summary["lost"]["expired"].as_u64().unwrap_or(0);
-                        exact = Some(Exact {
-                            accepted: field("accepted"),
-                            closed: field("closed"),
-                            established_now: field("established_now"),
-                            open_corrections: summary.get("open_corrections").cloned(),
-                            closes_found,
-                            exact: is_exact(
-                                churn.connections,
-                                field("accepted"),
-                                field("closed"),
-                                closes_found,
-                                field("established_now"),
-                            ),
-                        });
-                        (seen, None, None, Some(counters(&summary["lost"])))
-                    }
-                };
-                Round {
-                    round,
-                    churn,
-                    tracer_cpu_s: Some(usage.cpu_s),
-                    tracer_startup_cpu_s: t.startup_cpu_s,
-                    tracer_peak_rss_kib: Some(usage.maxrss_kib),
-                    seen,
-                    incomplete,
-                    expired_closes,
-                    lost,
-                    exact,
-                    kernel,
-                }
-            }
-            Mode::Bpftrace => {
-                let bin = bpftrace.context("bpftrace is not on PATH")?;
-                let mut t = self.start_bpftrace(bin)?;
-                let churn = self.run_churn(None)?;
-                thread::sleep(CLOSE_GRACE);
-                let usage = t.stop()?;
-                let seen = count_bpftrace_closes(&self.bpftrace_file(), churn.port)?;
-                let _ = fs::remove_file(self.bpftrace_file());
-                Round {
-                    round,
-                    churn,
-                    tracer_cpu_s: Some(usage.cpu_s),
-                    tracer_startup_cpu_s: t.startup_cpu_s,
-                    tracer_peak_rss_kib: Some(usage.maxrss_kib),
-                    seen: Some(seen),
-                    incomplete: None,
-                    expired_closes: None,
-                    lost: None,
-                    exact: None,
-                    kernel: None,
-                }
-            }
-        })
-    }
-
-    /// The BPF programs loaded before a tracer starts, when the rounds read kernel time.
-    fn programs_before(&self) -> Option<BTreeSet<u32>> {
-        if !self.kernel_time {
-            return None;
-        }
-        bpf_stats::program_ids()
-            .map_err(|e| {
-                progress(format!(
-                    "warning: cannot list the BPF programs, no kernel time for this run: {e}"
-                ))
-            })
-            .ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_baseline_row_runs_next_to_its_build_first_in_even_rounds() {
-        use Mode::*;
-        let modes = [
-            Untraced,
-            Trace,
-            Top,
-            Hooks,
-            TraceBaseline,
-            TopBaseline,
-            Bpftrace,
-        ];
-        let names = |r| {
-            run_order(&modes, r)
-                .into_iter()
-                .map(|i| modes[i].name())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            names(1),
-            [
-                "untraced",
-                "trace",
-                "trace-baseline",
-                "top",
-                "top-baseline",
-                "hooks",
-                "bpftrace"
-            ]
-        );
-        assert_eq!(
-            names(2),
-            [
-                "untraced",
-                "trace-baseline",
-                "trace",
-                "top-baseline",
-                "top",
-                "hooks",
-                "bpftrace"
-            ]
-        );
-        // Without the baseline rows: as listed.
-        assert_eq!(run_order(&[Untraced, Trace, Top], 2), [0, 1, 2]);
-    }
 }

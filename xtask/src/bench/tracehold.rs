@@ -18,7 +18,7 @@ use super::{
     count::{HeldCount, count_held},
     procfs::{clock_ticks, parse_stat_ticks},
     progress,
-    report::table,
+    render::table,
     tracer::NetnsHolder,
 };
 
