@@ -170,7 +170,10 @@ fn counts_are_exact_with_a_stalled_reader_and_the_smallest_ring() {
     assert_eq!(
         (n(o, "connects"), n(o, "established"), n(o, "open_now")),
         (N as u64, N as u64, 0),
-        "{o}"
+        // What was lost or recovered, should a count fall short.
+        "{o}\nlost: {}\nstats: {}",
+        s["lost"],
+        s["stats"]
     );
     let p = &o["processes"][0];
     assert_eq!(
