@@ -6,7 +6,9 @@
 //! - kernel.rs: unpacks a kernel, finds vmlinuz and the modules to load;
 //! - cpio.rs / initramfs.rs: the initramfs (busybox, /init, the test binaries, modules);
 //! - qemu.rs: boots it, follows the results channel, enforces the timeout;
+//! - boot.rs: boots the kernels a few at a time and gathers each one's results;
 //! - results.rs: parses that channel (markers + libtest output) into results;
+//! - report.rs: the table of kernels on stdout, a measurement's tables;
 //! - table.rs: renders docs/kernels.md from the results.
 //!
 //! `--hook-cost` boots the same kernels to run one measurement instead of the tests
@@ -16,21 +18,21 @@
 //! console logs (logs/<suite>.log) and results.json.
 mod apt;
 mod artifacts;
+mod boot;
 mod cpio;
 mod initramfs;
 mod kernel;
 mod qemu;
+mod report;
 mod results;
 mod table;
 
 use std::{
-    collections::VecDeque,
     fs,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::Mutex,
     thread,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -39,7 +41,7 @@ use clap::Args;
 use self::{
     apt::{Apt, Package},
     artifacts::TestBinary,
-    results::{Channel, Event, KernelResult, Outcome, RunResults},
+    results::RunResults,
 };
 
 /// The core test set: the integration test binaries run on every kernel by default
@@ -66,14 +68,10 @@ const BUSYBOX_SUITE: &str = "bookworm";
 
 const CORE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const FULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Console lines shown when a VM fails as a whole.
-const CONSOLE_TAIL: usize = 25;
 /// At most this many VMs at once by default (one per host core up to it): each runs on one
 /// host thread (see qemu.rs), and two at once on two cores took as long each as one alone.
 const MAX_DEFAULT_JOBS: usize = 4;
 const FETCH_FAILED: &str = "fetch failed";
-/// Lines of a failed test's output shown on stderr (all of them are in results.json).
-const DETAIL_SHOWN: usize = 6;
 
 #[derive(Debug, Default, Args)]
 pub struct VmArgs {
@@ -207,7 +205,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
         },
         Duration::from_secs,
     );
-    let vm = VmSettings {
+    let vm = boot::VmSettings {
         vm_dir: &vm_dir,
         qemu: &qemu,
         common: &common,
@@ -217,11 +215,11 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
     let jobs = args.jobs.unwrap_or_else(|| {
         thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DEFAULT_JOBS))
     });
-    let kernels = boot_all(&vm, prepared, jobs.max(1))?;
+    let kernels = boot::boot_all(&vm, prepared, jobs.max(1))?;
 
     let run = RunResults {
         sockwatch_version: env!("CARGO_PKG_VERSION").to_string(),
-        date: today(),
+        date: time::OffsetDateTime::now_utc().date().to_string(),
         test_set: set.to_string(),
         filter: args.filter.clone(),
         kernels,
@@ -235,7 +233,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
     fs::write(&path, serde_json::to_string_pretty(&run)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     if args.hook_cost {
-        let text = reports(&run);
+        let text = report::reports(&run);
         let log = vm_dir.join("logs/hook-cost.txt");
         fs::write(&log, &text).with_context(|| format!("cannot write {}", log.display()))?;
         eprintln!("\n{text}");
@@ -261,7 +259,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<ExitCode> {
         path.display()
     );
     // Last, so that the closing `N passed, N failed` line is the run's last line.
-    let ok = summary(&run);
+    let ok = report::summary(&run);
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -318,46 +316,6 @@ fn select_named(all: &[TestBinary], names: &[&str]) -> anyhow::Result<Vec<TestBi
     Ok(picked)
 }
 
-/// Every kernel's reports (a measurement's tables), or why a kernel has none.
-fn reports(run: &RunResults) -> String {
-    let mut out = String::new();
-    for k in &run.kernels {
-        out.push_str(&format!("== {} ({}) ==\n", k.suite, k.release));
-        let reports: Vec<_> = k.binaries.iter().flat_map(|b| &b.reports).collect();
-        if reports.is_empty() {
-            let failed = k
-                .binaries
-                .iter()
-                .flat_map(|b| &b.tests)
-                .find(|t| t.outcome == Outcome::Failed);
-            let why = match (failed, &k.problem) {
-                // With --nocapture libtest keeps no detail: the panic is in the results log.
-                (Some(t), _) => t
-                    .detail
-                    .as_deref()
-                    .and_then(|d| d.lines().find(|l| !l.trim().is_empty()))
-                    .unwrap_or("the measurement failed")
-                    .to_string(),
-                (None, Some(p)) => p.clone(),
-                (None, None) => format!("{} (the measurement printed nothing)", k.outcome),
-            };
-            out.push_str(&format!(
-                "no table: {why} (see target/vm/logs/{}.results)\n",
-                k.suite
-            ));
-        }
-        for r in reports {
-            out.push_str(&r.text);
-            out.push('\n');
-            if !r.complete {
-                out.push_str("(cut short)\n");
-            }
-        }
-        out.push('\n');
-    }
-    out
-}
-
 /// bin/busybox from busybox-static, unpacked under target/vm/busybox/<version>/.
 fn fetch_busybox(vm_dir: &Path) -> anyhow::Result<PathBuf> {
     let apt = Apt::new(vm_dir, BUSYBOX_SUITE);
@@ -403,310 +361,9 @@ fn prepare(vm_dir: &Path, suite: &str) -> anyhow::Result<Prepared> {
     })
 }
 
-/// What every VM of a run shares.
-struct VmSettings<'a> {
-    vm_dir: &'a Path,
-    qemu: &'a Path,
-    /// The initramfs without modules.
-    common: &'a [u8],
-    timeout: Duration,
-    keep: bool,
-}
-
-/// Boots the kernels, `jobs` at a time; results in the kernels' order.
-fn boot_all(
-    vm: &VmSettings<'_>,
-    prepared: Vec<(&'static str, anyhow::Result<Prepared>)>,
-    jobs: usize,
-) -> anyhow::Result<Vec<KernelResult>> {
-    let n = prepared.len();
-    let queue = Mutex::new(prepared.into_iter().enumerate().collect::<VecDeque<_>>());
-    let done = Mutex::new(Vec::with_capacity(n));
-    thread::scope(|scope| {
-        for _ in 0..jobs.min(n) {
-            scope.spawn(|| {
-                loop {
-                    let Some((i, (suite, p))) = queue.lock().unwrap().pop_front() else {
-                        break;
-                    };
-                    let k = match p {
-                        Ok(p) => boot(vm, suite, &p),
-                        Err(e) => Ok(KernelResult {
-                            suite: suite.to_string(),
-                            outcome: FETCH_FAILED.into(),
-                            problem: Some(format!("{e:#}")),
-                            ..Default::default()
-                        }),
-                    };
-                    done.lock().unwrap().push((i, k));
-                }
-            });
-        }
-    });
-    let mut done = done.into_inner().unwrap();
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, k)| k).collect()
-}
-
-/// Boots one kernel and turns what it reported into its results, showing progress on stderr.
-fn boot(vm: &VmSettings<'_>, suite: &str, p: &Prepared) -> anyhow::Result<KernelResult> {
-    let VmSettings {
-        vm_dir,
-        qemu,
-        common,
-        timeout,
-        keep,
-    } = *vm;
-    let run_dir = vm_dir.join("run").join(suite);
-    fs::create_dir_all(&run_dir)?;
-    let initrd = run_dir.join("initrd.cpio");
-    let mut image = common.to_vec();
-    image.extend(initramfs::modules(&p.modules)?);
-    fs::write(&initrd, &image).with_context(|| format!("cannot write {}", initrd.display()))?;
-    drop(image);
-    let console_log = vm_dir.join("logs").join(format!("{suite}.log"));
-    let results_log = vm_dir.join("logs").join(format!("{suite}.results"));
-    let upstream = p
-        .image
-        .version
-        .split('-')
-        .next()
-        .unwrap_or(&p.image.version);
-    eprintln!("vm: booting {upstream} ({suite}, {}) ...", p.kernel.release);
-
-    let mut channel = Channel::default();
-    let start = Instant::now();
-    let show = |e: Event| {
-        let at = start.elapsed().as_secs_f64();
-        match e {
-            Event::Uname(u) => eprintln!("vm: {suite}: up after {at:.1}s: {u}"),
-            Event::Check { exit_code } => {
-                eprintln!("vm: {suite}: sockwatch check exited {exit_code} ({at:.1}s)")
-            }
-            Event::Start(b) => eprintln!("vm: {suite}: running {b} ({at:.1}s)"),
-            Event::Test {
-                binary,
-                name,
-                outcome,
-            } => {
-                let o = match outcome {
-                    Outcome::Ok => "ok",
-                    Outcome::Failed => "FAILED",
-                    Outcome::Ignored => "ignored",
-                };
-                eprintln!("vm: {suite}: {binary}: {name} ... {o} ({at:.1}s)");
-            }
-            Event::End { binary, exit_code } => {
-                eprintln!("vm: {suite}: {binary} exited {exit_code} ({at:.1}s)")
-            }
-            Event::Warn(w) => eprintln!("vm: {suite}: warning: {w}"),
-        }
-    };
-    let machine = qemu::Vm {
-        qemu,
-        vmlinuz: &p.kernel.vmlinuz,
-        initrd: &initrd,
-        console_log: &console_log,
-        results: &results_log,
-        timeout,
-    };
-    let (exit, took) = qemu::run(&machine, &mut |line| {
-        channel.line(line).into_iter().for_each(show)
-    })?;
-    let (parsed, events) = channel.finish();
-    events.into_iter().for_each(show);
-    if !keep {
-        let _ = fs::remove_file(&initrd);
-        let _ = fs::remove_dir(&run_dir);
-    }
-
-    let mut k = KernelResult {
-        suite: suite.to_string(),
-        package: p.image.name.clone(),
-        version: p.image.version.clone(),
-        release: parsed
-            .uname
-            .clone()
-            .unwrap_or_else(|| p.kernel.release.clone()),
-        duration_secs: (took.as_secs_f64() * 10.0).round() / 10.0,
-        check: parsed.check,
-        check_error: parsed.check_error,
-        binaries: parsed.binaries,
-        ..Default::default()
-    };
-    let tests: usize = k.binaries.iter().map(|b| b.tests.len()).sum();
-    let broken = k.binaries.iter().find(|b| {
-        let failed = b.tests.iter().any(|t| t.outcome == Outcome::Failed);
-        !b.complete || (b.exit_code != Some(0) && !failed)
-    });
-    let (outcome, problem) = match exit {
-        qemu::Exit::TimedOut => (
-            "timeout",
-            Some(format!("killed after {}s", timeout.as_secs())),
-        ),
-        qemu::Exit::Hung(sign) => (
-            "hung",
-            Some(format!(
-                "the guest kernel is stuck ({sign}) and the tests went silent: killed"
-            )),
-        ),
-        qemu::Exit::Exited(st) if !parsed.done => (
-            "crashed",
-            Some(format!(
-                "the VM stopped before the tests finished (qemu: {st})"
-            )),
-        ),
-        qemu::Exit::Exited(_) if tests == 0 => ("no results", Some("no test ran".to_string())),
-        qemu::Exit::Exited(_) => match broken {
-            Some(b) => (
-                "error",
-                Some(format!(
-                    "{} exited {:?} without a failing test result",
-                    b.name, b.exit_code
-                )),
-            ),
-            None => ("ok", None),
-        },
-    };
-    k.outcome = outcome.to_string();
-    k.problem = problem;
-
-    if let Some(e) = &k.check_error {
-        eprintln!("vm: {suite}: sockwatch check: {e}");
-    }
-    for b in &k.binaries {
-        for t in b.tests.iter().filter(|t| t.outcome == Outcome::Failed) {
-            eprintln!("vm: {suite}: FAILED {}::{}", b.name, t.name);
-            for l in t
-                .detail
-                .as_deref()
-                .unwrap_or("")
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .take(DETAIL_SHOWN)
-            {
-                eprintln!("vm: {suite}:     {l}");
-            }
-        }
-    }
-    let c = k.counts();
-    eprintln!(
-        "vm: {suite}: {} passed, {} failed, {} ignored in {:.0}s ({})",
-        c.passed, c.failed, c.ignored, k.duration_secs, k.outcome
-    );
-    if let Some(problem) = &k.problem {
-        eprintln!(
-            "vm: {suite}: {problem}; the end of its console ({}):\n{}",
-            console_log.display(),
-            qemu::tail(&console_log, CONSOLE_TAIL)
-        );
-    }
-    Ok(k)
-}
-
-/// The table on stdout and the closing `N passed, N failed` line; true when all went well.
-fn summary(run: &RunResults) -> bool {
-    println!();
-    println!(
-        "{:<9} {:<22} {:<28} {:>6} {:>6} {:>6} {:>7}  VM",
-        "KERNEL", "VERSION", "RELEASE", "TIME", "PASSED", "FAILED", "IGNORED"
-    );
-    let (mut passed, mut failed, mut ok) = (0, 0, true);
-    for k in &run.kernels {
-        let c = k.counts();
-        println!(
-            "{:<9} {:<22} {:<28} {:>5.0}s {:>6} {:>6} {:>7}  {}",
-            k.suite,
-            k.version,
-            k.release,
-            k.duration_secs,
-            c.passed,
-            c.failed,
-            c.ignored,
-            k.outcome
-        );
-        passed += c.passed;
-        failed += c.failed;
-        ok &= c.failed == 0 && k.outcome == "ok";
-    }
-    println!("{passed} passed, {failed} failed");
-    ok
-}
-
-/// Today's date (UTC) as YYYY-MM-DD, from the days since 1970 (the civil-from-days algorithm).
-fn today() -> String {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    civil_date(i64::try_from(secs / 86_400).unwrap_or(0))
-}
-
-fn civil_date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(civil_date(0), "1970-01-01");
-        assert_eq!(civil_date(19_782), "2024-02-29");
-        assert_eq!(civil_date(20_454), "2026-01-01");
-    }
-
-    #[test]
-    fn reports_per_kernel_or_why_not() {
-        use self::results::{BinaryResult, Report, TestResult};
-        let measured = |suite: &str, reports: Vec<Report>, outcome: Outcome| KernelResult {
-            suite: suite.into(),
-            release: format!("{suite}-release"),
-            outcome: "ok".into(),
-            binaries: vec![BinaryResult {
-                name: "hook_cost".into(),
-                exit_code: Some(0),
-                complete: true,
-                tests: vec![TestResult {
-                    name: "measure_hook_cost".into(),
-                    outcome,
-                    detail: None,
-                }],
-                reports,
-            }],
-            ..Default::default()
-        };
-        let table = Report {
-            title: "hook cost".into(),
-            text: "configuration  ratio\nnothing  1.000".into(),
-            complete: true,
-        };
-        let run = RunResults {
-            sockwatch_version: "0".into(),
-            date: "2026-01-01".into(),
-            test_set: "hook-cost".into(),
-            filter: None,
-            kernels: vec![
-                measured("bookworm", vec![table], Outcome::Ok),
-                measured("trixie", Vec::new(), Outcome::Failed),
-            ],
-        };
-        assert_eq!(
-            reports(&run),
-            "== bookworm (bookworm-release) ==\nconfiguration  ratio\nnothing  1.000\n\n\
-             == trixie (trixie-release) ==\nno table: the measurement failed \
-             (see target/vm/logs/trixie.results)\n\n"
-        );
-    }
 
     #[test]
     fn suites_and_aliases() {
