@@ -79,7 +79,7 @@ fn table(caps: &Capabilities, object: &str, error: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::capabilities::Probes;
+    use crate::kernel::probes::Probes;
 
     #[test]
     fn table_names_what_is_missing_and_the_outcome() {

@@ -366,7 +366,7 @@ fn established_again_on_open_addresses_expires_the_connection_that_had_them() {
 }
 
 /// A header line as a run on a kernel with these probes writes it.
-fn header_line(probes: crate::kernel::capabilities::Probes, part: u64) -> String {
+fn header_line(probes: crate::kernel::probes::Probes, part: u64) -> String {
     let caps = probes.capabilities("test".into()).to_json().to_string();
     let mut out = Vec::new();
     crate::record::sink::header::write_jsonl(
@@ -380,13 +380,13 @@ fn header_line(probes: crate::kernel::capabilities::Probes, part: u64) -> String
     String::from_utf8(out).unwrap().trim_end().to_string()
 }
 
-fn all_probes() -> crate::kernel::capabilities::Probes {
-    crate::kernel::capabilities::Probes::everything()
+fn all_probes() -> crate::kernel::probes::Probes {
+    crate::kernel::probes::Probes::everything()
 }
 
 #[test]
 fn header_capabilities_are_read_and_merged_across_files() {
-    use crate::kernel::capabilities::{Probes, name};
+    use crate::kernel::{capabilities::name, probes::Probes};
     let f = Filter::default();
     let full = header_line(all_probes(), 1);
     let older = header_line(

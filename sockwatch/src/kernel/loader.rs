@@ -227,10 +227,10 @@ impl Tracer {
         let tracefs = opts.tracefs.as_deref().unwrap_or_else(|| tracefs::root());
         let syscall_hooks = choice.hooks == Some(HookKind::Syscall);
         if syscall_hooks {
-            offsets.sys_exit_ret = crate::kernel::capabilities::syscall_exit_ret(tracefs)?;
+            offsets.sys_exit_ret = crate::kernel::probes::syscall_exit_ret(tracefs)?;
         }
         if choice.compat && syscall_hooks {
-            let entries = crate::kernel::capabilities::SYSCALL_ENTRIES;
+            let entries = crate::kernel::probes::SYSCALL_ENTRIES;
             offsets.sys_enter_arg0 = tp_format::common_offset(tracefs, &entries, "fd")?;
             // connect's address (at accept's entry the same slot holds the peer-address pointer,
             // which its exit does not use).

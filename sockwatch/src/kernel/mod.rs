@@ -3,7 +3,8 @@
 //!
 //! - [`btf`] and [`tp_format`]: struct field and tracepoint record offsets of this kernel.
 //! - [`tracefs`]: tracefs for the syscall tracepoints, without touching the host's mounts.
-//! - [`capabilities`]: what this kernel supports, probed, never inferred from a version.
+//! - [`probes`] -> [`capabilities`]: what this kernel supports, probed (never inferred from a
+//!   version), and which programs and hooks that makes sockwatch use.
 //! - [`hooks`]: which hooks see connect() and accept() return: fexit, kprobes or syscalls.
 //! - [`loader`]: loads, attaches and detaches the programs; reads their counters.
 //! - [`programs`]: which programs a run loads, and where each attaches.
@@ -22,6 +23,7 @@ pub mod load_errors;
 pub mod loader;
 pub mod loss;
 pub mod map_sizes;
+pub mod probes;
 pub mod programs;
 pub mod raw_bpf;
 pub mod source;
